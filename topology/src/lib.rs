@@ -1,16 +1,19 @@
 //! The shared vocabulary of redcell: slots, the ids the system mints (each carries its slot),
-//! cells and the `CellMap` with its JSON form, and the placement of slots onto cells.
+//! user ids, credentials (JWT claims and their verification), cells and the `CellMap` with its JSON form, and the placement of slots onto cells.
 //!
 //! Everything here is pure: no I/O, no clocks, no global state. Every other crate depends on
 //! these types and on nothing else of each other's. `topology` never decides ownership by
 //! itself at run time: it computes a proposal (`placement`) that raft-meta stores explicitly.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod ids;
 mod map;
 pub mod placement;
 mod slot;
+mod uid;
 
 pub use ids::{IdKind, MintedId, ParseIdError};
 pub use map::{CellId, CellInfo, CellMap, CellStatus, Epoch, MapError, Region, SlotOwner};
 pub use slot::{Slot, SLOT_COUNT};
+pub use uid::{BadUid, Uid};

@@ -1,0 +1,174 @@
+//! Credentials: HS256 JWTs signed with the deployment secret (API.md, "Credentials").
+//!
+//! Every process verifies every token itself; nothing here trusts a header someone added.
+//! Pure: the caller supplies the secret and the current time comes from the token library.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::Uid;
+
+/// The claims redcell reads from a token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// Who is calling, as proven by a verified token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// An app user; may act only as itself.
+    User(Uid),
+    /// A service (`sub` = `svc:NAME`) with the scopes its token grants.
+    Service { name: String, scopes: Vec<String> },
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        matches!(self, Principal::Service { scopes, .. } if scopes.iter().any(|s| s == scope))
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.has_scope("admin")
+    }
+
+    /// The uid of a user principal.
+    pub fn uid(&self) -> Option<&Uid> {
+        match self {
+            Principal::User(uid) => Some(uid),
+            Principal::Service { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Verifies tokens against one deployment secret.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier { key: <secret> }")
+    }
+}
+
+impl Verifier {
+    pub fn new(secret: &[u8]) -> Verifier {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.validate_exp = true;
+        validation.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
+        Verifier {
+            key: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Verifies an `Authorization` header value (`Bearer <jwt>`).
+    pub fn verify_header(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| AuthError::Invalid("expected 'Bearer <token>'".into()))?;
+        self.verify(token.trim())
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let claims = data.claims;
+        if let Some(name) = claims.sub.strip_prefix("svc:") {
+            if name.is_empty() || name.len() > 64 {
+                return Err(AuthError::Invalid("bad service name".into()));
+            }
+            let scopes = claims
+                .scope
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            return Ok(Principal::Service {
+                name: name.to_owned(),
+                scopes,
+            });
+        }
+        let uid = Uid::parse(&claims.sub).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        Ok(Principal::User(uid))
+    }
+}
+
+/// Mints a token for `sub` valid for `ttl_s` seconds (cellctl token, tests, internal calls).
+pub fn mint(secret: &[u8], sub: &str, scope: Option<&str>, ttl_s: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = Claims {
+        sub: sub.to_owned(),
+        exp: now + ttl_s,
+        scope: scope.map(str::to_owned),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .expect("HS256 encoding of plain claims cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_and_services_verify() {
+        let v = Verifier::new(b"s3cret");
+        let user = mint(b"s3cret", "u42", None, 60);
+        assert_eq!(v.verify(&user).unwrap().uid().unwrap().as_str(), "u42");
+        let svc = mint(b"s3cret", "svc:ops", Some("admin internal"), 60);
+        let p = v.verify_header(Some(&format!("Bearer {svc}"))).unwrap();
+        assert!(p.is_admin() && p.has_scope("internal") && !p.has_scope("subsidy:grant"));
+    }
+
+    #[test]
+    fn bad_tokens_are_refused() {
+        let v = Verifier::new(b"s3cret");
+        assert_eq!(v.verify_header(None), Err(AuthError::Missing));
+        assert!(v.verify(&mint(b"other", "u1", None, 60)).is_err());
+        assert!(v.verify("garbage").is_err());
+        assert!(v.verify(&mint(b"s3cret", "bad uid!", None, 60)).is_err());
+        let expired = {
+            let claims = Claims {
+                sub: "u1".into(),
+                exp: 1_000,
+                scope: None,
+            };
+            jsonwebtoken::encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .unwrap()
+        };
+        assert!(v.verify(&expired).is_err());
+        let mut tampered = mint(b"s3cret", "u1", None, 60);
+        tampered.push('x');
+        assert!(v.verify(&tampered).is_err());
+    }
+}
