@@ -1,0 +1,71 @@
+//! Operations: reconciliation, the test clock, health, readiness and metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::extract::{Caller, Json};
+use crate::app::Ctx;
+
+pub async fn handle_reconciliation(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    if !caller.0.is_admin() {
+        return Err(ApiError::forbidden("requires scope admin"));
+    }
+    let report = ctx.store.reconcile(ctx.clock.now_ms()).await?;
+    Ok(axum::Json(report).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockBody {
+    advance_s: i64,
+}
+
+/// Moves the cell's clock forward; exists only with `--test-clock`.
+pub async fn handle_clock(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    body: Json<ClockBody>,
+) -> Result<Response, ApiError> {
+    if !ctx.test_clock {
+        return Err(ApiError::not_found("not_found", "no such route"));
+    }
+    if !caller.0.is_admin() {
+        return Err(ApiError::forbidden("requires scope admin"));
+    }
+    if !(0..=10 * 365 * 86_400).contains(&body.value.advance_s) {
+        return Err(ApiError::invalid("advance_s", "must be 0..=315360000"));
+    }
+    ctx.clock.advance(body.value.advance_s * 1000);
+    ctx.wake.notify_waiters();
+    Ok(axum::Json(json!({"now": crate::domain::rfc3339(ctx.clock.now_ms())})).into_response())
+}
+
+pub async fn handle_healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+pub async fn handle_readyz(State(ctx): State<Ctx>) -> Response {
+    if ctx.shutting_down.is_cancelled() {
+        return ApiError::unavailable("shutting down").into_response();
+    }
+    if !ctx.store.ping().await {
+        return ApiError::unavailable("database unreachable").into_response();
+    }
+    axum::Json(json!({"status": "ready", "cell": ctx.ownership.cell_id()})).into_response()
+}
+
+pub async fn handle_metrics(State(ctx): State<Ctx>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ctx.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,91 @@
+//! The HTTP API of one cell (API.md), for the slots it owns.
+
+pub mod admin;
+pub mod claims;
+pub mod error;
+pub mod extract;
+pub mod packets;
+pub mod subsidies;
+pub mod users;
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::app::Ctx;
+use error::ApiError;
+
+/// Every request ends within this, whatever it waits on.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/v1/subsidies", post(subsidies::handle_grant))
+        .route(
+            "/v1/users/{uid}/subsidies",
+            get(subsidies::handle_list_subsidies),
+        )
+        .route("/v1/packets", post(packets::handle_send))
+        .route("/v1/packets/{packet_id}", get(packets::handle_get_packet))
+        .route(
+            "/v1/packets/{packet_id}/claims",
+            post(claims::handle_claim).get(claims::handle_list_claims),
+        )
+        .route(
+            "/v1/payments/{payment_id}/callback",
+            post(packets::handle_payment_callback),
+        )
+        .route("/v1/users/{uid}/wallet", get(users::handle_wallet))
+        .route("/v1/users/{uid}/packets", get(users::handle_history))
+        .route(
+            "/v1/admin/reconciliation",
+            get(admin::handle_reconciliation),
+        )
+        .route("/v1/admin/clock", post(admin::handle_clock))
+        .route("/healthz", get(admin::handle_healthz))
+        .route("/readyz", get(admin::handle_readyz))
+        .route("/metrics", get(admin::handle_metrics))
+        .fallback(|| async { ApiError::not_found("not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(middleware::from_fn_with_state(ctx.clone(), observe))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .with_state(ctx)
+}
+
+/// Counts and times every request by route, and logs server-side failures.
+async fn observe(State(_ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let started = Instant::now();
+    let res = next.run(req).await.into_response();
+    let status = res.status();
+    let elapsed = started.elapsed();
+    metrics::counter!("redcell_http_requests_total", "route" => route.clone(), "status" => status.as_u16().to_string())
+        .increment(1);
+    metrics::histogram!("redcell_http_request_duration_seconds", "route" => route.clone())
+        .record(elapsed.as_secs_f64());
+    if status.is_server_error() {
+        tracing::warn!(%method, route, status = status.as_u16(), ms = elapsed.as_millis() as u64, "request failed");
+    }
+    res
+}

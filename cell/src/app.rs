@@ -1,0 +1,238 @@
+//! Building and running one cell: `App::build(settings)` binds and starts everything,
+//! `run_until_stopped()` serves until SIGTERM or Ctrl-C, then drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use topology::auth::Verifier;
+use topology::{CellId, CellMap};
+
+use crate::claims::{ClaimService, Gate};
+use crate::clock::Clock;
+use crate::config::{self, Settings, Switch};
+use crate::domain::validate::Limits;
+use crate::ownership::Ownership;
+use crate::store::{redact, Store, StoreError, StoreOptions};
+use crate::workers::Workers;
+
+/// Shared state of the request handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct Ctx(Arc<CtxInner>);
+
+pub struct CtxInner {
+    pub store: Store,
+    pub claims: ClaimService,
+    pub verifier: Verifier,
+    pub clock: Arc<Clock>,
+    pub ownership: Ownership,
+    pub limits: Limits,
+    pub metrics: PrometheusHandle,
+    pub test_clock: bool,
+    /// Wakes time-driven workers when the test clock moves.
+    pub wake: Arc<Notify>,
+    /// Fired when shutdown begins: `/readyz` turns 503 so balancers stop sending.
+    pub shutting_down: CancellationToken,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = CtxInner;
+    fn deref(&self) -> &CtxInner {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    #[error("cannot use data dir {0}: {1}")]
+    DataDir(String, std::io::Error),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot reach redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot read map {0}: {1}")]
+    Map(String, String),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+pub struct App {
+    listener: TcpListener,
+    ctx: Ctx,
+    workers: Workers,
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Only the first App of a process installs the recorder; later ones share it.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> Result<App, StartError> {
+        settings.validate().map_err(StartError::Settings)?;
+        let dir = settings.data_dir.display().to_string();
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|e| StartError::DataDir(dir.clone(), e))?;
+        let secret = config::auth_secret(settings.auth_secret.as_deref(), &settings.data_dir)
+            .map_err(|e| StartError::DataDir(dir, e))?;
+        let me =
+            CellId::parse(&settings.cell_id).map_err(|e| StartError::Settings(e.to_string()))?;
+
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| StartError::Bind(settings.listen, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(settings.listen, e))?;
+        let ownership = match &settings.map {
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| StartError::Map(shown.clone(), e.to_string()))?;
+                let map: CellMap = serde_json::from_str(&text)
+                    .map_err(|e| StartError::Map(shown.clone(), e.to_string()))?;
+                if map.cell(&me).is_none() {
+                    return Err(StartError::Map(
+                        shown,
+                        format!("cell {me} is not in the map"),
+                    ));
+                }
+                Ownership::new(me.clone(), map)
+            }
+            None => Ownership::alone(me.clone(), format!("http://{addr}")),
+        };
+
+        let url = settings
+            .database_url
+            .clone()
+            .unwrap_or_else(|| Store::sqlite_url(&settings.data_dir));
+        let store = Store::open(
+            &url,
+            &StoreOptions {
+                max_connections: settings.db_max_connections,
+            },
+        )
+        .await?;
+        let gate = match &settings.redis_url {
+            Some(url) => Gate::redis(url, me.as_str()).await?,
+            None => Gate::local(),
+        };
+        let clock = Arc::new(Clock::default());
+        let transfers_due = Arc::new(Notify::new());
+        let queue = (settings.claim_queue == Switch::On).then_some(settings.claim_batch_max);
+        let claims = ClaimService::new(
+            store.clone(),
+            clock.clone(),
+            gate,
+            transfers_due.clone(),
+            queue,
+        );
+        let wake = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let ctx = Ctx(Arc::new(CtxInner {
+            store: store.clone(),
+            claims,
+            verifier: Verifier::new(secret.as_bytes()),
+            clock: clock.clone(),
+            ownership,
+            limits: Limits {
+                max_total: settings.max_total,
+                max_count: settings.max_count,
+            },
+            metrics: metrics_handle(),
+            test_clock: settings.test_clock,
+            wake: wake.clone(),
+            shutting_down: cancel.clone(),
+        }));
+        let workers = Workers {
+            store,
+            clock,
+            interval: Duration::from_millis(settings.worker_interval_ms.max(10)),
+            cancel,
+            transfers_due,
+            wake,
+        };
+        tracing::info!(
+            cell = %me,
+            %addr,
+            database = %redact(&url),
+            gate = if settings.redis_url.is_some() { "redis" } else { "in-process" },
+            claim_queue = ?settings.claim_queue,
+            "cell ready"
+        );
+        Ok(App {
+            listener,
+            ctx,
+            workers,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until SIGTERM or Ctrl-C; then stops taking connections, lets in-flight
+    /// requests (and their claim batches) finish, stops the workers and closes the database.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let App {
+            listener,
+            ctx,
+            workers,
+        } = self;
+        let cancel = workers.cancel.clone();
+        let handles = workers.spawn();
+        let router = crate::api::router(ctx.clone());
+        let stop = cancel.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down: draining in-flight requests");
+                stop.cancel();
+            })
+            .await?;
+        cancel.cancel();
+        for h in handles {
+            let _ = h.await;
+        }
+        ctx.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,161 @@
+//! Reconciliation: per-packet and per-cell money checks over one consistent snapshot.
+//! Findings are reported, never fixed here.
+
+use serde::Serialize;
+
+use super::{get, Dialect, Store, StoreError};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Money that entered: succeeded payments + granted subsidies − money handed back to the
+    /// subsidy pool (expired subsidies, B2C refunds).
+    pub funded: i64,
+    /// Sum of every wallet's balance (completed credits).
+    pub wallets: i64,
+    /// Unclaimed rest of paid packets not yet refunded, plus subsidies not yet used.
+    pub escrow: i64,
+    /// Claimed but not yet credited: pending transfers.
+    pub in_flight: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// A stable name for the kind of finding.
+    pub kind: &'static str,
+    pub id: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reconciliation {
+    pub ok: bool,
+    pub findings: Vec<Finding>,
+    pub totals: Totals,
+}
+
+/// How long a record may stay in a non-final state before it is reported stuck.
+pub const STUCK_AFTER_MS: i64 = 60_000;
+
+/// `(SELECT CAST(COALESCE(SUM(expr), 0) AS BIGINT) FROM rest)`: a sum that is an integer and
+/// never NULL on both dialects (Postgres sums BIGINT into NUMERIC).
+fn sum(expr: &str, rest: &str) -> String {
+    format!("(SELECT CAST(COALESCE(SUM({expr}), 0) AS BIGINT) FROM {rest})")
+}
+
+impl Store {
+    pub async fn reconcile(&self, now: i64) -> Result<Reconciliation, StoreError> {
+        let mut tx = self.read.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            // Every SELECT below must see the same instant, or money in motion between two
+            // reads would look created or lost.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {} AS paid, {} AS granted, {} AS returned, {} AS wallets, \
+             {} AS packet_escrow, {} AS subsidy_escrow, {} AS in_flight",
+            sum("amount", "payments WHERE status = 'succeeded'"),
+            sum("amount", "subsidies"),
+            sum("amount", "pool_returns"),
+            sum("balance", "wallets"),
+            sum(
+                "remaining_amount",
+                "packets WHERE status IN ('active', 'expired', 'exhausted')"
+            ),
+            sum("amount", "subsidies WHERE status = 'available'"),
+            sum("amount", "transfers WHERE status = 'pending'"),
+        ))
+        .fetch_one(&mut *tx)
+        .await?;
+        let totals = Totals {
+            funded: get::<i64>(&row, "paid")? + get::<i64>(&row, "granted")?
+                - get::<i64>(&row, "returned")?,
+            wallets: get(&row, "wallets")?,
+            escrow: get::<i64>(&row, "packet_escrow")? + get::<i64>(&row, "subsidy_escrow")?,
+            in_flight: get(&row, "in_flight")?,
+        };
+        let mut findings = Vec::new();
+        if totals.funded != totals.wallets + totals.escrow + totals.in_flight {
+            findings.push(Finding {
+                kind: "money_not_conserved",
+                id: "cell".into(),
+                detail: format!(
+                    "funded {} != wallets {} + escrow {} + in_flight {}",
+                    totals.funded, totals.wallets, totals.escrow, totals.in_flight
+                ),
+            });
+        }
+
+        let packets = sqlx::query(&format!(
+            "SELECT * FROM (SELECT p.packet_id, p.total, p.remaining_amount, p.refunded_amount, \
+             {} AS claimed, {} AS transferred FROM packets p) x \
+             WHERE x.total <> x.claimed + x.remaining_amount \
+             OR x.transferred + x.refunded_amount > x.total LIMIT 100",
+            sum("c.amount", "claims c WHERE c.packet_id = p.packet_id"),
+            sum(
+                "t.amount",
+                "transfers t WHERE t.packet_id = p.packet_id AND t.status = 'completed'"
+            ),
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &packets {
+            findings.push(Finding {
+                kind: "packet_unbalanced",
+                id: get(r, "packet_id")?,
+                detail: format!(
+                    "total {} claimed {} remaining {} transferred {} refunded {}",
+                    get::<i64>(r, "total")?,
+                    get::<i64>(r, "claimed")?,
+                    get::<i64>(r, "remaining_amount")?,
+                    get::<i64>(r, "transferred")?,
+                    get::<i64>(r, "refunded_amount")?
+                ),
+            });
+        }
+
+        let wallets = sqlx::query(&format!(
+            "SELECT * FROM (SELECT w.uid, w.balance, {} AS credited FROM wallets w) x \
+             WHERE x.balance <> x.credited LIMIT 100",
+            sum("k.amount", "wallet_credits k WHERE k.uid = w.uid"),
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in &wallets {
+            findings.push(Finding {
+                kind: "wallet_unbalanced",
+                id: get(r, "uid")?,
+                detail: format!(
+                    "balance {} != credits {}",
+                    get::<i64>(r, "balance")?,
+                    get::<i64>(r, "credited")?
+                ),
+            });
+        }
+
+        let cutoff = now - STUCK_AFTER_MS;
+        let stuck: [(&'static str, &str); 4] = [
+            ("transfer_stuck", "SELECT transfer_id AS id, created_at AS since FROM transfers WHERE status = 'pending' AND created_at < $1 LIMIT 100"),
+            ("expiry_stuck", "SELECT packet_id AS id, expires_at AS since FROM packets WHERE status = 'active' AND expires_at < $1 LIMIT 100"),
+            ("refund_stuck", "SELECT packet_id AS id, expires_at AS since FROM packets WHERE status = 'expired' AND expires_at < $1 LIMIT 100"),
+            ("subsidy_expiry_stuck", "SELECT subsidy_id AS id, expires_at AS since FROM subsidies WHERE status = 'available' AND expires_at < $1 LIMIT 100"),
+        ];
+        for (kind, sql) in stuck {
+            for r in sqlx::query(sql).bind(cutoff).fetch_all(&mut *tx).await? {
+                let since: i64 = get(&r, "since")?;
+                findings.push(Finding {
+                    kind,
+                    id: get(&r, "id")?,
+                    detail: format!("not final {} s past its deadline", (now - since) / 1000),
+                });
+            }
+        }
+        tx.rollback().await?;
+        Ok(Reconciliation {
+            ok: findings.is_empty(),
+            findings,
+            totals,
+        })
+    }
+}

@@ -1,0 +1,338 @@
+//! What the workers read and write: the journal cursor, transfers to complete, packets and
+//! subsidies to expire, and refunds.
+
+use serde_json::json;
+use sqlx::{Any, Transaction};
+
+use super::{get, journal, Store, StoreError};
+
+/// A transfer still to be credited to its claimer's wallet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueTransfer {
+    pub transfer_id: String,
+    pub to_uid: String,
+    pub amount: i64,
+    /// The claimer's home slot.
+    pub slot: i64,
+}
+
+impl Store {
+    /// The journal position `worker` has processed up to (0 before its first run).
+    pub async fn cursor(&self, worker: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT seq FROM worker_cursors WHERE worker = $1")
+            .bind(worker)
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| get(&r, "seq"))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Journal entries of `kind` after `after`, oldest first: `(seq, entity_id)`.
+    pub async fn journal_after(
+        &self,
+        kind: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let found = sqlx::query(
+            "SELECT seq, entity_id FROM journal WHERE seq > $1 AND kind = $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(after)
+        .bind(kind)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        found
+            .iter()
+            .map(|r| Ok((get(r, "seq")?, get(r, "entity_id")?)))
+            .collect()
+    }
+
+    /// Transfers still pending that were created at or before `created_before`.
+    pub async fn pending_transfers(
+        &self,
+        created_before: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let found = sqlx::query(
+            "SELECT transfer_id FROM transfers WHERE status = 'pending' AND created_at <= $1 \
+             ORDER BY created_at LIMIT $2",
+        )
+        .bind(created_before)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        found.iter().map(|r| get(r, "transfer_id")).collect()
+    }
+
+    /// Completes transfers whose claimer is homed in this cell: credits each wallet once
+    /// (by transfer id) and marks the transfer completed, all in one transaction that also
+    /// moves `worker`'s cursor to `cursor` when given. Returns how many were completed now.
+    ///
+    /// Locks: each transfer row, then the claimer's wallet row.
+    pub async fn complete_transfers(
+        &self,
+        transfer_ids: &[String],
+        cursor: Option<(&str, i64)>,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut done = 0;
+        let sql = format!(
+            "SELECT to_uid, amount, slot, status FROM transfers WHERE transfer_id = $1{}",
+            self.for_update()
+        );
+        for id in transfer_ids {
+            let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? else {
+                continue;
+            };
+            let status: String = get(&row, "status")?;
+            if status != "pending" {
+                continue;
+            }
+            let t = DueTransfer {
+                transfer_id: id.clone(),
+                to_uid: get(&row, "to_uid")?,
+                amount: get(&row, "amount")?,
+                slot: get(&row, "slot")?,
+            };
+            credit(
+                &mut tx,
+                &t.transfer_id,
+                &t.to_uid,
+                t.slot,
+                t.amount,
+                "claim",
+                now,
+            )
+            .await?;
+            sqlx::query("UPDATE transfers SET status = 'completed', completed_at = $1 WHERE transfer_id = $2")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let payload = json!({"to_uid": t.to_uid, "amount": t.amount});
+            journal(&mut tx, t.slot, "transfer_completed", id, &payload, now).await?;
+            done += 1;
+        }
+        if let Some((worker, seq)) = cursor {
+            set_cursor(&mut tx, worker, seq).await?;
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Marks active packets past their expiry `expired`, so claims learn it and refunds run.
+    pub async fn expire_due_packets(&self, now: i64, limit: i64) -> Result<usize, StoreError> {
+        let due = sqlx::query(
+            "SELECT packet_id FROM packets WHERE status = 'active' AND expires_at <= $1 LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        let mut n = 0;
+        for row in &due {
+            let packet_id: String = get(row, "packet_id")?;
+            let mut tx = self.begin().await?;
+            let changed = sqlx::query(
+                "UPDATE packets SET status = 'expired' WHERE packet_id = $1 AND status = 'active' \
+                 AND expires_at <= $2 RETURNING slot, remaining_amount",
+            )
+            .bind(&packet_id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = changed {
+                let slot: i64 = get(&row, "slot")?;
+                let rest: i64 = get(&row, "remaining_amount")?;
+                journal(
+                    &mut tx,
+                    slot,
+                    "packet_expired",
+                    &packet_id,
+                    &json!({"remaining_amount": rest}),
+                    now,
+                )
+                .await?;
+                n += 1;
+            }
+            tx.commit().await?;
+        }
+        Ok(n)
+    }
+
+    /// Refunds expired packets: the unclaimed rest goes to the sender's wallet (C2C) or back
+    /// to the subsidy pool (B2C), once per packet (the refund's source id is the packet id).
+    ///
+    /// Locks: the packet row, then the sender's wallet row.
+    pub async fn refund_expired(&self, now: i64, limit: i64) -> Result<usize, StoreError> {
+        let due = sqlx::query("SELECT packet_id FROM packets WHERE status = 'expired' LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?;
+        let lock = format!(
+            "SELECT slot, sender, kind, remaining_amount, status FROM packets WHERE packet_id = $1{}",
+            self.for_update()
+        );
+        let mut n = 0;
+        for row in &due {
+            let packet_id: String = get(row, "packet_id")?;
+            let mut tx = self.begin().await?;
+            let Some(row) = sqlx::query(&lock)
+                .bind(&packet_id)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                continue;
+            };
+            if get::<String>(&row, "status")? != "expired" {
+                continue;
+            }
+            let slot: i64 = get(&row, "slot")?;
+            let rest: i64 = get(&row, "remaining_amount")?;
+            let source = format!("refund:{packet_id}");
+            if rest > 0 {
+                if get::<String>(&row, "kind")? == "c2c" {
+                    let sender: String = get(&row, "sender")?;
+                    credit(&mut tx, &source, &sender, slot, rest, "refund", now).await?;
+                } else {
+                    return_to_pool(&mut tx, &source, slot, rest, now).await?;
+                }
+            }
+            sqlx::query(
+                "UPDATE packets SET status = 'refunded', refunded_amount = $1 WHERE packet_id = $2",
+            )
+            .bind(rest)
+            .bind(&packet_id)
+            .execute(&mut *tx)
+            .await?;
+            journal(
+                &mut tx,
+                slot,
+                "packet_refunded",
+                &packet_id,
+                &json!({"amount": rest}),
+                now,
+            )
+            .await?;
+            tx.commit().await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Subsidies never used by their expiry go back to the pool.
+    pub async fn expire_subsidies(&self, now: i64, limit: i64) -> Result<usize, StoreError> {
+        let due = sqlx::query(
+            "SELECT subsidy_id FROM subsidies WHERE status = 'available' AND expires_at <= $1 LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        let mut n = 0;
+        for row in &due {
+            let subsidy_id: String = get(row, "subsidy_id")?;
+            let mut tx = self.begin().await?;
+            let changed = sqlx::query(
+                "UPDATE subsidies SET status = 'expired' WHERE subsidy_id = $1 AND status = 'available' \
+                 AND expires_at <= $2 RETURNING slot, amount",
+            )
+            .bind(&subsidy_id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = changed {
+                let (slot, amount): (i64, i64) = (get(&row, "slot")?, get(&row, "amount")?);
+                return_to_pool(&mut tx, &format!("subsidy:{subsidy_id}"), slot, amount, now)
+                    .await?;
+                journal(
+                    &mut tx,
+                    slot,
+                    "subsidy_expired",
+                    &subsidy_id,
+                    &json!({"amount": amount}),
+                    now,
+                )
+                .await?;
+                n += 1;
+            }
+            tx.commit().await?;
+        }
+        Ok(n)
+    }
+}
+
+/// Credits `uid` once per `source_id`; a repeat is a no-op. Returns whether it credited.
+pub(super) async fn credit(
+    tx: &mut Transaction<'static, Any>,
+    source_id: &str,
+    uid: &str,
+    slot: i64,
+    amount: i64,
+    kind: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let fresh = sqlx::query(
+        "INSERT INTO wallet_credits (source_id, slot, uid, amount, kind, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(source_id)
+    .bind(slot)
+    .bind(uid)
+    .bind(amount)
+    .bind(kind)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if fresh == 1 {
+        sqlx::query(
+            "INSERT INTO wallets (uid, slot, balance) VALUES ($1, $2, $3) \
+             ON CONFLICT (uid) DO UPDATE SET balance = wallets.balance + excluded.balance",
+        )
+        .bind(uid)
+        .bind(slot)
+        .bind(amount)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(fresh == 1)
+}
+
+async fn return_to_pool(
+    tx: &mut Transaction<'static, Any>,
+    source_id: &str,
+    slot: i64,
+    amount: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO pool_returns (source_id, slot, amount, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(source_id)
+    .bind(slot)
+    .bind(amount)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn set_cursor(
+    tx: &mut Transaction<'static, Any>,
+    worker: &str,
+    seq: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO worker_cursors (worker, seq) VALUES ($1, $2) \
+         ON CONFLICT (worker) DO UPDATE SET seq = excluded.seq",
+    )
+    .bind(worker)
+    .bind(seq)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
