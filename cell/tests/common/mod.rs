@@ -31,14 +31,9 @@ impl Backend {
     }
 }
 
+#[derive(Default)]
 pub struct CellOptions {
     pub extra_args: Vec<String>,
-}
-
-impl Default for CellOptions {
-    fn default() -> Self {
-        CellOptions { extra_args: vec![] }
-    }
 }
 
 pub struct TestCell {
