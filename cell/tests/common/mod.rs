@@ -174,6 +174,11 @@ impl TestCell {
         panic!("cell at {} not ready within 30 s", self.url);
     }
 
+    /// The running process' id, for killing it from another task.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no chance to flush or drain.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
