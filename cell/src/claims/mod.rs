@@ -185,7 +185,9 @@ impl Inner {
         uids: Vec<Uid>,
     ) -> Result<Vec<ClaimOutcome>, StoreError> {
         let now = self.clock.now_ms();
+        let started = std::time::Instant::now();
         let batch = self.store.claim_batch(packet_id, &uids, now).await?;
+        metrics::histogram!("redcell_claim_batch_seconds").record(started.elapsed().as_secs_f64());
         if let Some(s) = batch.summary {
             self.remember(packet_id, s);
         }

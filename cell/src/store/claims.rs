@@ -6,7 +6,7 @@ use serde_json::json;
 use topology::{IdKind, MintedId, Uid};
 
 use super::rows::{self, Claim, ClaimListItem, CLAIM_COLS};
-use super::{get, values_list, Store, StoreError};
+use super::{get, placeholders, values_list, Store, StoreError};
 use crate::domain::split::next_share;
 use crate::domain::PacketStatus;
 
@@ -80,11 +80,10 @@ impl Store {
         let expires_at: i64 = get(&row, "expires_at")?;
 
         let mut known: HashMap<String, Claim> = HashMap::new();
-        let sql =
-            format!(
+        let sql = format!(
             "SELECT {CLAIM_COLS} FROM claims c JOIN transfers t ON t.transfer_id = c.transfer_id \
              WHERE c.packet_id = $1 AND c.uid IN ({})",
-            (2..uids.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+            placeholders(2, uids.len())
         );
         let mut q = sqlx::query(&sql).bind(packet_id);
         for uid in uids {

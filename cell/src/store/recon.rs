@@ -87,17 +87,20 @@ impl Store {
             });
         }
 
-        let packets = sqlx::query(&format!(
-            "SELECT * FROM (SELECT p.packet_id, p.total, p.remaining_amount, p.refunded_amount, \
-             {} AS claimed, {} AS transferred FROM packets p) x \
-             WHERE x.total <> x.claimed + x.remaining_amount \
-             OR x.transferred + x.refunded_amount > x.total LIMIT 100",
-            sum("c.amount", "claims c WHERE c.packet_id = p.packet_id"),
-            sum(
-                "t.amount",
-                "transfers t WHERE t.packet_id = p.packet_id AND t.status = 'completed'"
-            ),
-        ))
+        // Grouped joins, not a subquery per row: one pass over each table.
+        let packets = sqlx::query(
+            "SELECT p.packet_id, p.total, p.remaining_amount, p.refunded_amount, \
+             CAST(COALESCE(c.claimed, 0) AS BIGINT) AS claimed, \
+             CAST(COALESCE(t.transferred, 0) AS BIGINT) AS transferred \
+             FROM packets p \
+             LEFT JOIN (SELECT packet_id, SUM(amount) AS claimed FROM claims GROUP BY packet_id) c \
+               ON c.packet_id = p.packet_id \
+             LEFT JOIN (SELECT packet_id, SUM(amount) AS transferred FROM transfers \
+                        WHERE status = 'completed' GROUP BY packet_id) t ON t.packet_id = p.packet_id \
+             WHERE p.total <> COALESCE(c.claimed, 0) + p.remaining_amount \
+                OR COALESCE(t.transferred, 0) + p.refunded_amount > p.total \
+             LIMIT 100",
+        )
         .fetch_all(&mut *tx)
         .await?;
         for r in &packets {
@@ -115,11 +118,12 @@ impl Store {
             });
         }
 
-        let wallets = sqlx::query(&format!(
-            "SELECT * FROM (SELECT w.uid, w.balance, {} AS credited FROM wallets w) x \
-             WHERE x.balance <> x.credited LIMIT 100",
-            sum("k.amount", "wallet_credits k WHERE k.uid = w.uid"),
-        ))
+        let wallets = sqlx::query(
+            "SELECT w.uid, w.balance, CAST(COALESCE(k.credited, 0) AS BIGINT) AS credited FROM wallets w \
+             LEFT JOIN (SELECT uid, SUM(amount) AS credited FROM wallet_credits GROUP BY uid) k \
+               ON k.uid = w.uid \
+             WHERE w.balance <> COALESCE(k.credited, 0) LIMIT 100",
+        )
         .fetch_all(&mut *tx)
         .await?;
         for r in &wallets {

@@ -1,10 +1,12 @@
 //! What the workers read and write: the journal cursor, transfers to complete, packets and
 //! subsidies to expire, and refunds.
 
+use std::collections::{BTreeMap, HashSet};
+
 use serde_json::json;
 use sqlx::{Any, Transaction};
 
-use super::{get, journal, Store, StoreError};
+use super::{get, journal, placeholders, values_list, Store, StoreError};
 
 /// A transfer still to be credited to its claimer's wallet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +72,10 @@ impl Store {
     /// (by transfer id) and marks the transfer completed, all in one transaction that also
     /// moves `worker`'s cursor to `cursor` when given. Returns how many were completed now.
     ///
-    /// Locks: each transfer row, then the claimer's wallet row.
+    /// A handful of statements per chunk of 256, however many transfers: the worker must keep
+    /// up with the claim path without taking the database from it.
+    /// Locks: the pending transfer rows (the `UPDATE … RETURNING` takes and transitions them
+    /// at once), then the claimers' wallet rows in uid order.
     pub async fn complete_transfers(
         &self,
         transfer_ids: &[String],
@@ -79,42 +84,53 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let mut tx = self.begin().await?;
         let mut done = 0;
-        let sql = format!(
-            "SELECT to_uid, amount, slot, status FROM transfers WHERE transfer_id = $1{}",
-            self.for_update()
-        );
-        for id in transfer_ids {
-            let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? else {
-                continue;
-            };
-            let status: String = get(&row, "status")?;
-            if status != "pending" {
+        for chunk in transfer_ids.chunks(256) {
+            let sql = format!(
+                "UPDATE transfers SET status = 'completed', completed_at = $1 \
+                 WHERE status = 'pending' AND transfer_id IN ({}) RETURNING transfer_id, to_uid, amount, slot",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(now);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            let mut due = Vec::new();
+            for row in q.fetch_all(&mut *tx).await? {
+                due.push(DueTransfer {
+                    transfer_id: get(&row, "transfer_id")?,
+                    to_uid: get(&row, "to_uid")?,
+                    amount: get(&row, "amount")?,
+                    slot: get(&row, "slot")?,
+                });
+            }
+            if due.is_empty() {
                 continue;
             }
-            let t = DueTransfer {
-                transfer_id: id.clone(),
-                to_uid: get(&row, "to_uid")?,
-                amount: get(&row, "amount")?,
-                slot: get(&row, "slot")?,
-            };
-            credit(
-                &mut tx,
-                &t.transfer_id,
-                &t.to_uid,
-                t.slot,
-                t.amount,
-                "claim",
-                now,
-            )
-            .await?;
-            sqlx::query("UPDATE transfers SET status = 'completed', completed_at = $1 WHERE transfer_id = $2")
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            let payload = json!({"to_uid": t.to_uid, "amount": t.amount});
-            journal(&mut tx, t.slot, "transfer_completed", id, &payload, now).await?;
-            done += 1;
+            let credits: Vec<Credit<'_>> = due
+                .iter()
+                .map(|t| Credit {
+                    source_id: &t.transfer_id,
+                    uid: &t.to_uid,
+                    slot: t.slot,
+                    amount: t.amount,
+                })
+                .collect();
+            credit_many(&mut tx, &credits, "claim", now).await?;
+            let sql = format!(
+                "INSERT INTO journal (slot, kind, entity_id, payload, created_at) VALUES {}",
+                values_list(due.len(), 5, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for t in &due {
+                q = q
+                    .bind(t.slot)
+                    .bind("transfer_completed")
+                    .bind(&t.transfer_id)
+                    .bind(json!({"to_uid": t.to_uid, "amount": t.amount}).to_string())
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
+            done += due.len();
         }
         if let Some((worker, seq)) = cursor {
             set_cursor(&mut tx, worker, seq).await?;
@@ -265,7 +281,15 @@ impl Store {
     }
 }
 
-/// Credits `uid` once per `source_id`; a repeat is a no-op. Returns whether it credited.
+/// One credit to apply: `source_id` makes it happen at most once, ever.
+pub(super) struct Credit<'a> {
+    pub source_id: &'a str,
+    pub uid: &'a str,
+    pub slot: i64,
+    pub amount: i64,
+}
+
+/// Credits `uid` once per `source_id`; a repeat is a no-op.
 pub(super) async fn credit(
     tx: &mut Transaction<'static, Any>,
     source_id: &str,
@@ -274,32 +298,70 @@ pub(super) async fn credit(
     amount: i64,
     kind: &str,
     now: i64,
-) -> Result<bool, StoreError> {
-    let fresh = sqlx::query(
-        "INSERT INTO wallet_credits (source_id, slot, uid, amount, kind, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+) -> Result<(), StoreError> {
+    credit_many(
+        tx,
+        &[Credit {
+            source_id,
+            uid,
+            slot,
+            amount,
+        }],
+        kind,
+        now,
     )
-    .bind(source_id)
-    .bind(slot)
-    .bind(uid)
-    .bind(amount)
-    .bind(kind)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if fresh == 1 {
-        sqlx::query(
-            "INSERT INTO wallets (uid, slot, balance) VALUES ($1, $2, $3) \
-             ON CONFLICT (uid) DO UPDATE SET balance = wallets.balance + excluded.balance",
-        )
-        .bind(uid)
-        .bind(slot)
-        .bind(amount)
-        .execute(&mut **tx)
-        .await?;
+    .await
+}
+
+/// Applies credits that were never applied before (by source id) to their wallets.
+pub(super) async fn credit_many(
+    tx: &mut Transaction<'static, Any>,
+    credits: &[Credit<'_>],
+    kind: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO wallet_credits (source_id, slot, uid, amount, kind, created_at) VALUES {} \
+         ON CONFLICT DO NOTHING RETURNING source_id",
+        values_list(credits.len(), 6, 1)
+    );
+    let mut q = sqlx::query(&sql);
+    for c in credits {
+        q = q
+            .bind(c.source_id)
+            .bind(c.slot)
+            .bind(c.uid)
+            .bind(c.amount)
+            .bind(kind)
+            .bind(now);
     }
-    Ok(fresh == 1)
+    let fresh: HashSet<String> = q
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| get(r, "source_id"))
+        .collect::<Result<_, _>>()?;
+    // One row per wallet (a statement may not upsert the same row twice), in uid order so
+    // concurrent creditors lock wallets in the same order.
+    let mut per_wallet: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for c in credits.iter().filter(|c| fresh.contains(c.source_id)) {
+        let entry = per_wallet.entry(c.uid).or_insert((c.slot, 0));
+        entry.1 += c.amount;
+    }
+    if per_wallet.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO wallets (uid, slot, balance) VALUES {} \
+         ON CONFLICT (uid) DO UPDATE SET balance = wallets.balance + excluded.balance",
+        values_list(per_wallet.len(), 3, 1)
+    );
+    let mut q = sqlx::query(&sql);
+    for (uid, (slot, amount)) in &per_wallet {
+        q = q.bind(*uid).bind(*slot).bind(*amount);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
 }
 
 async fn return_to_pool(

@@ -1,0 +1,43 @@
+//! The Redis admission gate holds the same rule as the in-process one, across connections.
+//! Runs in the Postgres + Redis pass of `scripts/test` (REDCELL_TEST_REDIS_URL set).
+
+use cell::claims::Gate;
+
+#[tokio::test]
+async fn redis_gate_holds_the_limit_across_connections() {
+    let Ok(url) = std::env::var("REDCELL_TEST_REDIS_URL") else {
+        eprintln!("redis gate test runs in the Redis pass (REDCELL_TEST_REDIS_URL unset here)");
+        return;
+    };
+    let cell_id = format!("t{:x}", rand::random::<u32>());
+    let a = Gate::redis(&url, &cell_id).await.expect("redis");
+    let b = Gate::redis(&url, &cell_id).await.expect("redis");
+    let packet = "pk_000aaaaaaaaaaaaaaaaaaaa";
+    let now = 1_000_000;
+
+    let p1 = a
+        .try_acquire(packet, 2, now)
+        .await
+        .unwrap()
+        .expect("first permit");
+    let _p2 = b
+        .try_acquire(packet, 2, now)
+        .await
+        .unwrap()
+        .expect("second permit");
+    assert!(
+        a.try_acquire(packet, 2, now).await.unwrap().is_none(),
+        "limit 2 holds across connections"
+    );
+    a.release(p1).await;
+    assert!(
+        b.try_acquire(packet, 2, now).await.unwrap().is_some(),
+        "a released permit frees a place"
+    );
+    // Permits whose holder died age out after 30 s instead of leaking capacity.
+    assert!(a
+        .try_acquire(packet, 2, now + 31_000)
+        .await
+        .unwrap()
+        .is_some());
+}
