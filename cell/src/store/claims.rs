@@ -48,12 +48,32 @@ impl Store {
     /// Locks: the packet row, for the whole transaction, so claims on one packet are
     /// serialized and `remaining_*` can never go below zero or pay out twice. The
     /// `UNIQUE (packet_id, uid)` index is the second guard against a double claim.
+    ///
+    /// Claimers are almost always first-timers, so the batch is first tried optimistically:
+    /// no lookup of earlier claims, and an insert that skips conflicting `(packet_id, uid)`
+    /// rows. If any row conflicted, that attempt is rolled back and the batch runs again the
+    /// careful way, looking up earlier claims first.
     pub async fn claim_batch(
         &self,
         packet_id: &str,
         uids: &[Uid],
         now: i64,
     ) -> Result<ClaimBatch, StoreError> {
+        if let Some(batch) = self.try_claim_batch(packet_id, uids, now, true).await? {
+            return Ok(batch);
+        }
+        let batch = self.try_claim_batch(packet_id, uids, now, false).await?;
+        Ok(batch.expect("the careful attempt never gives up"))
+    }
+
+    /// One attempt; `Ok(None)` only when `optimistic` and some uid had already claimed.
+    async fn try_claim_batch(
+        &self,
+        packet_id: &str,
+        uids: &[Uid],
+        now: i64,
+        optimistic: bool,
+    ) -> Result<Option<ClaimBatch>, StoreError> {
         let mut tx = self.begin().await?;
         let sql = format!(
             "SELECT slot, status, remaining_amount, remaining_count, expires_at FROM packets \
@@ -66,10 +86,10 @@ impl Store {
             .await?
         else {
             tx.rollback().await?;
-            return Ok(ClaimBatch {
+            return Ok(Some(ClaimBatch {
                 outcomes: vec![ClaimOutcome::NotFound; uids.len()],
                 summary: None,
-            });
+            }));
         };
         let slot: i64 = get(&row, "slot")?;
         let status_text: String = get(&row, "status")?;
@@ -80,23 +100,14 @@ impl Store {
         let expires_at: i64 = get(&row, "expires_at")?;
 
         let mut known: HashMap<String, Claim> = HashMap::new();
-        let sql = format!(
-            "SELECT {CLAIM_COLS} FROM claims c JOIN transfers t ON t.transfer_id = c.transfer_id \
-             WHERE c.packet_id = $1 AND c.uid IN ({})",
-            placeholders(2, uids.len())
-        );
-        let mut q = sqlx::query(&sql).bind(packet_id);
-        for uid in uids {
-            q = q.bind(uid.as_str());
+        if !optimistic {
+            self.load_claims(&mut tx, packet_id, uids, &mut known)
+                .await?;
         }
-        for row in q.fetch_all(&mut *tx).await? {
-            let claim = rows::claim(&row)?;
-            known.insert(claim.uid.clone(), claim);
-        }
-
         let packet_slot = topology::Slot::new(slot as u16)
             .ok_or_else(|| StoreError::Corrupt(format!("slot {slot}")))?;
         let mut created = Vec::new();
+        let mut refused = false;
         let mut outcomes = Vec::with_capacity(uids.len());
         {
             let mut rng = rand::thread_rng();
@@ -116,6 +127,11 @@ impl Store {
                     PacketStatus::Active => None,
                 };
                 if let Some(refusal) = refusal {
+                    if optimistic {
+                        // This uid may have claimed before; only the careful path knows.
+                        refused = true;
+                        break;
+                    }
                     outcomes.push(refusal);
                     continue;
                 }
@@ -140,13 +156,20 @@ impl Store {
                 outcomes.push(ClaimOutcome::Created(claim));
             }
         }
+        if refused {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         let new_status = if remaining_count == 0 && status == PacketStatus::Active {
             PacketStatus::Exhausted
         } else {
             status
         };
         if !created.is_empty() {
-            self.insert_claims(&mut tx, slot, &created).await?;
+            if !self.insert_claims(&mut tx, slot, &created).await? {
+                tx.rollback().await?;
+                return Ok(None);
+            }
             sqlx::query(
                 "UPDATE packets SET remaining_amount = $1, remaining_count = $2, status = $3 WHERE packet_id = $4",
             )
@@ -165,22 +188,48 @@ impl Store {
             remaining_count,
             expires_at,
         };
-        Ok(ClaimBatch {
+        Ok(Some(ClaimBatch {
             outcomes,
             summary: Some(summary),
-        })
+        }))
+    }
+
+    /// Earlier claims of `uids` on the packet, into `known`.
+    async fn load_claims(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        packet_id: &str,
+        uids: &[Uid],
+        known: &mut HashMap<String, Claim>,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "SELECT {CLAIM_COLS} FROM claims c JOIN transfers t ON t.transfer_id = c.transfer_id \
+             WHERE c.packet_id = $1 AND c.uid IN ({})",
+            placeholders(2, uids.len())
+        );
+        let mut q = sqlx::query(&sql).bind(packet_id);
+        for uid in uids {
+            q = q.bind(uid.as_str());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let claim = rows::claim(&row)?;
+            known.insert(claim.uid.clone(), claim);
+        }
+        Ok(())
     }
 
     /// Multi-row inserts of the claims, their transfers and their journal entries: three
-    /// statements per batch however many claims it holds.
+    /// statements per batch however many claims it holds. `Ok(false)` when some claimer had
+    /// already claimed this packet (nothing usable was written; the caller rolls back).
     async fn insert_claims(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         slot: i64,
         created: &[NewClaim],
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let sql = format!(
-            "INSERT INTO claims (claim_id, slot, packet_id, uid, amount, claimed_at, remaining_count, transfer_id) VALUES {}",
+            "INSERT INTO claims (claim_id, slot, packet_id, uid, amount, claimed_at, remaining_count, transfer_id) \
+             VALUES {} ON CONFLICT (packet_id, uid) DO NOTHING RETURNING claim_id",
             values_list(created.len(), 8, 1)
         );
         let mut q = sqlx::query(&sql);
@@ -196,7 +245,9 @@ impl Store {
                 .bind(c.remaining_count)
                 .bind(&c.transfer_id);
         }
-        q.execute(&mut **tx).await?;
+        if q.fetch_all(&mut **tx).await?.len() != created.len() {
+            return Ok(false);
+        }
 
         let sql = format!(
             "INSERT INTO transfers (transfer_id, slot, claim_id, packet_id, to_uid, amount, status, created_at) VALUES {}",
@@ -233,7 +284,7 @@ impl Store {
                 .bind(c.claimed_at);
         }
         q.execute(&mut **tx).await?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn packet_summary(

@@ -177,24 +177,55 @@ mod tests {
     #[tokio::test]
     async fn findings_name_what_is_wrong() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Store::sqlite_url(dir.path()), &StoreOptions::default()).await.unwrap();
-        assert!(store.reconcile(0).await.unwrap().ok, "an empty shard reconciles");
+        let store = Store::open(&Store::sqlite_url(dir.path()), &StoreOptions::default())
+            .await
+            .unwrap();
+        assert!(
+            store.reconcile(0).await.unwrap().ok,
+            "an empty shard reconciles"
+        );
 
         // A paid packet of 100 with one claim of 60 but only 30 deducted, a pending transfer
         // for it, and a wallet balance no credit explains.
-        exec(&store, "INSERT INTO payments VALUES ('pay', 0, 'pk', 100, 'succeeded', 0, 0)").await;
-        exec(&store, "INSERT INTO packets (packet_id, slot, sender, kind, total, count, remaining_amount, \
+        exec(
+            &store,
+            "INSERT INTO payments VALUES ('pay', 0, 'pk', 100, 'succeeded', 0, 0)",
+        )
+        .await;
+        exec(
+            &store,
+            "INSERT INTO packets (packet_id, slot, sender, kind, total, count, remaining_amount, \
             remaining_count, status, greeting, created_at, expires_at, payment_id) \
-            VALUES ('pk', 0, 's', 'c2c', 100, 2, 70, 1, 'active', '', 0, 1000, 'pay')").await;
-        exec(&store, "INSERT INTO claims VALUES ('cl', 0, 'pk', 'u2', 60, 0, 1, 'tr')").await;
-        exec(&store, "INSERT INTO transfers VALUES ('tr', 0, 'cl', 'pk', 'u2', 60, 'pending', 0, NULL)").await;
+            VALUES ('pk', 0, 's', 'c2c', 100, 2, 70, 1, 'active', '', 0, 1000, 'pay')",
+        )
+        .await;
+        exec(
+            &store,
+            "INSERT INTO claims VALUES ('cl', 0, 'pk', 'u2', 60, 0, 1, 'tr')",
+        )
+        .await;
+        exec(
+            &store,
+            "INSERT INTO transfers VALUES ('tr', 0, 'cl', 'pk', 'u2', 60, 'pending', 0, NULL)",
+        )
+        .await;
         exec(&store, "INSERT INTO wallets VALUES ('u1', 0, 5)").await;
 
         let report = store.reconcile(10 * 60_000).await.unwrap();
         let kinds: HashSet<_> = report.findings.iter().map(|f| f.kind).collect();
         assert!(!report.ok);
-        for kind in ["money_not_conserved", "packet_unbalanced", "wallet_unbalanced", "transfer_stuck", "expiry_stuck"] {
-            assert!(kinds.contains(kind), "missing {kind} in {:?}", report.findings);
+        for kind in [
+            "money_not_conserved",
+            "packet_unbalanced",
+            "wallet_unbalanced",
+            "transfer_stuck",
+            "expiry_stuck",
+        ] {
+            assert!(
+                kinds.contains(kind),
+                "missing {kind} in {:?}",
+                report.findings
+            );
         }
         assert_eq!(report.totals.funded, 100);
         assert_eq!(report.totals.in_flight, 60);
