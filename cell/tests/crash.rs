@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-const PACKETS: usize = 4;
+const PACKETS: usize = 8;
 const SHARES: i64 = 100;
 const TOTAL: i64 = 10_000;
 const CLAIMERS_PER_PACKET: usize = 150;
@@ -42,9 +42,9 @@ async fn try_claim(
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_claim_storm_loses_and_doubles_nothing() {
-    // Arrange: four paid packets of 100 shares, 150 would-be claimers each.
+    // Arrange: eight paid packets of 100 shares, 150 would-be claimers each.
     let mut cell = TestCell::spawn().await;
     let mut packets = Vec::new();
     for i in 0..PACKETS {
@@ -73,16 +73,23 @@ async fn kill9_mid_claim_storm_loses_and_doubles_nothing() {
             });
         }
     }
+    // The killer is a plain thread, so no runtime scheduling can delay it past the storm.
     let pid = cell.pid().expect("running");
-    while acked_count.load(Ordering::SeqCst) < 150 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    std::process::Command::new("kill")
-        .arg("-KILL")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
+    let killer = {
+        let acked_count = acked_count.clone();
+        std::thread::spawn(move || {
+            while acked_count.load(Ordering::SeqCst) < 100 {
+                std::thread::yield_now();
+            }
+            let killed = std::process::Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            assert!(killed.is_ok_and(|s| s.success()), "SIGKILL sent");
+        })
+    };
     while storm.join_next().await.is_some() {}
+    killer.join().unwrap();
     let acked_before = acked.lock().unwrap().clone();
     assert!(
         acked_before.len() < PACKETS * SHARES as usize,
