@@ -29,7 +29,7 @@ pub struct CtxInner {
     pub claims: ClaimService,
     pub verifier: Verifier,
     pub clock: Arc<Clock>,
-    pub ownership: Ownership,
+    pub ownership: Arc<Ownership>,
     pub limits: Limits,
     pub metrics: PrometheusHandle,
     pub test_clock: bool,
@@ -98,7 +98,7 @@ impl App {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(settings.listen, e))?;
-        let ownership = match &settings.map {
+        let ownership = Arc::new(match &settings.map {
             Some(path) => {
                 let shown = path.display().to_string();
                 let text = std::fs::read_to_string(path)
@@ -114,7 +114,7 @@ impl App {
                 Ownership::new(me.clone(), map)
             }
             None => Ownership::alone(me.clone(), format!("http://{addr}")),
-        };
+        });
 
         let url = settings
             .database_url
@@ -148,7 +148,7 @@ impl App {
             claims,
             verifier: Verifier::new(secret.as_bytes()),
             clock: clock.clone(),
-            ownership,
+            ownership: ownership.clone(),
             limits: Limits {
                 max_total: settings.max_total,
                 max_count: settings.max_count,
@@ -165,6 +165,13 @@ impl App {
             cancel,
             transfers_due,
             wake,
+            ownership,
+            secret: Arc::from(secret.as_bytes()),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(8)
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .map_err(|e| StartError::Settings(format!("http client: {e}")))?,
         };
         tracing::info!(
             cell = %me,

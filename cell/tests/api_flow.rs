@@ -298,6 +298,7 @@ async fn a_cell_refuses_slots_it_does_not_own() {
             "--map".into(),
             file.path().display().to_string(),
         ],
+        ..Default::default()
     })
     .await;
 

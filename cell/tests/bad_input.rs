@@ -603,7 +603,7 @@ async fn bad_inputs_get_4xx_problems_and_write_nothing() {
     let report = cell.settled().await;
     assert_eq!(
         report["totals"],
-        json!({"funded": 0, "wallets": 0, "escrow": 0, "in_flight": 0})
+        json!({"funded": 0, "wallets": 0, "escrow": 0, "in_flight": 0, "transferred_in": 0, "transferred_out": 0})
     );
     let (_, h) = cell.get("/v1/users/u1/packets", &user("u1")).await;
     assert_eq!(h["items"], json!([]));

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod claims;
 pub mod error;
 pub mod extract;
+pub mod internal;
 pub mod packets;
 pub mod subsidies;
 pub mod users;
@@ -43,6 +44,10 @@ pub fn router(ctx: Ctx) -> Router {
         )
         .route("/v1/users/{uid}/wallet", get(users::handle_wallet))
         .route("/v1/users/{uid}/packets", get(users::handle_history))
+        .route(
+            "/v1/internal/transfers",
+            post(internal::handle_receive_transfers),
+        )
         .route(
             "/v1/admin/reconciliation",
             get(admin::handle_reconciliation),

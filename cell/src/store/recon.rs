@@ -7,8 +7,10 @@ use super::{get, Dialect, Store, StoreError};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
-    /// Money that entered: succeeded payments + granted subsidies − money handed back to the
-    /// subsidy pool (expired subsidies, B2C refunds).
+    /// Money that entered this cell: succeeded payments + granted subsidies − money handed
+    /// back to the subsidy pool (expired subsidies, B2C refunds) + `transferred_in` −
+    /// `transferred_out`. Summed over cells the transfer terms cancel (once every delivery
+    /// is acknowledged), leaving the deployment's external funding.
     pub funded: i64,
     /// Sum of every wallet's balance (completed credits).
     pub wallets: i64,
@@ -16,6 +18,10 @@ pub struct Totals {
     pub escrow: i64,
     /// Claimed but not yet credited: pending transfers.
     pub in_flight: i64,
+    /// Credits received from other cells' claims (users homed here).
+    pub transferred_in: i64,
+    /// Claims of this cell's packets credited by other cells (acknowledged deliveries).
+    pub transferred_out: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -54,7 +60,8 @@ impl Store {
         }
         let row = sqlx::query(&format!(
             "SELECT {} AS paid, {} AS granted, {} AS returned, {} AS wallets, \
-             {} AS packet_escrow, {} AS subsidy_escrow, {} AS in_flight",
+             {} AS packet_escrow, {} AS subsidy_escrow, {} AS in_flight, \
+             {} AS transferred_in, {} AS transferred_out",
             sum("amount", "payments WHERE status = 'succeeded'"),
             sum("amount", "subsidies"),
             sum("amount", "pool_returns"),
@@ -65,15 +72,26 @@ impl Store {
             ),
             sum("amount", "subsidies WHERE status = 'available'"),
             sum("amount", "transfers WHERE status = 'pending'"),
+            sum("amount", "wallet_credits WHERE kind = 'transfer_in'"),
+            sum(
+                "amount",
+                "transfers WHERE status = 'completed' AND delivered_to IS NOT NULL"
+            ),
         ))
         .fetch_one(&mut *tx)
         .await?;
+        let transferred_in: i64 = get(&row, "transferred_in")?;
+        let transferred_out: i64 = get(&row, "transferred_out")?;
         let totals = Totals {
             funded: get::<i64>(&row, "paid")? + get::<i64>(&row, "granted")?
-                - get::<i64>(&row, "returned")?,
+                - get::<i64>(&row, "returned")?
+                + transferred_in
+                - transferred_out,
             wallets: get(&row, "wallets")?,
             escrow: get::<i64>(&row, "packet_escrow")? + get::<i64>(&row, "subsidy_escrow")?,
             in_flight: get(&row, "in_flight")?,
+            transferred_in,
+            transferred_out,
         };
         let mut findings = Vec::new();
         if totals.funded != totals.wallets + totals.escrow + totals.in_flight {
@@ -206,7 +224,8 @@ mod tests {
         .await;
         exec(
             &store,
-            "INSERT INTO transfers VALUES ('tr', 0, 'cl', 'pk', 'u2', 60, 'pending', 0, NULL)",
+            "INSERT INTO transfers (transfer_id, slot, claim_id, packet_id, to_uid, amount, status, created_at) \
+             VALUES ('tr', 0, 'cl', 'pk', 'u2', 60, 'pending', 0)",
         )
         .await;
         exec(&store, "INSERT INTO wallets VALUES ('u1', 0, 5)").await;

@@ -16,6 +16,7 @@ pub struct DueTransfer {
     pub amount: i64,
     /// The claimer's home slot.
     pub slot: i64,
+    pub packet_id: String,
 }
 
 impl Store {
@@ -51,21 +52,149 @@ impl Store {
             .collect()
     }
 
-    /// Transfers still pending that were created at or before `created_before`.
+    /// Transfers still pending that were created at or before `created_before` and whose
+    /// next delivery attempt is due at `now`.
     pub async fn pending_transfers(
         &self,
         created_before: i64,
+        now: i64,
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
         let found = sqlx::query(
             "SELECT transfer_id FROM transfers WHERE status = 'pending' AND created_at <= $1 \
-             ORDER BY created_at LIMIT $2",
+             AND next_attempt_at <= $2 ORDER BY created_at LIMIT $3",
         )
         .bind(created_before)
+        .bind(now)
         .bind(limit)
         .fetch_all(&self.read)
         .await?;
         found.iter().map(|r| get(r, "transfer_id")).collect()
+    }
+
+    /// The pending transfers among `ids`, with what delivering them needs.
+    pub async fn pending_by_ids(&self, ids: &[String]) -> Result<Vec<DueTransfer>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(256) {
+            let sql = format!(
+                "SELECT transfer_id, to_uid, amount, slot, packet_id FROM transfers \
+                 WHERE status = 'pending' AND transfer_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.read).await? {
+                out.push(DueTransfer {
+                    transfer_id: get(&row, "transfer_id")?,
+                    to_uid: get(&row, "to_uid")?,
+                    amount: get(&row, "amount")?,
+                    slot: get(&row, "slot")?,
+                    packet_id: get(&row, "packet_id")?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks transfers another cell acknowledged as completed (once; repeats change nothing).
+    pub async fn mark_delivered(
+        &self,
+        ids: &[String],
+        cell: &str,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut done = 0;
+        for chunk in ids.chunks(256) {
+            let sql = format!(
+                "UPDATE transfers SET status = 'completed', completed_at = $1, delivered_to = $2 \
+                 WHERE status = 'pending' AND transfer_id IN ({}) RETURNING transfer_id, slot, amount",
+                placeholders(3, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(now).bind(cell);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                let id: String = get(&row, "transfer_id")?;
+                let payload = json!({"delivered_to": cell, "amount": get::<i64>(&row, "amount")?});
+                journal(
+                    &mut tx,
+                    get(&row, "slot")?,
+                    "transfer_completed",
+                    &id,
+                    &payload,
+                    now,
+                )
+                .await?;
+                done += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Pushes the next delivery attempt of `ids` to `next_at` and counts the failed attempt.
+    pub async fn defer_transfers(&self, ids: &[String], next_at: i64) -> Result<(), StoreError> {
+        for chunk in ids.chunks(256) {
+            let sql = format!(
+                "UPDATE transfers SET attempts = attempts + 1, next_attempt_at = $1 \
+                 WHERE status = 'pending' AND transfer_id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(next_at);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&self.write).await?;
+        }
+        Ok(())
+    }
+
+    /// Credits transfers sent by other cells to users homed here, once per transfer id.
+    /// Returns when the credits are durable: the sender may then mark them completed.
+    pub async fn receive_transfers(
+        &self,
+        items: &[DueTransfer],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let credits: Vec<Credit<'_>> = items
+            .iter()
+            .map(|t| Credit {
+                source_id: &t.transfer_id,
+                uid: &t.to_uid,
+                slot: t.slot,
+                amount: t.amount,
+            })
+            .collect();
+        for chunk in credits.chunks(256) {
+            credit_many(&mut tx, chunk, "transfer_in", now).await?;
+        }
+        for t in items {
+            let payload = json!({"uid": t.to_uid, "amount": t.amount, "packet_id": t.packet_id});
+            journal(
+                &mut tx,
+                t.slot,
+                "transfer_received",
+                &t.transfer_id,
+                &payload,
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves `worker`'s journal cursor to `seq`.
+    pub async fn advance_cursor(&self, worker: &str, seq: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        set_cursor(&mut tx, worker, seq).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Completes transfers whose claimer is homed in this cell: credits each wallet once
@@ -87,7 +216,8 @@ impl Store {
         for chunk in transfer_ids.chunks(256) {
             let sql = format!(
                 "UPDATE transfers SET status = 'completed', completed_at = $1 \
-                 WHERE status = 'pending' AND transfer_id IN ({}) RETURNING transfer_id, to_uid, amount, slot",
+                 WHERE status = 'pending' AND transfer_id IN ({}) \
+                 RETURNING transfer_id, to_uid, amount, slot, packet_id",
                 placeholders(2, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(now);
@@ -101,6 +231,7 @@ impl Store {
                     to_uid: get(&row, "to_uid")?,
                     amount: get(&row, "amount")?,
                     slot: get(&row, "slot")?,
+                    packet_id: get(&row, "packet_id")?,
                 });
             }
             if due.is_empty() {

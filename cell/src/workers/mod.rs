@@ -1,9 +1,10 @@
 //! Background workers. Each loops until its cancellation token fires, wakes on a notify or
 //! its interval, logs and backs off on errors, and never exits on one.
 //!
-//! - transfers: follows the journal (`transfer_created`) from its durable cursor and credits
-//!   claimers; a sweep of pending transfers catches entries the cursor passed before their
-//!   transaction committed (Postgres sequences commit out of order).
+//! - transfers (`transfers.rs`): follows the journal (`transfer_created`) from its durable
+//!   cursor and credits claimers, here or in their home cell; a sweep of pending transfers
+//!   catches entries the cursor passed before their transaction committed (Postgres
+//!   sequences commit out of order) and retries failed deliveries when they are due.
 //! - expiry: marks due packets expired, refunds them, and returns unused subsidies.
 //! - reconciliation: runs on a schedule and reports findings (never fixes them).
 
@@ -14,12 +15,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::ownership::Ownership;
 use crate::store::{Store, StoreError};
 
-/// Transfers pending longer than this are picked up by the sweep.
-const SWEEP_AFTER_MS: i64 = 2_000;
+mod transfers;
+
 const BATCH: i64 = 256;
-const TRANSFER_CURSOR: &str = "transfers";
 
 #[derive(Clone)]
 pub struct Workers {
@@ -31,6 +32,11 @@ pub struct Workers {
     pub transfers_due: Arc<Notify>,
     /// Wakes every time-driven worker (the test clock moved).
     pub wake: Arc<Notify>,
+    /// Which cell is home to each claimer, for delivering transfers.
+    pub ownership: Arc<Ownership>,
+    /// Signs the internal tokens of deliveries to other cells.
+    pub secret: Arc<[u8]>,
+    pub http: reqwest::Client,
 }
 
 impl Workers {
@@ -49,65 +55,6 @@ impl Workers {
             _ = self.wake.notified() => true,
             _ = tokio::time::sleep(interval) => true,
         }
-    }
-
-    async fn run_transfer_worker(self) {
-        let mut failures = 0u32;
-        loop {
-            match self.transfer_pass().await {
-                Ok(busy) => {
-                    failures = 0;
-                    if busy {
-                        continue;
-                    }
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::error!(error = %e, failures, "transfer worker pass failed");
-                }
-            }
-            let backoff = self.interval * 2u32.pow(failures.min(5));
-            if !self.wait(&self.transfers_due, backoff).await {
-                return;
-            }
-        }
-    }
-
-    /// One pass; `Ok(true)` when there may be more to do right away.
-    async fn transfer_pass(&self) -> Result<bool, StoreError> {
-        let cursor = self.store.cursor(TRANSFER_CURSOR).await?;
-        let entries = self
-            .store
-            .journal_after("transfer_created", cursor, BATCH)
-            .await?;
-        let now = self.clock.now_ms();
-        if let Some(&(last, _)) = entries.last() {
-            let ids: Vec<String> = entries.into_iter().map(|(_, id)| id).collect();
-            let n = self
-                .store
-                .complete_transfers(&ids, Some((TRANSFER_CURSOR, last)), now)
-                .await?;
-            metrics::counter!("redcell_transfers_completed_total").increment(n as u64);
-            return Ok(true);
-        }
-        let stragglers = self
-            .store
-            .pending_transfers(now - SWEEP_AFTER_MS, BATCH)
-            .await?;
-        metrics::gauge!("redcell_worker_pending", "worker" => "transfers")
-            .set(stragglers.len() as f64);
-        if !stragglers.is_empty() {
-            let n = self
-                .store
-                .complete_transfers(&stragglers, None, now)
-                .await?;
-            tracing::info!(
-                swept = n,
-                "sweep completed transfers the journal cursor had passed"
-            );
-            return Ok(n > 0);
-        }
-        Ok(false)
     }
 
     async fn run_expiry_worker(self) {

@@ -34,6 +34,8 @@ impl Backend {
 #[derive(Default)]
 pub struct CellOptions {
     pub extra_args: Vec<String>,
+    /// A fixed listen address (kept across restarts); default: an ephemeral port.
+    pub listen: Option<String>,
 }
 
 pub struct TestCell {
@@ -44,6 +46,7 @@ pub struct TestCell {
     database_name: Option<String>,
     admin_url: Option<String>,
     args: Vec<String>,
+    listen: String,
     pub http: reqwest::Client,
     restarts: u32,
 }
@@ -115,6 +118,7 @@ impl TestCell {
             database_name,
             admin_url: backend.postgres,
             args,
+            listen: opts.listen.unwrap_or_else(|| "127.0.0.1:0".to_owned()),
             http,
             restarts: 0,
         };
@@ -134,7 +138,7 @@ impl TestCell {
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_cell"))
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .args(&self.args)
             .env("REDCELL_AUTH_SECRET", SECRET)
             .env("RUST_LOG", "info,sqlx=warn")
@@ -354,6 +358,16 @@ pub fn activity() -> String {
 
 pub fn payments() -> String {
     token("svc:payments", Some("payment:callback"))
+}
+
+/// A free loopback port (bound and released; for cells that must know each other's address
+/// before they start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Claims `packet` as `uid`, retrying `429 claim_busy` after its Retry-After, until a final
