@@ -130,6 +130,26 @@ impl LogStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Appends entries and returns once they are on disk (`fdatasync`). What `append` does,
+    /// without openraft's flush callback (which only openraft can build); tests use it.
+    pub fn append_durably<I>(&self, entries: I) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>>,
+    {
+        let mut inner = self.lock();
+        let mut buf = Vec::new();
+        let mut new = Vec::new();
+        for e in entries {
+            frame(&mut buf, &Record::Entry(e.clone()));
+            new.push(e);
+        }
+        inner.write_records(&buf, new.len())?;
+        for e in new {
+            inner.entries.insert(e.log_id.index, e);
+        }
+        Ok(())
+    }
+
     /// The index of the last entry, for metrics.
     pub fn last_index(&self) -> Option<u64> {
         let inner = self.lock();
@@ -221,21 +241,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut inner = self.lock();
-        let mut buf = Vec::new();
-        let mut n = 0;
-        let mut new = Vec::new();
-        for e in entries {
-            frame(&mut buf, &Record::Entry(e.clone()));
-            n += 1;
-            new.push(e);
-        }
-        let res = inner.write_records(&buf, n);
-        if res.is_ok() {
-            for e in new {
-                inner.entries.insert(e.log_id.index, e);
-            }
-        }
+        let res = self.append_durably(entries);
         let report = match &res {
             Ok(()) => Ok(()),
             Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
