@@ -20,7 +20,7 @@ use crate::detector::{self, Detector, LivenessReport};
 use crate::network::Network;
 use crate::settings::Settings;
 use crate::state::{Command, MapView, Outcome, Rejected};
-use crate::store::{self, LogStore, MapHandle, StoreError};
+use crate::store::{self, MapHandle, StoreError};
 use crate::{NodeId, Raft};
 
 /// Lifetime of the `internal` token this node mints for its own calls to peers, seconds.
@@ -73,7 +73,6 @@ pub struct Node {
     pub id: NodeId,
     pub raft: Raft,
     pub map: MapHandle,
-    pub log: LogStore,
     pub verifier: Verifier,
     pub http: reqwest::Client,
     pub internal_token: Arc<str>,
@@ -321,7 +320,7 @@ impl App {
             .map_err(|e| AppError::Raft(format!("http client: {e}")))?;
         let partitioned = Arc::new(AtomicBool::new(false));
         let network = Network::new(http.clone(), internal_token.clone(), partitioned.clone());
-        let raft = Raft::new(settings.id, Arc::new(config), network, log.clone(), sm)
+        let raft = Raft::new(settings.id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| AppError::Raft(e.to_string()))?;
 
@@ -345,7 +344,6 @@ impl App {
             id: settings.id,
             raft,
             map,
-            log,
             verifier: Verifier::new(secret),
             http,
             internal_token,

@@ -141,6 +141,25 @@ async fn three_nodes_form_and_writes_through_any_node_succeed() {
         .await
         .unwrap();
     assert!(metrics.contains("raft_meta_map_version"));
+    let big = "x".repeat(100 * 1024);
+    let r = http
+        .put(format!("http://{}/v1/switches/x", c.addr(1)))
+        .bearer_auth(admin_token())
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    // SIGTERM: a clean exit, and the other two still have a quorum.
+    let mut c = c;
+    let status = c.terminate(3);
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    c.client_for(&[1, 2])
+        .set_switch("after-term", true, "")
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,13 +4,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{authorize, parse_json, ApiError, Need};
+use super::{authorize, body_bytes, parse_json, ApiError, Need};
 use crate::app::{LeaderOp, Node};
 use crate::NodeId;
 
@@ -76,10 +77,10 @@ pub struct AddLearner {
 pub async fn add_learner(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, Need::Admin)?;
-    let b: AddLearner = parse_json(&body)?;
+    let b: AddLearner = parse_json(&body_bytes(body)?)?;
     if b.id == 0 || b.addr.is_empty() || b.addr.len() > 256 {
         return Err(ApiError::BadRequest(
             "id must be positive and addr 1-256 characters".into(),
@@ -104,10 +105,10 @@ pub struct ChangeMembership {
 pub async fn change_membership(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, Need::Admin)?;
-    let b: ChangeMembership = parse_json(&body)?;
+    let b: ChangeMembership = parse_json(&body_bytes(body)?)?;
     if b.voters.is_empty() {
         return Err(ApiError::BadRequest("voters: must not be empty".into()));
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use topology::{CellId, CellStatus, Region};
 
-use super::{authorize, parse_json, ApiError, Need};
+use super::{authorize, body_bytes, parse_json, path_param, ApiError, Need};
 use crate::app::{LeaderOp, LeaderReply, Node};
 use crate::state::{BackupUnreachable, Command, FailoverPolicy};
 
@@ -196,12 +197,12 @@ pub struct PutCell {
 pub async fn put_cell(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, Need::Admin)?;
-    let id = cell_id(&id)?;
-    let b: PutCell = parse_json(&body)?;
+    let id = cell_id(&path_param(id)?)?;
+    let b: PutCell = parse_json(&body_bytes(body)?)?;
     write(
         &node,
         Command::RegisterCell {
@@ -225,12 +226,12 @@ pub struct PutBackup {
 pub async fn put_backup(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, Need::Admin)?;
-    let cell = cell_id(&id)?;
-    let b: PutBackup = parse_json(&body)?;
+    let cell = cell_id(&path_param(id)?)?;
+    let b: PutBackup = parse_json(&body_bytes(body)?)?;
     write(
         &node,
         Command::SetBackup {
@@ -254,12 +255,12 @@ pub struct PutPolicy {
 pub async fn put_policy(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, Need::Admin)?;
-    let cell = cell_id(&id)?;
-    let b: PutPolicy = parse_json(&body)?;
+    let cell = cell_id(&path_param(id)?)?;
+    let b: PutPolicy = parse_json(&body_bytes(body)?)?;
     write(
         &node,
         Command::SetPolicy {
@@ -284,10 +285,10 @@ pub struct MoveSlots {
 pub async fn move_slots(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, Need::Admin)?;
-    let b: MoveSlots = parse_json(&body)?;
+    let b: MoveSlots = parse_json(&body_bytes(body)?)?;
     write(
         &node,
         Command::MoveSlots {
@@ -310,15 +311,15 @@ pub struct PutSwitch {
 pub async fn put_switch(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    Path(name): Path<String>,
-    body: Bytes,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, Need::Admin)?;
-    let b: PutSwitch = parse_json(&body)?;
+    let b: PutSwitch = parse_json(&body_bytes(body)?)?;
     write(
         &node,
         Command::SetSwitch {
-            name,
+            name: path_param(name)?,
             on: b.on,
             message: b.message,
         },
@@ -344,10 +345,10 @@ pub async fn get_switches(
 pub async fn post_heartbeat(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers, Need::Internal)?;
-    let cell = cell_id(&id)?;
+    let cell = cell_id(&path_param(id)?)?;
     if !node.map.current().cells.contains_key(&cell) {
         return Err(ApiError::Rejected(crate::state::Rejected {
             code: "cell_not_found".into(),

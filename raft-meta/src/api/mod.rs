@@ -11,7 +11,9 @@ mod map;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -201,6 +203,23 @@ pub fn authorize(node: &Node, headers: &HeaderMap, need: Need) -> Result<Princip
             }
         )))
     }
+}
+
+/// The request body, or the problem that replaces axum's plain-text rejection.
+pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(format!("body: {e}"))
+        }
+    })
+}
+
+/// A path parameter, or a problem instead of axum's plain-text rejection.
+pub fn path_param(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(s)| s)
+        .map_err(|e| ApiError::BadRequest(format!("path: {e}")))
 }
 
 /// Parses a JSON body, naming the offending field in the error.

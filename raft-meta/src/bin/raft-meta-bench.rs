@@ -72,7 +72,10 @@ impl Bench {
             .arg("--peers")
             .arg(&self.peers)
             .env("REDCELL_AUTH_SECRET", &self.secret)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -134,12 +137,12 @@ impl Bench {
     }
 
     /// One write straight to `addr`; returns the map version.
-    async fn put_switch(&self, addr: &str, name: &str) -> anyhow::Result<u64> {
+    async fn put_switch(&self, addr: &str, name: &str, message: &str) -> anyhow::Result<u64> {
         let r = self
             .http
             .put(format!("http://{addr}/v1/switches/{name}"))
             .bearer_auth(&self.token)
-            .json(&serde_json::json!({"on": true, "message": name}))
+            .json(&serde_json::json!({"on": true, "message": message}))
             .timeout(Duration::from_secs(5))
             .send()
             .await?;
@@ -233,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(b: &mut Bench, args: &Args, all: &[usize]) -> anyhow::Result<()> {
-    // Writes: each writer sends PUT /v1/switches/w{k}-{n} to the leader, one at a time.
+    // Writes: each writer sends PUT /v1/switches/w{k} to the leader, one at a time.
     let leader = b.leader(all).await?;
     for &clients in &args.clients {
         let addr = b.nodes[leader].addr.clone();
@@ -250,10 +253,13 @@ async fn run(b: &mut Bench, args: &Args, all: &[usize]) -> anyhow::Result<()> {
                 let mut n = 0u64;
                 while Instant::now() < stop_at {
                     let t = Instant::now();
+                    // Each writer owns one switch and gives it a new message every time, so
+                    // every write changes the map (a new version) and the map stays the size
+                    // of a real one (tens of switches), not one that grows with the run.
                     let r = http
-                        .put(format!("http://{addr}/v1/switches/w{k}-{}", n % 50))
+                        .put(format!("http://{addr}/v1/switches/w{k}"))
                         .bearer_auth(&token)
-                        .json(&serde_json::json!({"on": n & 1 == 0, "message": "bench"}))
+                        .json(&serde_json::json!({"on": true, "message": format!("{n}")}))
                         .timeout(Duration::from_secs(5))
                         .send()
                         .await;
@@ -315,7 +321,11 @@ async fn run(b: &mut Bench, args: &Args, all: &[usize]) -> anyhow::Result<()> {
     let laddr = b.nodes[leader].addr.clone();
     for i in 0..args.watch_writes {
         let t = Instant::now();
-        match b.put_switch(&laddr, &format!("watch-{}", i % 20)).await {
+        // A new message each time, so every write makes a new version.
+        match b
+            .put_switch(&laddr, &format!("watch-{}", i % 20), &format!("m{i}"))
+            .await
+        {
             Ok(v) => sent.push((v, t)),
             Err(_) => werr += 1,
         }

@@ -149,17 +149,6 @@ impl LogStore {
         }
         Ok(())
     }
-
-    /// The index of the last entry, for metrics.
-    pub fn last_index(&self) -> Option<u64> {
-        let inner = self.lock();
-        inner
-            .entries
-            .keys()
-            .next_back()
-            .copied()
-            .or(inner.last_purged.map(|l| l.index))
-    }
 }
 
 impl LogInner {
