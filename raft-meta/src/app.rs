@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -397,7 +398,14 @@ impl App {
         });
         let router = api::router(self.node.clone());
         let shutdown = stop.clone();
-        let served = axum::serve(self.listener, router)
+        // No Nagle: hyper may write a response in two segments, and waiting for the peer's
+        // delayed ACK adds 40-200 ms to a Raft round trip or a commit.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("set TCP_NODELAY: {e}");
+            }
+        });
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         stop.cancel();

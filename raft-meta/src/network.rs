@@ -1,9 +1,9 @@
 //! Raft RPCs to peers: JSON over HTTP on the peers' ordinary listener (`/internal/raft/*`),
 //! authenticated with an `internal`-scope token minted from the deployment secret.
 //!
-//! Transport failures (refused, reset, timed out) are reported to openraft as `Unreachable`
-//! so it backs off that peer; an error the peer's Raft returned is a `RemoteError`. The two are
-//! never mixed.
+//! A peer that refuses connections (or is cut off by the test fault hook) is `Unreachable`, so
+//! openraft backs off from it; a slow or broken exchange is a `NetworkError`, retried at once;
+//! an error the peer's Raft returned is a `RemoteError`. The three are never mixed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -104,11 +104,19 @@ impl PeerClient {
             .send()
             .await
             .map_err(|source| {
+                // Only a refused or failed connection means the peer is down (openraft backs
+                // off for 500 ms). A slow answer under load is retried at once: backing off
+                // from a live follower would starve it of heartbeats and cause an election.
+                let connect = source.is_connect();
                 let e = TransportError::Http {
                     addr: self.addr.clone(),
                     source,
                 };
-                RPCError::Unreachable(Unreachable::new(&e))
+                if connect {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
             })?;
         if !resp.status().is_success() {
             let e = TransportError::Status {

@@ -35,8 +35,9 @@ pub struct Settings {
     /// Initialize the cluster with `--peers` as voters (exactly one node, first start only).
     #[arg(long)]
     pub init: bool,
-    /// Raft heartbeat interval, milliseconds.
-    #[arg(long, env = "REDCELL_META_HEARTBEAT_MS", default_value_t = 50)]
+    /// Raft heartbeat interval, milliseconds. openraft also uses it as the timeout of one
+    /// AppendEntries RPC, so it must leave room for a batch under load.
+    #[arg(long, env = "REDCELL_META_HEARTBEAT_MS", default_value_t = 100)]
     pub heartbeat_ms: u64,
     /// Election timeout lower bound, milliseconds (upper bound is twice this). openraft waits
     /// one upper bound of leader lease plus a random timeout in [lower, upper] before it
@@ -95,7 +96,7 @@ pub enum SettingsError {
     InitWithoutSelf(NodeId),
     #[error("REDCELL_AUTH_SECRET must not be empty")]
     WeakSecret,
-    #[error("--heartbeat-ms must be below half of --election-ms")]
+    #[error("--heartbeat-ms must be below --election-ms")]
     Timing,
     #[error("--suspect-ms must be below --down-ms")]
     Detector,
@@ -112,7 +113,7 @@ impl Settings {
         if self.auth_secret.is_empty() {
             return Err(SettingsError::WeakSecret);
         }
-        if self.heartbeat_ms == 0 || self.heartbeat_ms * 2 >= self.election_ms {
+        if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.election_ms {
             return Err(SettingsError::Timing);
         }
         if self.suspect_ms >= self.down_ms {

@@ -239,6 +239,7 @@ async fn run(b: &mut Bench, args: &Args, all: &[usize]) -> anyhow::Result<()> {
     // Writes: each writer sends PUT /v1/switches/w{k} to the leader, one at a time.
     let leader = b.leader(all).await?;
     for &clients in &args.clients {
+        let term_before = b.client(all).cluster().await?.term;
         let addr = b.nodes[leader].addr.clone();
         let stop_at = Instant::now() + Duration::from_secs(args.seconds);
         let mut tasks = Vec::new();
@@ -289,6 +290,8 @@ async fn run(b: &mut Bench, args: &Args, all: &[usize]) -> anyhow::Result<()> {
             h.len() as f64 / secs
         );
         print_hist(&format!("  commit latency ({clients} client(s))"), &h);
+        let term_after = b.client(all).cluster().await?.term;
+        println!("  raft term {term_before} -> {term_after} (a change means an election during the phase)");
     }
 
     // Watch delivery: a watcher long-polls a follower; time from sending a write to the
