@@ -319,6 +319,11 @@ async fn whole_cluster_killed_and_restarted_keeps_every_committed_change() {
         c.wait_ready(id).await;
     }
     let after = c.client().map(true).await.unwrap();
+    if after.version != before.version {
+        for id in 1..=3 {
+            eprintln!("node {id}: {:?}", c.cluster_view(id).await);
+        }
+    }
     assert_eq!(after.version, before.version);
     assert_eq!(
         serde_json::to_value(&after).unwrap(),

@@ -73,8 +73,17 @@ impl LogStore {
             let Some(body) = bytes.get(pos + 4..pos + 4 + len) else {
                 break;
             };
-            let Ok(record) = serde_json::from_slice::<Record>(body) else {
-                break;
+            let record = match serde_json::from_slice::<Record>(body) {
+                Ok(r) => r,
+                // Only the last record can be torn; garbage before it is corruption, and
+                // cutting there would silently drop acknowledged entries.
+                Err(_) if pos + 4 + len == bytes.len() || len == 0 => break,
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        what: "log",
+                        detail: format!("record at byte {pos}: {e}"),
+                    })
+                }
             };
             match record {
                 Record::Entry(e) => {
@@ -91,6 +100,13 @@ impl LogStore {
             records += 1;
             pos += 4 + len;
         }
+        tracing::info!(
+            records,
+            entries = entries.len(),
+            last_purged = ?last_purged.map(|l: LogId<NodeId>| l.index),
+            last = ?entries.keys().next_back(),
+            "log replayed"
+        );
         let file = OpenOptions::new()
             .create(true)
             .append(true)
