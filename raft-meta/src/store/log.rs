@@ -4,7 +4,8 @@
 //! appended entry, a truncation (`since`), or a purge (`upto`). Replaying the records in order
 //! rebuilds the log. A torn record at the tail (a crash mid-write) was never acknowledged, so it
 //! is cut off at start-up. When purged records dominate, the file is rewritten with only the
-//! live entries.
+//! live entries. Appends and truncations are `fdatasync`'d before they are reported; purges are
+//! not (losing one only means replaying entries a snapshot already covers).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -175,6 +176,15 @@ impl LogInner {
         Ok(())
     }
 
+    /// Writes records without waiting for the disk. Only for purges: a purge lost in a crash
+    /// just leaves more (already snapshotted) entries to replay; the next synced write makes
+    /// it durable in order anyway.
+    fn write_records_lazily(&mut self, buf: &[u8], n: usize) -> io::Result<()> {
+        self.file.write_all(buf)?;
+        self.records += n;
+        Ok(())
+    }
+
     /// Rewrites the file with only the live entries once dead records dominate.
     fn maybe_compact(&mut self) -> io::Result<()> {
         if self.records < 2 * self.entries.len() + 1000 {
@@ -276,7 +286,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut buf = Vec::new();
         frame(&mut buf, &Record::Purge { upto: log_id });
         inner
-            .write_records(&buf, 1)
+            .write_records_lazily(&buf, 1)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         let keep = inner.entries.split_off(&(log_id.index + 1));
         inner.entries = keep;

@@ -202,7 +202,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .map_err(|e| StorageIOError::read_state_machine(&e))?;
             (meta, raw, file)
         };
-        write_atomic(&self.shared.dir.join("snapshot"), &file)
+        // Off the async workers: three fsyncs would otherwise stall request handling.
+        let path = self.shared.dir.join("snapshot");
+        tokio::task::spawn_blocking(move || write_atomic(&path, &file))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         self.shared.write().snapshot = Some((meta.clone(), raw.clone()));
         Ok(Snapshot {
