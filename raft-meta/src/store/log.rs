@@ -4,8 +4,10 @@
 //! appended entry, a truncation (`since`), or a purge (`upto`). Replaying the records in order
 //! rebuilds the log. A torn record at the tail (a crash mid-write) was never acknowledged, so it
 //! is cut off at start-up. When purged records dominate, the file is rewritten with only the
-//! live entries. Appends and truncations are `fdatasync`'d before they are reported; purges are
-//! not (losing one only means replaying entries a snapshot already covers).
+//! live entries. Appends are written at once and reported flushed by a flusher thread after one
+//! `fdatasync` for every batch queued meanwhile (group commit, and no fsync on the async
+//! workers); truncations are synced before they return; purges are not synced (losing one only
+//! means replaying entries a snapshot already covers).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -13,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -35,12 +37,15 @@ enum Record {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<LogInner>>,
+    /// Flush callbacks of appended (written, not yet synced) batches, in append order, for the
+    /// flusher thread.
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 struct LogInner {
     dir: PathBuf,
-    /// Append handle of the record file; every write is followed by `sync_data` before success
-    /// is reported.
+    /// Append handle of the record file. Appends are written here at once (so they can be read)
+    /// and reported flushed only after the flusher thread's `sync_data`.
     file: File,
     entries: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<LogId<NodeId>>,
@@ -129,16 +134,21 @@ impl LogStore {
             })?),
             None => None,
         };
-        Ok(LogStore {
-            inner: Arc::new(Mutex::new(LogInner {
-                dir: dir.to_owned(),
-                file,
-                entries,
-                last_purged,
-                vote,
-                records,
-            })),
-        })
+        let inner = Arc::new(Mutex::new(LogInner {
+            dir: dir.to_owned(),
+            file,
+            entries,
+            last_purged,
+            vote,
+            records,
+        }));
+        let (flusher, pending) = mpsc::channel();
+        let shared = inner.clone();
+        std::thread::Builder::new()
+            .name("raft-log-flusher".into())
+            .spawn(move || run_flusher(shared, pending))
+            .map_err(io_err("start log flusher"))?;
+        Ok(LogStore { inner, flusher })
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
@@ -176,9 +186,9 @@ impl LogInner {
         Ok(())
     }
 
-    /// Writes records without waiting for the disk. Only for purges: a purge lost in a crash
-    /// just leaves more (already snapshotted) entries to replay; the next synced write makes
-    /// it durable in order anyway.
+    /// Writes records without waiting for the disk: appends (the flusher thread syncs them
+    /// before they are reported) and purges (a purge lost in a crash only leaves more,
+    /// already snapshotted, entries to replay; any later sync makes it durable in order).
     fn write_records_lazily(&mut self, buf: &[u8], n: usize) -> io::Result<()> {
         self.file.write_all(buf)?;
         self.records += n;
@@ -205,6 +215,30 @@ impl LogInner {
         self.file = OpenOptions::new().append(true).open(&path)?;
         self.records = n;
         Ok(())
+    }
+}
+
+/// Group commit: waits for appended batches, syncs the file once for all that are queued,
+/// then reports them flushed in order. Ends when every `LogStore` clone is gone.
+fn run_flusher(inner: Arc<Mutex<LogInner>>, pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut batch = vec![first];
+        batch.extend(pending.try_iter());
+        // Every write in `batch` happened before its callback was queued, so before this dup:
+        // either it is in the current file, or a rewrite (which syncs) has superseded its file.
+        let file = inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .file
+            .try_clone();
+        let res = file.and_then(|f| f.sync_data());
+        for callback in batch {
+            let report = match &res {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            callback.log_io_completed(report);
+        }
     }
 }
 
@@ -256,13 +290,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let res = self.append_durably(entries);
-        let report = match &res {
-            Ok(()) => Ok(()),
-            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-        };
-        callback.log_io_completed(report);
-        res.map_err(|e| StorageIOError::write_logs(&e).into())
+        let mut inner = self.lock();
+        let mut buf = Vec::new();
+        let mut new = Vec::new();
+        for e in entries {
+            frame(&mut buf, &Record::Entry(e.clone()));
+            new.push(e);
+        }
+        if let Err(e) = inner.write_records_lazily(&buf, new.len()) {
+            callback.log_io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+            return Err(StorageIOError::write_logs(&e).into());
+        }
+        for e in new {
+            inner.entries.insert(e.log_id.index, e);
+        }
+        // Queued while still holding the lock, so the flusher sees callbacks in file order.
+        if let Err(mpsc::SendError(callback)) = self.flusher.send(callback) {
+            let e = io::Error::other("log flusher stopped");
+            callback.log_io_completed(Err(io::Error::other("log flusher stopped")));
+            return Err(StorageIOError::write_logs(&e).into());
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
