@@ -237,13 +237,29 @@ impl Node {
                 }
             }
             LeaderOp::ReadMap => {
-                let read = self.raft.ensure_linearizable();
+                // openraft's read index is max(this term's first entry, committed). A leader
+                // restored by a restart has neither yet (it re-proposes nothing and `committed`
+                // is not persisted), so it would answer from its snapshot. The leader's own last
+                // entry bounds every committed write (Leader Completeness), so waiting for it to
+                // be applied as well makes the read linearizable in that case too.
+                let last = self.raft.metrics().borrow().last_log_index;
+                let read = async {
+                    self.raft
+                        .ensure_linearizable()
+                        .await
+                        .map_err(|e| raft_error(e, "consistent read"))?;
+                    self.raft
+                        .wait(None)
+                        .applied_index_at_least(last, "consistent read")
+                        .await
+                        .map_err(|e| ApiError::Unavailable(format!("consistent read: {e}")))?;
+                    Ok::<(), ApiError>(())
+                };
                 tokio::time::timeout(self.write_timeout, read)
                     .await
                     .map_err(|_| {
                         ApiError::CommitTimeout("leadership not confirmed in time".into())
-                    })?
-                    .map_err(|e| raft_error(e, "consistent read"))?;
+                    })??;
                 Ok(LeaderReply::Map(self.map.current().view()))
             }
             LeaderOp::AddLearner { id, addr } => {
