@@ -353,6 +353,15 @@ impl MetaState {
         if !is_new && old.as_ref() == Some(&*info) {
             return Ok(false);
         }
+        if info.status == CellStatus::Retired {
+            let owned = self.slots.iter().filter(|o| &o.cell == id).count();
+            if owned > 0 {
+                return Err(Rejected::new(
+                    "cell_owns_slots",
+                    format!("cell {id} still owns {owned} slots; move them before retiring it"),
+                ));
+            }
+        }
         let takes_slots = is_new && info.status == CellStatus::Active;
         let slots = if takes_slots {
             Some(self.placement_with(&cells, id))
@@ -545,6 +554,35 @@ mod tests {
             to: id("nope"),
         });
         assert!(matches!(unknown, Outcome::Rejected(r) if r.code == "cell_not_found"));
+    }
+
+    #[test]
+    fn a_cell_that_owns_slots_cannot_retire() {
+        let mut s = MetaState::default();
+        applied(s.apply(&register("c1", "east")));
+        applied(s.apply(&register("c2", "west")));
+        let retire = |id_: &str| Command::RegisterCell {
+            id: id(id_),
+            region: Region::parse("west").unwrap(),
+            url: "http://127.0.0.1:7000/c2".into(),
+            status: Some(CellStatus::Retired),
+            backup: None,
+        };
+        let out = s.apply(&retire("c2"));
+        assert!(matches!(out, Outcome::Rejected(r) if r.code == "cell_owns_slots"));
+        let c2_slots: Vec<u16> = s
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.cell == id("c2"))
+            .map(|(n, _)| n as u16)
+            .collect();
+        applied(s.apply(&Command::MoveSlots {
+            slots: c2_slots,
+            to: id("c1"),
+        }));
+        applied(s.apply(&retire("c2")));
+        assert_eq!(s.cells[&id("c2")].status, CellStatus::Retired);
     }
 
     #[test]
