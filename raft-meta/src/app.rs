@@ -307,6 +307,7 @@ impl App {
                     source,
                 })?;
         let addr = listener.local_addr().map_err(AppError::Serve)?;
+        store::claim(&settings.data_dir, settings.id)?;
         let (log, sm) = store::open(&settings.data_dir)?;
         let map = sm.handle();
 

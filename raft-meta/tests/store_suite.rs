@@ -94,3 +94,12 @@ async fn log_vote_and_snapshot_survive_reopen() {
         Some(5)
     );
 }
+
+#[test]
+fn a_data_dir_belongs_to_one_node() {
+    let dir = TempDir::new().unwrap();
+    store::claim(dir.path(), 1).unwrap();
+    store::claim(dir.path(), 1).unwrap();
+    let err = store::claim(dir.path(), 2).unwrap_err();
+    assert!(err.to_string().contains("belongs to node 1"), "{err}");
+}

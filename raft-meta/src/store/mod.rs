@@ -27,6 +27,31 @@ pub fn open(dir: &std::path::Path) -> Result<(LogStore, StateMachineStore), Stor
     Ok((LogStore::open(dir)?, StateMachineStore::open(dir)?))
 }
 
+/// Records which node owns `dir` (file `node-id`) and refuses a directory that belongs to
+/// another node: one node's log under another's id would break Raft's safety.
+pub fn claim(dir: &std::path::Path, id: crate::NodeId) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+        what: "create data dir",
+        source: e,
+    })?;
+    let path = dir.join("node-id");
+    let io = |what| move |source| StoreError::Io { what, source };
+    match files::read_optional(&path).map_err(io("read node-id"))? {
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            if text.trim() != id.to_string() {
+                return Err(StoreError::WrongNode {
+                    dir: dir.display().to_string(),
+                    owner: text.trim().chars().take(20).collect(),
+                    id,
+                });
+            }
+            Ok(())
+        }
+        None => files::write_atomic(&path, id.to_string().as_bytes()).map_err(io("write node-id")),
+    }
+}
+
 /// Errors opening the stores at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,4 +62,10 @@ pub enum StoreError {
     },
     #[error("{what} is corrupt: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    #[error("data dir {dir} belongs to node {owner}, not to node {id}")]
+    WrongNode {
+        dir: String,
+        owner: String,
+        id: crate::NodeId,
+    },
 }
