@@ -342,7 +342,16 @@ async fn whole_cluster_killed_and_restarted_keeps_every_committed_change() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_three_to_five_to_three_while_writes_go_on() {
     let _serial = serial().await;
-    let mut c = Cluster::start(3, &[]).await;
+    // Snapshot every 20 entries and write 60 first: the log behind the snapshot is purged, so
+    // the new nodes can only catch up through a snapshot sent over the network.
+    let mut c = Cluster::start(3, &["--snapshot-every", "20"]).await;
+    let early = c.client_for(&[1, 2, 3]);
+    for i in 0..60 {
+        early
+            .set_switch(&format!("early{}", i % 7), true, &format!("m{i}"))
+            .await
+            .unwrap();
+    }
     c.add_node(4);
     c.add_node(5);
     c.wait_healthy(4).await;
@@ -401,6 +410,18 @@ async fn membership_three_to_five_to_three_while_writes_go_on() {
         assert!(
             final_view.switches.contains_key(name),
             "{name} acknowledged but missing"
+        );
+    }
+    // The nodes that joined through a snapshot hold the same map.
+    for id in [4, 5] {
+        let local = c.client_for(&[id]).map(false).await.unwrap();
+        assert_eq!(
+            local.switches["early6"], final_view.switches["early6"],
+            "node {id}"
+        );
+        assert!(
+            c.nodes[&id].dir.join("snapshot").exists(),
+            "node {id} got a snapshot"
         );
     }
     // The removed nodes are out: the cluster works without them.

@@ -296,7 +296,6 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump_logs();
-            eprintln!("logs kept in {}", self.tmp.path().display());
         }
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
@@ -305,9 +304,10 @@ impl Drop for Cluster {
             }
             self.kill(id);
         }
-        if std::thread::panicking() {
+        // Kept on failure, or on request (`RAFT_META_TEST_KEEP=1`) to read the nodes' logs.
+        if std::thread::panicking() || std::env::var_os("RAFT_META_TEST_KEEP").is_some() {
             let path = std::mem::replace(&mut self.tmp, TempDir::new().expect("temp dir"));
-            let _ = path.keep();
+            eprintln!("cluster dir kept: {}", path.keep().display());
         }
     }
 }
