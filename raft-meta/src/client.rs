@@ -1,7 +1,7 @@
 //! The client library for routers, cells and operators.
 //!
-//! - **Leader discovery**: writes go to the node believed to lead (learned from
-//!   `GET /v1/cluster`); any node would forward, this only saves a hop.
+//! - **Leader discovery**: the first write asks `GET /v1/cluster` for the leader and prefers
+//!   it; any node would forward, this only saves a hop.
 //! - **Retry across nodes**: a transport failure or a 503 moves on to the next node, round
 //!   robin, with a short backoff, until the call's deadline. Every raft-meta command is
 //!   idempotent, so a retried write cannot apply twice.
@@ -9,7 +9,7 @@
 //!   version in order; when its node dies it carries on from the same version on another.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +61,9 @@ struct Inner {
     http: reqwest::Client,
     /// Index of the node to try first: the last that answered, or the leader for writes.
     preferred: AtomicUsize,
+    /// Whether a write has looked for the leader yet (once; afterwards `preferred` follows
+    /// whichever node answers).
+    leader_sought: AtomicBool,
     deadline: Duration,
 }
 
@@ -78,6 +81,7 @@ impl MetaClient {
                 token,
                 http,
                 preferred: AtomicUsize::new(0),
+                leader_sought: AtomicBool::new(false),
                 deadline: Duration::from_secs(10),
             }),
         }
@@ -91,6 +95,7 @@ impl MetaClient {
                 token: self.inner.token.clone(),
                 http: self.inner.http.clone(),
                 preferred: AtomicUsize::new(self.inner.preferred.load(Ordering::Relaxed)),
+                leader_sought: AtomicBool::new(self.inner.leader_sought.load(Ordering::Relaxed)),
                 deadline,
             }),
         }
@@ -195,6 +200,14 @@ impl MetaClient {
         body: impl Serialize,
     ) -> Result<T, ClientError> {
         let body = serde_json::to_value(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        // The first write looks for the leader, so writes skip the forwarding hop. Best effort:
+        // any node would forward.
+        if !self.inner.leader_sought.swap(true, Ordering::Relaxed) {
+            let _ = self
+                .with_deadline(Duration::from_secs(1))
+                .discover_leader_into(self)
+                .await;
+        }
         self.call(method, path, Some(body), Duration::from_secs(5))
             .await?
             .ok_or_else(|| ClientError::Decode("empty answer".into()))
@@ -202,14 +215,22 @@ impl MetaClient {
 
     /// Finds the leader and prefers it for later calls. `None` if no node knows one.
     pub async fn discover_leader(&self) -> Result<Option<(NodeId, String)>, ClientError> {
+        self.discover_leader_into(self).await
+    }
+
+    /// Asks the cluster through `self`, records the leader in `target`'s preference.
+    async fn discover_leader_into(
+        &self,
+        target: &MetaClient,
+    ) -> Result<Option<(NodeId, String)>, ClientError> {
         let view = self.cluster().await?;
         let Some(leader) = view.leader else {
             return Ok(None);
         };
         let addr = view.nodes.get(&leader).cloned();
         if let Some(addr) = &addr {
-            if let Some(i) = self.inner.nodes.iter().position(|n| n == addr) {
-                self.inner.preferred.store(i, Ordering::Relaxed);
+            if let Some(i) = target.inner.nodes.iter().position(|n| n == addr) {
+                target.inner.preferred.store(i, Ordering::Relaxed);
             }
         }
         Ok(addr.map(|a| (leader, a)))
