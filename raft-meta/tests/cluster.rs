@@ -60,6 +60,11 @@ async fn three_nodes_form_and_writes_through_any_node_succeed() {
         assert!(!view.switches["claims"].on);
     }
 
+    // Leader discovery agrees with what every node says.
+    let leader = c.agreed_leader(&[1, 2, 3]).await;
+    let found = c.client().discover_leader().await.unwrap();
+    assert_eq!(found, Some((leader, c.addr(leader))));
+
     // A backup in the same region is refused, through a follower too, and changes nothing.
     let err = c3
         .register_cell(
