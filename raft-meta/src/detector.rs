@@ -1,0 +1,234 @@
+//! The failure detector: cells heartbeat to the leader; the leader keeps the last heartbeat
+//! time of each cell **in memory only** and writes a log entry only when a cell's liveness
+//! changes (alive → suspect → down, and back to alive).
+//!
+//! A cell is monitored from its first heartbeat (its first `alive` entry); a registered cell
+//! that never heartbeated has no liveness. After a leader change the new leader has no
+//! heartbeat times, so it counts from the moment it became leader: a cell is never declared
+//! suspect sooner than `suspect_after` after an election.
+//!
+//! Automatic failover is not done here yet; liveness is exposed in the map and at
+//! `GET /v1/liveness`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use topology::{CellId, CellStatus};
+
+use crate::app::{LeaderOp, Node};
+use crate::state::{Command, Liveness, MetaState};
+
+/// How often the leader re-evaluates liveness.
+const TICK: Duration = Duration::from_millis(100);
+
+/// One cell as the leader's detector sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LivenessReport {
+    /// The replicated liveness (`null` if the cell never heartbeated).
+    pub state: Option<Liveness>,
+    /// Milliseconds since this leader last heard from the cell (`null` if never).
+    pub last_heartbeat_ms_ago: Option<u64>,
+}
+
+pub struct Detector {
+    suspect_after: Duration,
+    down_after: Duration,
+    /// Last heartbeat per cell. In memory only, by design: a heartbeat is not worth a log
+    /// entry. A plain mutex: held for a map lookup, never across an await.
+    seen: Mutex<HashMap<CellId, Instant>>,
+    /// When this node last became leader; the grace period after an election counts from it.
+    leader_since: Mutex<Option<Instant>>,
+}
+
+impl Detector {
+    pub fn new(suspect_after: Duration, down_after: Duration) -> Detector {
+        Detector {
+            suspect_after,
+            down_after,
+            seen: Mutex::new(HashMap::new()),
+            leader_since: Mutex::new(None),
+        }
+    }
+
+    pub fn record(&self, cell: CellId) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cell, Instant::now());
+    }
+
+    fn last_seen(&self, cell: &CellId) -> Option<Instant> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cell)
+            .copied()
+    }
+
+    pub fn report(&self, state: &MetaState) -> BTreeMap<CellId, LivenessReport> {
+        let now = Instant::now();
+        state
+            .cells
+            .keys()
+            .map(|cell| {
+                let ago = self
+                    .last_seen(cell)
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64);
+                (
+                    cell.clone(),
+                    LivenessReport {
+                        state: state.liveness.get(cell).copied(),
+                        last_heartbeat_ms_ago: ago,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The liveness each monitored cell should have now, where it differs from the log's.
+    fn changes(&self, state: &MetaState, now: Instant) -> Vec<(CellId, Liveness)> {
+        let since = self
+            .leader_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(now);
+        let mut out = Vec::new();
+        for (id, info) in state.cells.iter() {
+            if info.status == CellStatus::Retired {
+                continue;
+            }
+            let seen = self.last_seen(id);
+            let current = state.liveness.get(id).copied();
+            let wanted = match (seen, current) {
+                // Never heard of, by this leader or any before it: not monitored.
+                (None, None) => continue,
+                (Some(t), _) if t >= since => {
+                    let quiet = now.saturating_duration_since(t);
+                    self.classify(quiet)
+                }
+                // Monitored, but not heard from since this node became leader.
+                _ => self.classify(now.saturating_duration_since(since)),
+            };
+            // Only a heartbeat brings a suspect or down cell back.
+            let heard_since_leader = seen.is_some_and(|t| t >= since);
+            if wanted == Liveness::Alive && current.is_some() && !heard_since_leader {
+                continue;
+            }
+            if current != Some(wanted) {
+                out.push((id.clone(), wanted));
+            }
+        }
+        out
+    }
+
+    fn classify(&self, quiet: Duration) -> Liveness {
+        if quiet >= self.down_after {
+            Liveness::Down
+        } else if quiet >= self.suspect_after {
+            Liveness::Suspect
+        } else {
+            Liveness::Alive
+        }
+    }
+}
+
+/// The detector loop: does nothing on followers; on the leader writes liveness changes.
+pub async fn run(node: Arc<Node>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let leader = node.is_leader();
+        if leader != was_leader {
+            let mut since = node
+                .detector
+                .leader_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            *since = leader.then(Instant::now);
+            if !leader {
+                node.detector
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+            }
+            was_leader = leader;
+        }
+        if !leader {
+            continue;
+        }
+        let state = node.map.current();
+        for (cell, liveness) in node.detector.changes(&state, Instant::now()) {
+            tracing::info!(%cell, ?liveness, "cell liveness changed");
+            let op = LeaderOp::Write {
+                command: Command::SetLiveness { cell, liveness },
+            };
+            if let Err(e) = node.execute_as_leader(op).await {
+                tracing::warn!("could not record liveness: {e}");
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use topology::Region;
+
+    fn state_with(cell: &str, liveness: Option<Liveness>) -> MetaState {
+        let mut s = MetaState::default();
+        s.apply(&Command::RegisterCell {
+            id: CellId::parse(cell).unwrap(),
+            region: Region::parse("east").unwrap(),
+            url: "http://127.0.0.1:1".into(),
+            status: None,
+            backup: None,
+        });
+        if let Some(l) = liveness {
+            s.apply(&Command::SetLiveness {
+                cell: CellId::parse(cell).unwrap(),
+                liveness: l,
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn transitions_are_written_only_on_change() {
+        let d = Detector::new(Duration::from_secs(1), Duration::from_secs(3));
+        let c1 = CellId::parse("c1").unwrap();
+        *d.leader_since.lock().unwrap() = Some(Instant::now());
+        // Never heartbeated: not monitored.
+        assert!(d
+            .changes(&state_with("c1", None), Instant::now())
+            .is_empty());
+        d.record(c1.clone());
+        let s = state_with("c1", None);
+        assert_eq!(
+            d.changes(&s, Instant::now()),
+            vec![(c1.clone(), Liveness::Alive)]
+        );
+        let s = state_with("c1", Some(Liveness::Alive));
+        assert!(d.changes(&s, Instant::now()).is_empty());
+        let later = Instant::now() + Duration::from_millis(1500);
+        assert_eq!(d.changes(&s, later), vec![(c1.clone(), Liveness::Suspect)]);
+        let much_later = Instant::now() + Duration::from_millis(3500);
+        assert_eq!(
+            d.changes(&s, much_later),
+            vec![(c1.clone(), Liveness::Down)]
+        );
+        let s = state_with("c1", Some(Liveness::Down));
+        d.record(c1.clone());
+        assert_eq!(d.changes(&s, Instant::now()), vec![(c1, Liveness::Alive)]);
+    }
+}

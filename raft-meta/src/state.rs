@@ -1,0 +1,617 @@
+//! The replicated state and the deterministic application of commands to it.
+//!
+//! Everything here is pure: the same sequence of commands gives the same state on every node.
+//! A command that breaks an invariant (unknown cell, a backup in the cell's own region, a bad
+//! slot number) is *rejected at apply time*: the log entry stays, the state does not change,
+//! and the caller receives the rejection as the command's [`Outcome`].
+//!
+//! Every field is an `Arc` so that the per-version history kept for watchers (see
+//! `store::sm`) shares unchanged parts between versions instead of copying 1024 slots each time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use topology::{CellId, CellInfo, CellMap, CellStatus, Epoch, Region, SlotOwner, SLOT_COUNT};
+
+/// A named on/off flag read by routers for degradation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switch {
+    pub on: bool,
+    pub message: String,
+    /// The map version at which this switch last changed.
+    pub version: u64,
+}
+
+/// What a cell does when its backup is unreachable (DESIGN.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupUnreachable {
+    /// Refuse money-moving writes until the backup is back.
+    #[default]
+    RefuseWrites,
+    /// Keep serving asynchronously and raise an alarm.
+    GoAsync,
+}
+
+/// A cell's failover policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FailoverPolicy {
+    /// Whether raft-meta may fail this cell over on its own when the detector says `down`.
+    #[serde(default)]
+    pub auto_failover: bool,
+    #[serde(default)]
+    pub on_backup_unreachable: BackupUnreachable,
+}
+
+/// What the failure detector believes of a cell. Only changes are written to the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    Alive,
+    Suspect,
+    Down,
+}
+
+/// A change to the map. The only way the map ever changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Registers a new cell or updates an existing one. A new active cell takes the slots that
+    /// consistent hashing over all non-retired cells assigns to it (about 1/N); the first cell
+    /// takes every slot.
+    RegisterCell {
+        id: CellId,
+        region: Region,
+        url: String,
+        #[serde(default)]
+        status: Option<CellStatus>,
+        #[serde(default)]
+        backup: Option<CellId>,
+    },
+    /// Sets (or clears) a cell's backup.
+    SetBackup {
+        cell: CellId,
+        backup: Option<CellId>,
+    },
+    /// Moves slots to a cell; each slot whose owner changes gets its epoch bumped.
+    MoveSlots { slots: Vec<u16>, to: CellId },
+    SetSwitch {
+        name: String,
+        on: bool,
+        message: String,
+    },
+    SetPolicy {
+        cell: CellId,
+        policy: FailoverPolicy,
+    },
+    /// Written by the failure detector on the leader when a cell's liveness changes.
+    SetLiveness { cell: CellId, liveness: Liveness },
+}
+
+/// Why a command was refused. `code` is the stable problem+json code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct Rejected {
+    pub code: String,
+    pub detail: String,
+}
+
+impl Rejected {
+    fn new(code: &str, detail: impl Into<String>) -> Rejected {
+        Rejected {
+            code: code.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The result of applying one log entry: the map version after it, or why it was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Applied { version: u64 },
+    Rejected(Rejected),
+}
+
+/// The whole replicated state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaState {
+    /// Bumped by every command that changes anything; a no-op leaves it alone.
+    pub version: u64,
+    pub cells: Arc<BTreeMap<CellId, CellInfo>>,
+    /// Empty until the first cell registers, then exactly `SLOT_COUNT` entries.
+    pub slots: Arc<Vec<SlotOwner>>,
+    pub switches: Arc<BTreeMap<String, Switch>>,
+    pub policies: Arc<BTreeMap<CellId, FailoverPolicy>>,
+    pub liveness: Arc<BTreeMap<CellId, Liveness>>,
+}
+
+/// The public JSON form of one version of the state (`GET /v1/map`, watch).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MapView {
+    pub version: u64,
+    /// `null` until the first cell registers.
+    pub map: Option<CellMap>,
+    pub switches: BTreeMap<String, Switch>,
+    pub policies: BTreeMap<CellId, FailoverPolicy>,
+    pub liveness: BTreeMap<CellId, Liveness>,
+}
+
+pub const MAX_SWITCH_NAME: usize = 64;
+pub const MAX_MESSAGE: usize = 256;
+pub const MAX_URL: usize = 256;
+
+fn valid_switch_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SWITCH_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+fn valid_url(url: &str) -> bool {
+    url.len() <= MAX_URL
+        && (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() > "https://".len()
+        && !url.chars().any(char::is_whitespace)
+}
+
+impl Command {
+    /// Checks what can be checked without the state, so bad input is refused before it reaches
+    /// the log. Apply re-checks everything that depends on the state.
+    pub fn check_shape(&self) -> Result<(), Rejected> {
+        match self {
+            Command::RegisterCell { url, .. } if !valid_url(url) => Err(Rejected::new(
+                "invalid_request",
+                "url: must be an http:// or https:// URL of at most 256 characters",
+            )),
+            Command::MoveSlots { slots, .. } => {
+                if slots.is_empty() || slots.len() > usize::from(SLOT_COUNT) {
+                    return Err(Rejected::new(
+                        "invalid_request",
+                        "slots: give 1 to 1024 slot numbers",
+                    ));
+                }
+                if let Some(bad) = slots.iter().find(|s| **s >= SLOT_COUNT) {
+                    return Err(Rejected::new(
+                        "invalid_request",
+                        format!("slots: {bad} is not a slot (0..1024)"),
+                    ));
+                }
+                Ok(())
+            }
+            Command::SetSwitch { name, message, .. } => {
+                if !valid_switch_name(name) {
+                    return Err(Rejected::new(
+                        "invalid_request",
+                        "name: 1-64 characters from a-z 0-9 - _ .",
+                    ));
+                }
+                if message.chars().count() > MAX_MESSAGE {
+                    return Err(Rejected::new(
+                        "invalid_request",
+                        "message: at most 256 characters",
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl MetaState {
+    /// The map as `topology` knows it; `None` before the first cell.
+    pub fn cell_map(&self) -> Option<CellMap> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        Some(CellMap {
+            version: self.version,
+            cells: (*self.cells).clone(),
+            slots: (*self.slots).clone(),
+        })
+    }
+
+    pub fn view(&self) -> MapView {
+        MapView {
+            version: self.version,
+            map: self.cell_map(),
+            switches: (*self.switches).clone(),
+            policies: (*self.policies).clone(),
+            liveness: (*self.liveness).clone(),
+        }
+    }
+
+    /// Applies one command. On rejection the state is unchanged.
+    pub fn apply(&mut self, cmd: &Command) -> Outcome {
+        match self.try_apply(cmd) {
+            Ok(true) => {
+                self.version += 1;
+                Outcome::Applied {
+                    version: self.version,
+                }
+            }
+            Ok(false) => Outcome::Applied {
+                version: self.version,
+            },
+            Err(rejected) => Outcome::Rejected(rejected),
+        }
+    }
+
+    /// Returns whether anything changed.
+    fn try_apply(&mut self, cmd: &Command) -> Result<bool, Rejected> {
+        cmd.check_shape()?;
+        match cmd {
+            Command::RegisterCell {
+                id,
+                region,
+                url,
+                status,
+                backup,
+            } => self.register_cell(id, region, url, *status, backup.as_ref()),
+            Command::SetBackup { cell, backup } => {
+                let mut cells = (*self.cells).clone();
+                let info = cells.get_mut(cell).ok_or_else(|| unknown_cell(cell))?;
+                if info.backup == *backup {
+                    return Ok(false);
+                }
+                info.backup = backup.clone();
+                self.commit_cells(cells, None)
+            }
+            Command::MoveSlots { slots, to } => {
+                let target = self.cells.get(to).ok_or_else(|| unknown_cell(to))?;
+                if target.status == CellStatus::Retired {
+                    return Err(Rejected::new(
+                        "cell_retired",
+                        format!("cell {to} is retired and cannot own slots"),
+                    ));
+                }
+                if self.slots.is_empty() {
+                    return Err(Rejected::new("map_empty", "no cell owns any slot yet"));
+                }
+                let mut owners = (*self.slots).clone();
+                let mut changed = false;
+                for slot in slots {
+                    let owner = &mut owners[usize::from(*slot)];
+                    if owner.cell != *to {
+                        owner.cell = to.clone();
+                        owner.epoch = owner.epoch.next();
+                        changed = true;
+                    }
+                }
+                if changed {
+                    self.slots = Arc::new(owners);
+                }
+                Ok(changed)
+            }
+            Command::SetSwitch { name, on, message } => {
+                if let Some(s) = self.switches.get(name) {
+                    if s.on == *on && s.message == *message {
+                        return Ok(false);
+                    }
+                }
+                Arc::make_mut(&mut self.switches).insert(
+                    name.clone(),
+                    Switch {
+                        on: *on,
+                        message: message.clone(),
+                        version: self.version + 1,
+                    },
+                );
+                Ok(true)
+            }
+            Command::SetPolicy { cell, policy } => {
+                if !self.cells.contains_key(cell) {
+                    return Err(unknown_cell(cell));
+                }
+                if self.policies.get(cell) == Some(policy) {
+                    return Ok(false);
+                }
+                Arc::make_mut(&mut self.policies).insert(cell.clone(), *policy);
+                Ok(true)
+            }
+            Command::SetLiveness { cell, liveness } => {
+                if !self.cells.contains_key(cell) {
+                    return Err(unknown_cell(cell));
+                }
+                if self.liveness.get(cell) == Some(liveness) {
+                    return Ok(false);
+                }
+                Arc::make_mut(&mut self.liveness).insert(cell.clone(), *liveness);
+                Ok(true)
+            }
+        }
+    }
+
+    fn register_cell(
+        &mut self,
+        id: &CellId,
+        region: &Region,
+        url: &str,
+        status: Option<CellStatus>,
+        backup: Option<&CellId>,
+    ) -> Result<bool, Rejected> {
+        let mut cells = (*self.cells).clone();
+        let is_new = !cells.contains_key(id);
+        let old = cells.get(id).cloned();
+        let info = cells.entry(id.clone()).or_insert_with(|| CellInfo {
+            id: id.clone(),
+            region: region.clone(),
+            url: url.to_owned(),
+            status: CellStatus::Active,
+            backup: None,
+        });
+        info.region = region.clone();
+        info.url = url.to_owned();
+        if let Some(status) = status {
+            info.status = status;
+        }
+        if let Some(backup) = backup {
+            info.backup = Some(backup.clone());
+        }
+        if !is_new && old.as_ref() == Some(&*info) {
+            return Ok(false);
+        }
+        if info.status == CellStatus::Retired {
+            let owned = self.slots.iter().filter(|o| &o.cell == id).count();
+            if owned > 0 {
+                return Err(Rejected::new(
+                    "cell_owns_slots",
+                    format!("cell {id} still owns {owned} slots; move them before retiring it"),
+                ));
+            }
+        }
+        let takes_slots = is_new && info.status == CellStatus::Active;
+        let slots = if takes_slots {
+            Some(self.placement_with(&cells, id))
+        } else {
+            None
+        };
+        self.commit_cells(cells, slots)
+    }
+
+    /// The slot table after `new` joins: the first cell takes every slot at epoch 1; later a
+    /// slot moves (epoch + 1) exactly when consistent hashing over all non-retired cells gives it
+    /// to `new`. Slots moved earlier by an operator stay where they are otherwise.
+    fn placement_with(&self, cells: &BTreeMap<CellId, CellInfo>, new: &CellId) -> Vec<SlotOwner> {
+        let candidates: Vec<CellId> = cells
+            .values()
+            .filter(|c| c.status != CellStatus::Retired)
+            .map(|c| c.id.clone())
+            .collect();
+        let proposal = topology::placement::place(&candidates)
+            .expect("the new cell is a candidate, so there is at least one");
+        if self.slots.is_empty() {
+            return proposal
+                .into_iter()
+                .map(|cell| SlotOwner {
+                    cell,
+                    epoch: Epoch(1),
+                })
+                .collect();
+        }
+        self.slots
+            .iter()
+            .zip(proposal)
+            .map(|(owner, proposed)| {
+                if &proposed == new && &owner.cell != new {
+                    SlotOwner {
+                        cell: proposed,
+                        epoch: owner.epoch.next(),
+                    }
+                } else {
+                    owner.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// Installs new cells (and slots) only if the resulting map passes `CellMap::validate`.
+    fn commit_cells(
+        &mut self,
+        cells: BTreeMap<CellId, CellInfo>,
+        slots: Option<Vec<SlotOwner>>,
+    ) -> Result<bool, Rejected> {
+        let slots = slots.unwrap_or_else(|| (*self.slots).clone());
+        for cell in cells.values() {
+            if let Some(backup) = &cell.backup {
+                let Some(b) = cells.get(backup) else {
+                    return Err(Rejected::new(
+                        "unknown_backup",
+                        format!("cell {} names unknown backup {backup}", cell.id),
+                    ));
+                };
+                if b.region == cell.region {
+                    return Err(Rejected::new(
+                        "backup_same_region",
+                        format!(
+                            "cell {} and its backup {backup} are both in region {}",
+                            cell.id, cell.region
+                        ),
+                    ));
+                }
+            }
+        }
+        if !slots.is_empty() {
+            let candidate = CellMap {
+                version: self.version + 1,
+                cells: cells.clone(),
+                slots: slots.clone(),
+            };
+            candidate
+                .validate()
+                .map_err(|e| Rejected::new("invalid_map", e.to_string()))?;
+        }
+        self.cells = Arc::new(cells);
+        self.slots = Arc::new(slots);
+        Ok(true)
+    }
+}
+
+fn unknown_cell(cell: &CellId) -> Rejected {
+    Rejected::new("cell_not_found", format!("no cell {cell}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> CellId {
+        CellId::parse(s).unwrap()
+    }
+
+    fn register(id_: &str, region: &str) -> Command {
+        Command::RegisterCell {
+            id: id(id_),
+            region: Region::parse(region).unwrap(),
+            url: format!("http://127.0.0.1:7000/{id_}"),
+            status: None,
+            backup: None,
+        }
+    }
+
+    fn applied(o: Outcome) -> u64 {
+        match o {
+            Outcome::Applied { version } => version,
+            Outcome::Rejected(r) => panic!("rejected: {r}"),
+        }
+    }
+
+    #[test]
+    fn first_cell_takes_every_slot_and_later_cells_about_one_nth() {
+        let mut s = MetaState::default();
+        assert!(s.cell_map().is_none());
+        assert_eq!(applied(s.apply(&register("c1", "east"))), 1);
+        let map = s.cell_map().unwrap();
+        assert_eq!(map.slots_of(&id("c1")).count(), 1024);
+        for n in 2..=4 {
+            let before = (*s.slots).clone();
+            applied(s.apply(&register(&format!("c{n}"), "west")));
+            let moved: Vec<_> = before
+                .iter()
+                .zip(s.slots.iter())
+                .filter(|(a, b)| a.cell != b.cell)
+                .collect();
+            let ideal = 1024 / n;
+            assert!(
+                moved.len() > ideal / 2 && moved.len() < ideal * 3 / 2,
+                "{n}: {}",
+                moved.len()
+            );
+            for (a, b) in moved {
+                assert_eq!(b.cell.as_str(), format!("c{n}"));
+                assert_eq!(b.epoch, a.epoch.next());
+            }
+        }
+        s.cell_map().unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn backup_in_same_region_is_refused_and_state_unchanged() {
+        let mut s = MetaState::default();
+        applied(s.apply(&register("c1", "east")));
+        applied(s.apply(&register("c2", "east")));
+        applied(s.apply(&register("c3", "west")));
+        let before = s.clone();
+        let out = s.apply(&Command::SetBackup {
+            cell: id("c1"),
+            backup: Some(id("c2")),
+        });
+        assert!(matches!(out, Outcome::Rejected(ref r) if r.code == "backup_same_region"));
+        assert_eq!(s, before);
+        applied(s.apply(&Command::SetBackup {
+            cell: id("c1"),
+            backup: Some(id("c3")),
+        }));
+        assert_eq!(s.cells[&id("c1")].backup, Some(id("c3")));
+    }
+
+    #[test]
+    fn move_slots_bumps_epochs_and_noops_keep_the_version() {
+        let mut s = MetaState::default();
+        applied(s.apply(&register("c1", "east")));
+        applied(s.apply(&register("c2", "west")));
+        let slot0 = s.slots[0].clone();
+        let to = if slot0.cell == id("c1") { "c2" } else { "c1" };
+        let v = applied(s.apply(&Command::MoveSlots {
+            slots: vec![0],
+            to: id(to),
+        }));
+        assert_eq!(s.slots[0].epoch, slot0.epoch.next());
+        let again = applied(s.apply(&Command::MoveSlots {
+            slots: vec![0],
+            to: id(to),
+        }));
+        assert_eq!(again, v);
+        let bad = s.apply(&Command::MoveSlots {
+            slots: vec![1024],
+            to: id(to),
+        });
+        assert!(matches!(bad, Outcome::Rejected(r) if r.code == "invalid_request"));
+        let unknown = s.apply(&Command::MoveSlots {
+            slots: vec![1],
+            to: id("nope"),
+        });
+        assert!(matches!(unknown, Outcome::Rejected(r) if r.code == "cell_not_found"));
+    }
+
+    #[test]
+    fn a_cell_that_owns_slots_cannot_retire() {
+        let mut s = MetaState::default();
+        applied(s.apply(&register("c1", "east")));
+        applied(s.apply(&register("c2", "west")));
+        let retire = |id_: &str| Command::RegisterCell {
+            id: id(id_),
+            region: Region::parse("west").unwrap(),
+            url: "http://127.0.0.1:7000/c2".into(),
+            status: Some(CellStatus::Retired),
+            backup: None,
+        };
+        let out = s.apply(&retire("c2"));
+        assert!(matches!(out, Outcome::Rejected(r) if r.code == "cell_owns_slots"));
+        let c2_slots: Vec<u16> = s
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.cell == id("c2"))
+            .map(|(n, _)| n as u16)
+            .collect();
+        applied(s.apply(&Command::MoveSlots {
+            slots: c2_slots,
+            to: id("c1"),
+        }));
+        applied(s.apply(&retire("c2")));
+        assert_eq!(s.cells[&id("c2")].status, CellStatus::Retired);
+    }
+
+    #[test]
+    fn switches_and_liveness() {
+        let mut s = MetaState::default();
+        let v = applied(s.apply(&Command::SetSwitch {
+            name: "claims".into(),
+            on: false,
+            message: "maintenance".into(),
+        }));
+        assert_eq!(v, 1);
+        assert_eq!(s.switches["claims"].version, 1);
+        assert!(matches!(
+            s.apply(&Command::SetSwitch {
+                name: "Bad Name".into(),
+                on: true,
+                message: String::new()
+            }),
+            Outcome::Rejected(_)
+        ));
+        assert!(matches!(
+            s.apply(&Command::SetLiveness {
+                cell: id("c1"),
+                liveness: Liveness::Down
+            }),
+            Outcome::Rejected(_)
+        ));
+        let view = s.view();
+        assert!(view.map.is_none());
+        assert_eq!(view.version, 1);
+    }
+}
