@@ -1,0 +1,384 @@
+//! Wiring: [`App::build`] loads the map, binds the listener and starts following raft-meta;
+//! [`App::run_until_stopped`] serves until SIGTERM (or Ctrl-C), then drains.
+//!
+//! Every public request passes the same short pipeline, each step able to answer by itself:
+//! route (404/405) → token (401) → body ≤ 64 KiB (413) → decision and permission
+//! (400/403) → switches (503 `degraded`) → rate limits (429) → forward (503
+//! `cell_unavailable` when the cell cannot answer), with one retry after a 421.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use raft_meta::client::MetaClient;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use topology::auth::{Principal, Verifier};
+use topology::Slot;
+
+use crate::error::RouterError;
+use crate::limit::Limiter;
+use crate::mapstate::{MapState, MapStateError, Snapshot};
+use crate::proxy::{self, Forwarder, Outgoing, Target};
+use crate::route::{self, Decision, Route};
+use crate::settings::Settings;
+use crate::{recon, BODY_LIMIT};
+
+/// Shared by every request. Cheap to clone.
+#[derive(Clone)]
+pub struct Ctx {
+    pub maps: Arc<MapState>,
+    pub verifier: Verifier,
+    pub forwarder: Forwarder,
+    pub limiter: Arc<Limiter>,
+    pub metrics: PrometheusHandle,
+    body_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    #[error(transparent)]
+    Map(#[from] MapStateError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+pub struct App {
+    listener: TcpListener,
+    ctx: Ctx,
+    cancel: CancellationToken,
+    follower: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Only the first App of a process installs the recorder; later ones share it.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> Result<App, StartError> {
+        settings.validate().map_err(StartError::Settings)?;
+        let secret = settings.auth_secret.as_bytes();
+        let nodes = settings.meta_nodes();
+        let meta = (!nodes.is_empty()).then(|| {
+            // The router's own credential towards raft-meta: reads only (scope internal).
+            let token =
+                topology::auth::mint(secret, "svc:router", Some("internal"), 10 * 365 * 86_400);
+            MetaClient::new(nodes, token)
+        });
+        let maps = Arc::new(MapState::load(
+            &settings.state_dir,
+            settings.map.as_deref(),
+            meta,
+        )?);
+        let ctx = Ctx {
+            maps: maps.clone(),
+            verifier: Verifier::new(secret),
+            forwarder: Forwarder::new(
+                Duration::from_millis(settings.timeout_ms),
+                Duration::from_millis(settings.connect_timeout_ms),
+            ),
+            limiter: Arc::new(Limiter::new(settings.rate_global, settings.rate_per_uid)),
+            metrics: metrics_handle(),
+            body_timeout: Duration::from_millis(settings.body_timeout_ms),
+        };
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| StartError::Bind(settings.listen, e))?;
+        let cancel = CancellationToken::new();
+        let follower = Some(tokio::spawn(maps.follow(cancel.clone())));
+        Ok(App {
+            listener,
+            ctx,
+            cancel,
+            follower,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn router(ctx: Ctx) -> Router {
+        Router::new()
+            .route(
+                "/healthz",
+                get(|| async { axum::Json(json!({"status": "ok"})) }),
+            )
+            .route("/readyz", get(handle_readyz))
+            .route("/metrics", get(handle_metrics))
+            .fallback(handle_public)
+            .with_state(ctx)
+    }
+
+    /// Serves until SIGTERM or Ctrl-C; in-flight requests finish first.
+    pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
+        let app = App::router(self.ctx.clone());
+        let cancel = self.cancel.clone();
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                tracing::info!("stopping: draining in-flight requests");
+                cancel.cancel();
+            })
+            .await;
+        self.cancel.cancel();
+        if let Some(f) = self.follower.take() {
+            let _ = f.await;
+        }
+        result
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = ctrl_c => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn handle_readyz(State(ctx): State<Ctx>) -> Response {
+    let snap = ctx.maps.current();
+    match &snap.map {
+        Some(_) => {
+            axum::Json(json!({"status": "ready", "map_version": snap.version})).into_response()
+        }
+        None => RouterError::CellUnavailable("no map yet".into()).into_response(),
+    }
+}
+
+async fn handle_metrics(State(ctx): State<Ctx>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ctx.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Labels of one request for metrics: filled in as the pipeline learns them.
+struct Labels {
+    flow: &'static str,
+    cell: String,
+}
+
+async fn handle_public(State(ctx): State<Ctx>, req: Request) -> Response {
+    let started = Instant::now();
+    let mut labels = Labels {
+        flow: "unknown",
+        cell: "none".into(),
+    };
+    let (parts, body) = req.into_parts();
+    let resp = match serve(&ctx, parts, body, &mut labels).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::warn!(flow = labels.flow, cell = %labels.cell, "{e}");
+            }
+            e.into_response()
+        }
+    };
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("router_requests_total", "route" => labels.flow, "cell" => labels.cell.clone(), "status" => status).increment(1);
+    metrics::histogram!("router_request_duration_seconds", "route" => labels.flow, "cell" => labels.cell)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, RouterError> {
+    let header = match headers.get(header::AUTHORIZATION).map(|v| v.to_str()) {
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => {
+            return Err(RouterError::Unauthorized(
+                "the Authorization header is not text".into(),
+            ))
+        }
+        None => None,
+    };
+    ctx.verifier
+        .verify_header(header)
+        .map_err(|e| RouterError::Unauthorized(e.to_string()))
+}
+
+async fn read_body(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, RouterError> {
+    if proxy::declared_too_large(headers, BODY_LIMIT) {
+        return Err(RouterError::PayloadTooLarge);
+    }
+    match tokio::time::timeout(ctx.body_timeout, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        // `to_bytes` fails past the limit, or when the client broke off; either way the
+        // request cannot be forwarded, and 413 is right for the only case a client sees.
+        Ok(Err(_)) => Err(RouterError::PayloadTooLarge),
+        Err(_) => Err(RouterError::invalid("body", "not received in time")),
+    }
+}
+
+async fn serve(
+    ctx: &Ctx,
+    parts: Parts,
+    body: Body,
+    labels: &mut Labels,
+) -> Result<Response, RouterError> {
+    let route = route::classify(&parts.method, parts.uri.path())?;
+    let who = authenticate(ctx, &parts.headers)?;
+    let (traceparent, trace_id) = proxy::next_traceparent(parts.headers.get("traceparent"));
+    if route == Route::Reconciliation {
+        labels.flow = "reconciliation";
+        return recon::handle(ctx, &who, &parts.headers, traceparent).await;
+    }
+    let body = read_body(ctx, &parts.headers, body).await?;
+    let decision = route::decide(&route, &who, &body)?;
+    labels.flow = decision.flow;
+    let snap = ctx.maps.current();
+    if let Some((switch, message)) = snap.switched_off(&decision.switches) {
+        return Err(RouterError::Degraded {
+            switch: switch.to_owned(),
+            message,
+        });
+    }
+    ctx.limiter.admit(who.uid())?;
+    let out = Outgoing {
+        method: parts.method,
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into()),
+        headers: parts.headers,
+        body,
+        traceparent,
+    };
+    let span = tracing::debug_span!(
+        "route",
+        flow = decision.flow,
+        slot = decision.slot.get(),
+        cell = tracing::field::Empty,
+        epoch = tracing::field::Empty,
+        trace_id = %trace_id,
+    );
+    let _enter = span.enter();
+    forward(ctx, &snap, &decision, &out, labels, &span).await
+}
+
+fn target_for(snap: &Snapshot, slot: Slot) -> Result<Target, RouterError> {
+    let map = snap
+        .map
+        .as_ref()
+        .ok_or_else(|| RouterError::CellUnavailable("the router has no map yet".into()))?;
+    let owner = map.owner(slot);
+    let info = map.cell(&owner.cell).ok_or_else(|| {
+        RouterError::CellUnavailable(format!("slot {slot}: owner {} unknown", owner.cell))
+    })?;
+    Ok(Target {
+        cell: owner.cell.clone(),
+        url: info.url.clone(),
+        route: Some((slot, owner.epoch)),
+    })
+}
+
+async fn forward(
+    ctx: &Ctx,
+    snap: &Snapshot,
+    decision: &Decision,
+    out: &Outgoing,
+    labels: &mut Labels,
+    span: &tracing::Span,
+) -> Result<Response, RouterError> {
+    let first = target_for(snap, decision.slot)?;
+    labels.cell = first.cell.to_string();
+    span.record("cell", first.cell.as_str());
+    span.record("epoch", first.route.map(|r| r.1 .0).unwrap_or(0));
+    let resp = ctx.forwarder.send(&first, out).await?;
+    if resp.status() != StatusCode::MISDIRECTED_REQUEST {
+        return finish(resp, &first);
+    }
+    // The cell does not own the slot (at our epoch): refresh the map, retry once.
+    let body = ctx
+        .forwarder
+        .read_body(&first, resp, BODY_LIMIT)
+        .await
+        .unwrap_or_default();
+    let hint = proxy::owner_hint(&body);
+    ctx.maps.refresh().await;
+    let fresh = ctx.maps.current();
+    let mut retry = target_for(&fresh, decision.slot)?;
+    if retry.cell == first.cell {
+        // The map did not move (raft-meta unreachable, or behind the cell): follow the cell's
+        // hint, but only to a cell our map knows, at the URL our map gives.
+        if let Some((cell, epoch)) = hint.filter(|(c, _)| *c != first.cell) {
+            if let Some(info) = fresh.map.as_ref().and_then(|m| m.cell(&cell)) {
+                let epoch = epoch.unwrap_or(retry.route.map(|r| r.1).unwrap_or_default());
+                retry = Target {
+                    cell,
+                    url: info.url.clone(),
+                    route: Some((decision.slot, epoch)),
+                };
+            }
+        }
+    }
+    tracing::info!(slot = decision.slot.get(), from = %first.cell, to = %retry.cell, "421: retrying once");
+    labels.cell = retry.cell.to_string();
+    let resp = ctx.forwarder.send(&retry, out).await?;
+    if resp.status() == StatusCode::MISDIRECTED_REQUEST {
+        return Err(RouterError::CellUnavailable(format!(
+            "slot {} is moving between cells",
+            decision.slot
+        )));
+    }
+    finish(resp, &retry)
+}
+
+fn finish(
+    resp: axum::http::Response<hyper::body::Incoming>,
+    target: &Target,
+) -> Result<Response, RouterError> {
+    let status = resp.status();
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        return Err(RouterError::CellUnavailable(format!(
+            "cell {} answered {status}",
+            target.cell
+        )));
+    }
+    Ok(proxy::into_client_response(resp, &target.cell))
+}

@@ -1,0 +1,37 @@
+//! The redcell edge router: where all app traffic enters.
+//!
+//! It verifies every token, decides from the request alone which slot it belongs to (a uid
+//! in the path, the token's subject, the body's `uid`, or the slot carried inside a minted
+//! id), looks the slot's owner up in its copy of the map and forwards the request to that
+//! cell over pooled connections, with `x-redcell-slot`, `x-redcell-epoch` and `traceparent`.
+//! A `421` from a cell refreshes the map and retries once.
+//!
+//! The map comes from raft-meta's watch and is persisted after every change, so the router
+//! keeps routing on its last map when raft-meta is unreachable, also across a restart
+//! (static stability). The router never touches a database, never decides ownership, and
+//! never trusts a cell's answer about who owns a slot beyond one retry to a cell it knows.
+//!
+//! Crate map:
+//! - [`settings`]: the binary's `Settings` (defaults, env `REDCELL_…`, flags).
+//! - [`route`]: pure route decisions: method + path (+ principal + body) → flow and slot, or
+//!   the refusal (404/400/403).
+//! - [`mapstate`]: the current map and switches, their persistence, and the raft-meta
+//!   follower task.
+//! - [`proxy`]: forwarding to a cell (hyper pooled client, timeouts, 421 retry).
+//! - [`recon`]: `GET /v1/admin/reconciliation` fanned out to every cell and summed.
+//! - [`limit`]: in-process rate limits (global and per uid).
+//! - [`error`]: the one error type that picks HTTP statuses (problem+json).
+//! - [`app`]: wiring: [`app::App::build`] binds, [`app::App::run_until_stopped`] serves.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod error;
+pub mod limit;
+pub mod mapstate;
+pub mod proxy;
+pub mod recon;
+pub mod route;
+pub mod settings;
+
+/// Request bodies over this many bytes are refused with 413 (API.md).
+pub const BODY_LIMIT: usize = 64 * 1024;

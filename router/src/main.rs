@@ -1,0 +1,41 @@
+//! `router`: the redcell edge router. See README.md for flags and behaviour.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Parser;
+use router::app::App;
+use router::settings::Settings;
+
+/// The redcell edge router: verifies tokens, routes every request to the cell that owns its
+/// slot (map from raft-meta, persisted for when raft-meta is down), retries once on 421.
+#[derive(Parser)]
+#[command(name = "router", version)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let app = App::build(cli.settings)
+        .await
+        .context("starting the router")?;
+    let addr = app.local_addr();
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}").context("stdout")?;
+        out.flush().context("stdout")?;
+    }
+    tracing::info!(%addr, "router listening");
+    app.run_until_stopped().await.context("serving")?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The router alone with a static map: failing cells and hostile input, no cell process.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use support::{call, token};
+use topology::{CellId, CellInfo, CellMap, CellStatus, Region, Slot};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_or_dead_cells_answer_503_and_bad_input_never_5xx() {
+    let _serial = support::serial().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    // c1 accepts connections and never answers; c2 refuses them.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let dead = support::free_port();
+    let info = |id: &str, region: &str, url: String| CellInfo {
+        id: CellId::parse(id).unwrap(),
+        region: Region::parse(region).unwrap(),
+        url,
+        status: CellStatus::Active,
+        backup: None,
+    };
+    let cells = vec![
+        info("c1", "east", format!("http://{hang_addr}")),
+        info("c2", "west", format!("http://127.0.0.1:{dead}")),
+    ];
+    let owners = Slot::all()
+        .map(|s| CellId::parse(if s.get() % 2 == 0 { "c1" } else { "c2" }).unwrap())
+        .collect();
+    let map = CellMap::from_assignment(cells, owners).unwrap();
+    let file = dir.path().join("map.json");
+    std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
+    let args = vec![
+        "--map".to_owned(),
+        file.display().to_string(),
+        "--timeout-ms".into(),
+        "300".into(),
+        "--rate-per-uid".into(),
+        "50".into(),
+    ];
+    let router = support::spawn_router(
+        &args,
+        &dir.path().join("state"),
+        dir.path().join("router.log"),
+    )
+    .await;
+    support::wait_ready(&router.url, "router").await;
+    let http = reqwest::Client::new();
+    let r = router.url.as_str();
+
+    for cell in ["c1", "c2"] {
+        let u = support::uid_on(&map, cell, &[]);
+        let started = Instant::now();
+        let (s, _, problem, headers) = call(
+            &http,
+            r,
+            Method::GET,
+            &format!("/v1/users/{u}/wallet"),
+            Some(&token(&u, None)),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, problem["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("cell_unavailable")),
+            "{cell}"
+        );
+        assert!(headers.contains_key("retry-after"));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{cell}: {:?}",
+            started.elapsed()
+        );
+    }
+
+    // Odd input is a 4xx, never a 5xx; oversize bodies are refused before they are read.
+    let t = token("u1", None);
+    let odd = [
+        (Method::GET, "/v1/users/%ff/wallet"),
+        (Method::GET, "/v1/users//wallet"),
+        (Method::DELETE, "/v1/packets"),
+        (Method::GET, "/v1/packets/pk_400aaaaaaaaaaaaaaaaaaaa"),
+        (
+            Method::POST,
+            "/v1/payments/pk_000aaaaaaaaaaaaaaaaaaaa/callback",
+        ),
+        (Method::GET, "/../../etc/passwd"),
+        (Method::POST, "/v1/subsidies"),
+    ];
+    for (m, p) in odd {
+        let (s, _, _, _) = call(&http, r, m.clone(), p, Some(&t), Some(json!([1, 2])), None).await;
+        assert!(s.is_client_error(), "{m} {p}: {s}");
+    }
+    let resp = http
+        .post(format!("{r}/v1/packets"))
+        .bearer_auth(&t)
+        .header("content-length", "100000000")
+        .body(vec![b'x'; 70_000])
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    // Per-uid rate limit: 429 rate_limited with Retry-After, other uids unaffected.
+    let u = support::uid_on(&map, "c2", &[]);
+    let tu = token(&u, None);
+    let mut limited = None;
+    for _ in 0..80 {
+        let (s, _, problem, headers) = call(
+            &http,
+            r,
+            Method::GET,
+            &format!("/v1/users/{u}/wallet"),
+            Some(&tu),
+            None,
+            None,
+        )
+        .await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((problem, headers));
+            break;
+        }
+    }
+    let (problem, headers) = limited.expect("the per-uid limit bites");
+    assert_eq!(problem["code"], "rate_limited");
+    assert!(headers.contains_key("retry-after"));
+}

@@ -1,0 +1,410 @@
+//! Spawns real processes for the router's tests: a 3-node raft-meta cluster, cells and
+//! routers, each on loopback with its own temp dir, port and log. Logs' tails are printed
+//! when a test fails (or always with `ROUTER_TEST_LOGS=1`).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use raft_meta::client::MetaClient;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::{Mutex, MutexGuard};
+use topology::{CellId, CellMap, Region, Slot};
+
+pub const SECRET: &str = "router-test-secret-0123456789";
+
+/// Deployments run one at a time: on a 2-core machine parallel clusters starve each other.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+pub async fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
+pub fn token(sub: &str, scope: Option<&str>) -> String {
+    topology::auth::mint(SECRET.as_bytes(), sub, scope, 3600)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// The `cell` and `raft-meta` binaries, built once per test process. A package's test only
+/// gets its own binaries built by cargo, so the others are built here (a no-op when fresh).
+pub fn bin(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/debug/deps/router_test-HASH -> target/debug
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test executable lives in target/PROFILE/deps")
+            .to_path_buf();
+        let target = dir.parent().expect("target dir").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "cell", "-p", "raft-meta", "--bins"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("run cargo build for cell and raft-meta");
+        assert!(status.success(), "cargo build -p cell -p raft-meta failed");
+        dir
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} missing", path.display());
+    path
+}
+
+/// One spawned process; killed when dropped, its log's tail printed if the test failed.
+pub struct Proc {
+    pub name: String,
+    pub url: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    pub fn dump_log(&self) {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(60).collect();
+        eprintln!("----- {} log ({}) -----", self.name, self.log.display());
+        for l in tail.into_iter().rev() {
+            eprintln!("{l}");
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("ROUTER_TEST_LOGS").is_some() {
+            self.dump_log();
+        }
+        self.kill9();
+    }
+}
+
+/// Spawns `cmd` with stderr to `log`, reads the first stdout line (`listening on URL`).
+async fn spawn_listening(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut child = cmd
+        .env("REDCELL_AUTH_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        // Keep draining so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        line
+    })
+    .await
+    .expect("read first line");
+    let mut proc = Proc {
+        name: name.to_owned(),
+        url: String::new(),
+        log,
+        child: Some(child),
+    };
+    match line.trim().strip_prefix("listening on ") {
+        Some(url) => {
+            proc.url = url.to_owned();
+            proc
+        }
+        None => {
+            proc.dump_log();
+            panic!("{name} did not start: first line {line:?}");
+        }
+    }
+}
+
+pub async fn wait_ready(url: &str, what: &str) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http
+            .get(format!("{url}/readyz"))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+        {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{what} at {url} never ready");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A 3-node raft-meta cluster.
+pub struct Meta {
+    pub nodes: Vec<Proc>,
+    pub addrs: Vec<String>,
+    dir: TempDir,
+}
+
+impl Meta {
+    pub async fn start() -> Meta {
+        let dir = TempDir::new().expect("temp dir");
+        let addrs: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i + 1;
+            let data = dir.path().join(format!("meta{id}"));
+            std::fs::create_dir_all(&data).expect("meta dir");
+            let log = dir.path().join(format!("meta{id}.log"));
+            let file = std::fs::File::create(&log).expect("log");
+            let mut cmd = Command::new(bin("raft-meta"));
+            cmd.args(["--id", &id.to_string(), "--listen", addr, "--peers", &peers])
+                .arg("--data-dir")
+                .arg(&data)
+                .env("REDCELL_AUTH_SECRET", SECRET)
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().expect("log fd"))
+                .stderr(file);
+            if id == 1 {
+                cmd.arg("--init");
+            }
+            let child = cmd.spawn().expect("spawn raft-meta");
+            nodes.push(Proc {
+                name: format!("meta{id}"),
+                url: format!("http://{addr}"),
+                log,
+                child: Some(child),
+            });
+        }
+        for n in &nodes {
+            wait_ready(&n.url, &n.name).await;
+        }
+        Meta { nodes, addrs, dir }
+    }
+
+    pub fn client(&self) -> MetaClient {
+        MetaClient::new(self.addrs.clone(), token("svc:test-ops", Some("admin")))
+    }
+
+    pub fn arg(&self) -> String {
+        self.addrs.join(",")
+    }
+
+    pub fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            n.kill9();
+        }
+    }
+}
+
+pub async fn spawn_cell(id: &str, port: u16, map_file: &Path, dir: &Path) -> Proc {
+    let data = dir.join(format!("cell-{id}"));
+    std::fs::create_dir_all(&data).expect("cell dir");
+    let mut cmd = Command::new(bin("cell"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--cell-id", id])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--map")
+        .arg(map_file)
+        .env("RUST_LOG", "info,sqlx=warn");
+    let p = spawn_listening(
+        &format!("cell {id}"),
+        cmd,
+        dir.join(format!("cell-{id}.log")),
+    )
+    .await;
+    wait_ready(&p.url, &p.name).await;
+    p
+}
+
+pub async fn spawn_router(args: &[String], state_dir: &Path, log: PathBuf) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_router"));
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("RUST_LOG", "info,router=debug");
+    spawn_listening("router", cmd, log).await
+}
+
+/// Raft-meta, two cells (c1 east, c2 west) registered in it, and a router following it.
+pub struct Deployment {
+    pub meta: Meta,
+    pub cells: Vec<Proc>,
+    pub router: Proc,
+    pub map: CellMap,
+    pub dir: TempDir,
+    pub http: reqwest::Client,
+}
+
+impl Deployment {
+    /// `tweak` may change each cell's own static map before it starts (cells follow no
+    /// control plane here: they serve by the map file they are given).
+    pub async fn start(tweak: impl Fn(&str, &mut CellMap)) -> Deployment {
+        let dir = TempDir::new().expect("temp dir");
+        let meta = Meta::start().await;
+        let client = meta.client();
+        let ports = [free_port(), free_port()];
+        for (i, (id, region)) in [("c1", "east"), ("c2", "west")].into_iter().enumerate() {
+            client
+                .register_cell(
+                    &CellId::parse(id).unwrap(),
+                    &Region::parse(region).unwrap(),
+                    &format!("http://127.0.0.1:{}", ports[i]),
+                    None,
+                    None,
+                )
+                .await
+                .expect("register cell");
+        }
+        let map = client
+            .map(true)
+            .await
+            .expect("map")
+            .map
+            .expect("cells registered");
+        let mut cells = Vec::new();
+        for (i, id) in ["c1", "c2"].into_iter().enumerate() {
+            let mut own = map.clone();
+            tweak(id, &mut own);
+            let file = dir.path().join(format!("map-{id}.json"));
+            std::fs::write(&file, serde_json::to_vec(&own).unwrap()).expect("map file");
+            cells.push(spawn_cell(id, ports[i], &file, dir.path()).await);
+        }
+        let router = spawn_router(
+            &["--meta".into(), meta.arg()],
+            &dir.path().join("router-state"),
+            dir.path().join("router.log"),
+        )
+        .await;
+        wait_ready(&router.url, "router").await;
+        Deployment {
+            meta,
+            cells,
+            router,
+            map,
+            dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn router_state(&self) -> PathBuf {
+        self.dir.path().join("router-state")
+    }
+
+    /// A uid whose home slot `map` gives to `cell`, not in `avoid`.
+    pub fn uid_on(&self, cell: &str, avoid: &[&str]) -> String {
+        uid_on(&self.map, cell, avoid)
+    }
+}
+
+pub fn uid_on(map: &CellMap, cell: &str, avoid: &[&str]) -> String {
+    (0..100_000)
+        .map(|n| format!("u{n}"))
+        .find(|u| {
+            map.owner(Slot::of(u.as_bytes())).cell.as_str() == cell && !avoid.contains(&u.as_str())
+        })
+        .expect("some uid lands on every cell")
+}
+
+/// One call: status, the answering cell (`x-redcell-cell`), the JSON body (or Null).
+pub async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+    idem: Option<&str>,
+) -> (
+    StatusCode,
+    Option<String>,
+    Value,
+    reqwest::header::HeaderMap,
+) {
+    let mut req = http.request(method, format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(k) = idem {
+        req = req.header("idempotency-key", k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("router answers");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let cell = headers
+        .get("x-redcell-cell")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = resp.bytes().await.expect("body");
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, cell, value, headers)
+}
