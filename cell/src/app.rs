@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use raft_meta::client::MetaClient;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +17,7 @@ use crate::claims::{ClaimService, Gate};
 use crate::clock::Clock;
 use crate::config::{self, Settings, Switch};
 use crate::domain::validate::Limits;
+use crate::meta::Follower;
 use crate::ownership::Ownership;
 use crate::store::{redact, Store, StoreError, StoreOptions};
 use crate::workers::Workers;
@@ -66,6 +68,8 @@ pub struct App {
     listener: TcpListener,
     ctx: Ctx,
     workers: Workers,
+    /// Follows raft-meta, when the cell was started with `--meta`.
+    follower: Option<Follower>,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -98,7 +102,12 @@ impl App {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(settings.listen, e))?;
+        let map_file = settings.data_dir.join("map.json");
         let ownership = Arc::new(match &settings.map {
+            // raft-meta: start from the last map we persisted (if any) and follow the watch.
+            _ if !settings.meta.is_empty() => {
+                Ownership::new(me.clone(), Ownership::load(&map_file))
+            }
             Some(path) => {
                 let shown = path.display().to_string();
                 let text = std::fs::read_to_string(path)
@@ -111,7 +120,7 @@ impl App {
                         format!("cell {me} is not in the map"),
                     ));
                 }
-                Ownership::new(me.clone(), map)
+                Ownership::new(me.clone(), Some(map))
             }
             None => Ownership::alone(me.clone(), format!("http://{addr}")),
         });
@@ -158,6 +167,25 @@ impl App {
             wake: wake.clone(),
             shutting_down: cancel.clone(),
         }));
+        let follower = (!settings.meta.is_empty()).then(|| Follower {
+            client: MetaClient::new(
+                settings
+                    .meta
+                    .iter()
+                    .map(|n| n.trim_start_matches("http://").to_owned())
+                    .collect(),
+                topology::auth::mint(
+                    secret.as_bytes(),
+                    &format!("svc:cell-{me}"),
+                    Some("internal"),
+                    10 * 365 * 86_400,
+                ),
+            ),
+            ownership: ownership.clone(),
+            path: map_file,
+            heartbeat: Duration::from_millis(settings.heartbeat_ms.max(50)),
+            cancel: cancel.clone(),
+        });
         let workers = Workers {
             store,
             clock,
@@ -185,6 +213,7 @@ impl App {
             listener,
             ctx,
             workers,
+            follower,
         })
     }
 
@@ -201,9 +230,13 @@ impl App {
             listener,
             ctx,
             workers,
+            follower,
         } = self;
         let cancel = workers.cancel.clone();
-        let handles = workers.spawn();
+        let mut handles = workers.spawn();
+        if let Some(f) = follower {
+            handles.extend(f.spawn());
+        }
         let router = crate::api::router(ctx.clone());
         let stop = cancel.clone();
         axum::serve(listener, router)

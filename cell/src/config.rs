@@ -44,6 +44,16 @@ pub struct Settings {
     #[arg(long, env = "REDCELL_MAP")]
     pub map: Option<PathBuf>,
 
+    /// raft-meta nodes (comma-separated HOST:PORT or http://HOST:PORT) to take the map from: the cell follows
+    /// its watch, keeps the last map in DATA_DIR/map.json (so it serves on through a
+    /// control-plane outage and after a restart), and heartbeats to it. Overrides --map.
+    #[arg(long, env = "REDCELL_META", value_delimiter = ',')]
+    pub meta: Vec<String>,
+
+    /// How often to heartbeat to raft-meta, in milliseconds.
+    #[arg(long, env = "REDCELL_HEARTBEAT_MS", default_value_t = 500)]
+    pub heartbeat_ms: u64,
+
     /// HS256 secret that signs every token. Unset: generated once into DATA_DIR/auth-secret.
     #[arg(long, env = "REDCELL_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
@@ -93,6 +103,14 @@ impl Settings {
                 || url.starts_with("sqlite:"))
             {
                 return Err("--database-url must start with postgres:// or sqlite:".into());
+            }
+        }
+        for node in &self.meta {
+            let addr = node.strip_prefix("http://").unwrap_or(node);
+            if addr.is_empty() || addr.contains('/') || !addr.contains(':') {
+                return Err(format!(
+                    "--meta: {node:?} must be HOST:PORT or http://HOST:PORT"
+                ));
             }
         }
         if let Some(url) = &self.redis_url {

@@ -1,26 +1,29 @@
-//! Which slots this cell serves. The cell never decides ownership: it reads the map
-//! (static `--map`, or its lone default) and refuses every request for a slot it does not
-//! own, whatever the router says (fencing).
+//! Which slots this cell serves. The cell never decides ownership: it reads the map (static
+//! `--map`, raft-meta's watch, or its lone default) and refuses every request for a slot it
+//! does not own at the epoch it knows, whatever the router says (fencing).
 
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use axum::http::StatusCode;
 use serde_json::json;
-use topology::{CellId, CellInfo, CellMap, CellStatus, Region, Slot};
+use topology::{CellId, CellInfo, CellMap, CellStatus, Epoch, Region, Slot};
 
 use crate::api::error::ApiError;
 
 pub struct Ownership {
     me: CellId,
-    /// Swapped whole when a new map arrives; readers clone the `Arc` and never block writers.
-    map: RwLock<Arc<CellMap>>,
+    /// Swapped whole when a new map arrives; readers clone the `Arc` and never block
+    /// writers. `None` until the first map arrives (only with `--meta` and nothing persisted):
+    /// then the cell serves nothing.
+    map: RwLock<Option<Arc<CellMap>>>,
 }
 
 impl Ownership {
-    pub fn new(me: CellId, map: CellMap) -> Ownership {
+    pub fn new(me: CellId, map: Option<CellMap>) -> Ownership {
         Ownership {
             me,
-            map: RwLock::new(Arc::new(map)),
+            map: RwLock::new(map.map(Arc::new)),
         }
     }
 
@@ -33,18 +36,36 @@ impl Ownership {
             status: CellStatus::Active,
             backup: None,
         };
-        Ownership::new(me, CellMap::single(info))
+        Ownership::new(me, Some(CellMap::single(info)))
     }
 
-    pub fn map(&self) -> Arc<CellMap> {
+    pub fn map(&self) -> Option<Arc<CellMap>> {
         self.map.read().expect("map lock poisoned").clone()
+    }
+
+    /// Takes a newer map; an older or equal version is ignored (watches may repeat).
+    pub fn update(&self, map: CellMap) -> bool {
+        let mut current = self.map.write().expect("map lock poisoned");
+        if current.as_ref().is_some_and(|m| m.version >= map.version) {
+            return false;
+        }
+        *current = Some(Arc::new(map));
+        true
     }
 
     /// Ok when this cell owns `slot`; otherwise 421 naming the owner.
     pub fn check(&self, slot: Slot) -> Result<(), ApiError> {
-        let map = self.map();
+        self.check_at(slot, None)
+    }
+
+    /// As [`check`](Self::check), and when the caller (the router) says which epoch it
+    /// routed by, that epoch must be ours too: a mismatch means one of us holds a stale map.
+    pub fn check_at(&self, slot: Slot, epoch: Option<Epoch>) -> Result<(), ApiError> {
+        let Some(map) = self.map() else {
+            return Err(ApiError::unavailable("this cell has no map yet"));
+        };
         let owner = map.owner(slot);
-        if owner.cell == self.me {
+        if owner.cell == self.me && epoch.is_none_or(|e| e == owner.epoch) {
             return Ok(());
         }
         let url = map.cell(&owner.cell).map(|c| c.url.clone());
@@ -52,8 +73,8 @@ impl Ownership {
             StatusCode::MISDIRECTED_REQUEST,
             "wrong_cell",
             format!(
-                "slot {slot} is owned by cell {} at epoch {}",
-                owner.cell, owner.epoch
+                "slot {slot} is owned by cell {} at epoch {} (map version {})",
+                owner.cell, owner.epoch, map.version
             ),
         );
         err.extra = Some(
@@ -64,5 +85,31 @@ impl Ownership {
 
     pub fn cell_id(&self) -> &CellId {
         &self.me
+    }
+
+    /// The last map persisted in `path`, if any and valid.
+    pub fn load(path: &Path) -> Option<CellMap> {
+        let text = std::fs::read_to_string(path).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(map) => Some(map),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable persisted map");
+                None
+            }
+        }
+    }
+
+    /// Persists `map` to `path` atomically (write, fsync, rename).
+    pub fn persist(map: &CellMap, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(
+            serde_json::to_string(map)
+                .map_err(std::io::Error::other)?
+                .as_bytes(),
+        )?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
     }
 }

@@ -55,6 +55,9 @@ pub async fn handle_readyz(State(ctx): State<Ctx>) -> Response {
     if ctx.shutting_down.is_cancelled() {
         return ApiError::unavailable("shutting down").into_response();
     }
+    if ctx.ownership.map().is_none() {
+        return ApiError::unavailable("waiting for the first map from raft-meta").into_response();
+    }
     if !ctx.store.ping().await {
         return ApiError::unavailable("database unreachable").into_response();
     }

@@ -64,6 +64,7 @@ pub fn router(ctx: Ctx) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(middleware::from_fn_with_state(ctx.clone(), fence))
         .layer(middleware::from_fn_with_state(ctx.clone(), observe))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -71,6 +72,39 @@ pub fn router(ctx: Ctx) -> Router {
         ))
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .with_state(ctx)
+}
+
+/// Fencing on the router's route decision: when a request says which slot and epoch it
+/// was routed by (`x-redcell-slot`, `x-redcell-epoch`), this cell must own that slot at that
+/// epoch, or it answers 421 with its own view so the router refreshes its map and retries.
+/// Handlers still check the slot of the request's own routing key either way.
+async fn fence(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let (slot, epoch) = {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap_or("?").to_owned())
+        };
+        (header("x-redcell-slot"), header("x-redcell-epoch"))
+    };
+    if slot.is_none() && epoch.is_none() {
+        return next.run(req).await;
+    }
+    let slot = slot
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(topology::Slot::new);
+    let epoch = epoch.map(|e| e.parse::<u64>().map(topology::Epoch));
+    let (Some(slot), Some(Ok(epoch))) = (slot, epoch) else {
+        return ApiError::invalid(
+            "x-redcell-slot",
+            "x-redcell-slot and x-redcell-epoch go together, as numbers",
+        )
+        .into_response();
+    };
+    match ctx.ownership.check_at(slot, Some(epoch)) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Counts and times every request by route, and logs server-side failures.

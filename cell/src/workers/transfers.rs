@@ -91,8 +91,11 @@ impl Workers {
 
     /// Local transfer ids, and remote transfers grouped by their home cell.
     fn split_by_home(&self, due: Vec<DueTransfer>) -> (Vec<String>, ByCell) {
-        let map = self.ownership.map();
         let me = self.ownership.cell_id();
+        let Some(map) = self.ownership.map() else {
+            // No map yet: nothing can be delivered; everything stays pending.
+            return (Vec::new(), ByCell::new());
+        };
         let mut local = Vec::new();
         let mut remote = ByCell::new();
         for t in due {

@@ -360,6 +360,111 @@ pub fn payments() -> String {
     token("svc:payments", Some("payment:callback"))
 }
 
+/// The `raft-meta` binary, built once per test process (cargo builds only this package's
+/// binaries for its tests; raft-meta is another package).
+pub fn raft_meta_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "raft-meta", "--bin", "raft-meta"])
+            .status()
+            .expect("run cargo build for raft-meta");
+        assert!(status.success(), "building raft-meta failed");
+        // target/debug/deps/<test> → target/debug/raft-meta
+        let exe = std::env::current_exe().expect("test exe");
+        exe.parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .join("raft-meta")
+    })
+    .clone()
+}
+
+/// One raft-meta node forming a cluster of one, for tests of cells that follow the map.
+pub struct MetaNode {
+    pub url: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl MetaNode {
+    pub async fn start() -> MetaNode {
+        let port = free_port();
+        let dir = tempfile::Builder::new()
+            .prefix("redcell-meta-")
+            .tempdir()
+            .expect("temp dir");
+        let log = std::fs::File::create(dir.path().join("meta.log")).expect("log");
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(raft_meta_bin())
+            .args([
+                "--id",
+                "1",
+                "--listen",
+                &addr,
+                "--peers",
+                &format!("1={addr}"),
+                "--init",
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .env("REDCELL_AUTH_SECRET", SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn raft-meta");
+        let node = MetaNode {
+            url: format!("http://{addr}"),
+            child,
+            dir,
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = http
+                .get(format!("{}/v1/cluster", node.url))
+                .bearer_auth(admin())
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success());
+            if let Some(r) = leader {
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                if !v["leader"].is_null() {
+                    return node;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "raft-meta did not elect a leader; log in {}",
+                node.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn client(&self) -> raft_meta::client::MetaClient {
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        raft_meta::client::MetaClient::new(vec![addr], admin())
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MetaNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(text) = std::fs::read_to_string(self.dir.path().join("meta.log")) {
+                eprintln!("---- raft-meta log ----\n{text}");
+            }
+        }
+        self.kill9();
+    }
+}
+
 /// A free loopback port (bound and released; for cells that must know each other's address
 /// before they start).
 pub fn free_port() -> u16 {

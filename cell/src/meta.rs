@@ -1,0 +1,73 @@
+//! Following raft-meta: the map arrives through the client's watch (which survives the loss
+//! of any node), is persisted so the cell keeps serving through a control-plane outage and
+//! after a restart, and the cell heartbeats so the failure detector sees it alive.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raft_meta::client::MetaClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::ownership::Ownership;
+
+pub struct Follower {
+    pub client: MetaClient,
+    pub ownership: Arc<Ownership>,
+    /// Where the last map is persisted.
+    pub path: PathBuf,
+    pub heartbeat: Duration,
+    pub cancel: CancellationToken,
+}
+
+impl Follower {
+    pub fn spawn(self) -> Vec<tokio::task::JoinHandle<()>> {
+        let this = Arc::new(self);
+        vec![
+            tokio::spawn(this.clone().run_watch()),
+            tokio::spawn(this.run_heartbeat()),
+        ]
+    }
+
+    async fn run_watch(self: Arc<Self>) {
+        let after = self.ownership.map().map_or(0, |m| m.version);
+        let mut watch = self.client.watch(after);
+        loop {
+            let view = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                view = watch.next() => view,
+            };
+            let Some(map) = view.map else { continue };
+            if map.cell(self.ownership.cell_id()).is_none() {
+                tracing::warn!(cell = %self.ownership.cell_id(), version = map.version,
+                    "this cell is not in the map: it serves no slot until it is registered");
+            }
+            let owned = map.slots_of(self.ownership.cell_id()).count();
+            let version = map.version;
+            if let Err(e) = Ownership::persist(&map, &self.path) {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot persist the map");
+            }
+            if self.ownership.update(map) {
+                tracing::info!(version, owned_slots = owned, "new map from raft-meta");
+            }
+        }
+    }
+
+    async fn run_heartbeat(self: Arc<Self>) {
+        let me = self.ownership.cell_id().clone();
+        let mut last_warning: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.heartbeat) => {}
+            }
+            if let Err(e) = self.client.heartbeat(&me).await {
+                // Once every 30 s at most: an outage must not flood the log.
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                    tracing::warn!(error = %e, "heartbeat to raft-meta failed; serving on the last map");
+                    last_warning = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
