@@ -344,11 +344,13 @@ async fn forward(
     let fresh = ctx.maps.current();
     let mut retry = target_for(&fresh, decision.slot)?;
     if retry.cell == first.cell {
-        // The map did not move (raft-meta unreachable, or behind the cell): follow the cell's
-        // hint, but only to a cell our map knows, at the URL our map gives.
-        if let Some((cell, epoch)) = hint.filter(|(c, _)| *c != first.cell) {
+        // Our map did not move (raft-meta unreachable, or behind the cell). Follow the cell's
+        // word only when it knows a newer epoch than ours, and only to a cell our map knows,
+        // at the URL our map gives; a cell that is behind us is retried as it is.
+        let ours = retry.route.map(|r| r.1).unwrap_or_default();
+        if let Some((cell, Some(epoch))) = hint.filter(|(c, e)| *c != first.cell && *e > Some(ours))
+        {
             if let Some(info) = fresh.map.as_ref().and_then(|m| m.cell(&cell)) {
-                let epoch = epoch.unwrap_or(retry.route.map(|r| r.1).unwrap_or_default());
                 retry = Target {
                     cell,
                     url: info.url.clone(),

@@ -131,3 +131,94 @@ async fn hanging_or_dead_cells_answer_503_and_bad_input_never_5xx() {
     assert_eq!(problem["code"], "rate_limited");
     assert!(headers.contains_key("retry-after"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_421_is_retried_once_at_the_newer_owner_the_cell_names() {
+    let _serial = support::serial().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let ports = [support::free_port(), support::free_port()];
+    let info = |id: &str, region: &str, port: u16| CellInfo {
+        id: CellId::parse(id).unwrap(),
+        region: Region::parse(region).unwrap(),
+        url: format!("http://127.0.0.1:{port}"),
+        status: CellStatus::Active,
+        backup: None,
+    };
+    let cells = vec![info("c1", "east", ports[0]), info("c2", "west", ports[1])];
+    let owners = Slot::all()
+        .map(|s| CellId::parse(if s.get() % 2 == 0 { "c1" } else { "c2" }).unwrap())
+        .collect();
+    // The router's map is behind the cells': x moved to c2 at epoch 2, y stayed on c1 but
+    // at epoch 2 too (so c1 refuses the router's epoch 1 and names itself).
+    let router_map = CellMap::from_assignment(cells, owners).unwrap();
+    let x = support::uid_on(&router_map, "c1", &[]);
+    let y = support::uid_on(&router_map, "c1", &[&x]);
+    let mut cell_map = router_map.clone();
+    cell_map.version = 2;
+    let slot = |u: &str| Slot::of(u.as_bytes()).index();
+    cell_map.slots[slot(&x)] = topology::SlotOwner {
+        cell: CellId::parse("c2").unwrap(),
+        epoch: topology::Epoch(2),
+    };
+    cell_map.slots[slot(&y)].epoch = topology::Epoch(2);
+    let write = |name: &str, map: &CellMap| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, serde_json::to_vec(map).unwrap()).unwrap();
+        path
+    };
+    let (router_file, cell_file) = (
+        write("router-map.json", &router_map),
+        write("cell-map.json", &cell_map),
+    );
+    let _c1 = support::spawn_cell(
+        "c1",
+        ports[0],
+        support::CellMapSource::Static(&cell_file),
+        dir.path(),
+    )
+    .await;
+    let _c2 = support::spawn_cell(
+        "c2",
+        ports[1],
+        support::CellMapSource::Static(&cell_file),
+        dir.path(),
+    )
+    .await;
+    let args = vec!["--map".to_owned(), router_file.display().to_string()];
+    let router = support::spawn_router(
+        &args,
+        &dir.path().join("state"),
+        dir.path().join("router.log"),
+    )
+    .await;
+    support::wait_ready(&router.url, "router").await;
+    let http = reqwest::Client::new();
+
+    let (s, cell, body, _) = call(
+        &http,
+        &router.url,
+        Method::GET,
+        &format!("/v1/users/{x}/wallet"),
+        Some(&token(&x, None)),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((s, cell.as_deref()), (StatusCode::OK, Some("c2")), "{body}");
+    // Retried once, then a 503 rather than a loop.
+    let (s, _, body, _) = call(
+        &http,
+        &router.url,
+        Method::GET,
+        &format!("/v1/users/{y}/wallet"),
+        Some(&token(&y, None)),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("cell_unavailable")),
+        "{body}"
+    );
+}

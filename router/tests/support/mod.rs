@@ -259,16 +259,26 @@ impl Meta {
     }
 }
 
-pub async fn spawn_cell(id: &str, port: u16, map_file: &Path, dir: &Path) -> Proc {
+/// How a test cell learns the map.
+pub enum CellMapSource<'a> {
+    /// Follows raft-meta (`--meta`), as in production.
+    Meta(&'a str),
+    /// Serves by a fixed map file (`--map`).
+    Static(&'a Path),
+}
+
+pub async fn spawn_cell(id: &str, port: u16, source: CellMapSource<'_>, dir: &Path) -> Proc {
     let data = dir.join(format!("cell-{id}"));
     std::fs::create_dir_all(&data).expect("cell dir");
     let mut cmd = Command::new(bin("cell"));
     cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--cell-id", id])
         .arg("--data-dir")
         .arg(&data)
-        .arg("--map")
-        .arg(map_file)
         .env("RUST_LOG", "info,sqlx=warn");
+    match source {
+        CellMapSource::Meta(nodes) => cmd.args(["--meta", nodes]),
+        CellMapSource::Static(file) => cmd.arg("--map").arg(file),
+    };
     let p = spawn_listening(
         &format!("cell {id}"),
         cmd,
@@ -289,7 +299,8 @@ pub async fn spawn_router(args: &[String], state_dir: &Path, log: PathBuf) -> Pr
     spawn_listening("router", cmd, log).await
 }
 
-/// Raft-meta, two cells (c1 east, c2 west) registered in it, and a router following it.
+/// Raft-meta, two cells (c1 east, c2 west) registered in it and following it, and a router
+/// following it.
 pub struct Deployment {
     pub meta: Meta,
     pub cells: Vec<Proc>,
@@ -300,9 +311,7 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// `tweak` may change each cell's own static map before it starts (cells follow no
-    /// control plane here: they serve by the map file they are given).
-    pub async fn start(tweak: impl Fn(&str, &mut CellMap)) -> Deployment {
+    pub async fn start() -> Deployment {
         let dir = TempDir::new().expect("temp dir");
         let meta = Meta::start().await;
         let client = meta.client();
@@ -326,12 +335,10 @@ impl Deployment {
             .map
             .expect("cells registered");
         let mut cells = Vec::new();
+        let nodes = meta.arg();
         for (i, id) in ["c1", "c2"].into_iter().enumerate() {
-            let mut own = map.clone();
-            tweak(id, &mut own);
-            let file = dir.path().join(format!("map-{id}.json"));
-            std::fs::write(&file, serde_json::to_vec(&own).unwrap()).expect("map file");
-            cells.push(spawn_cell(id, ports[i], &file, dir.path()).await);
+            let source = CellMapSource::Meta(&nodes);
+            cells.push(spawn_cell(id, ports[i], source, dir.path()).await);
         }
         let router = spawn_router(
             &["--meta".into(), meta.arg()],
