@@ -17,7 +17,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use raft_meta::client::MetaClient;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -65,7 +65,16 @@ fn metrics_handle() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("router_request_duration_seconds".into()),
+                    &buckets,
+                )
+                .expect("non-empty buckets")
+                .build_recorder();
             let handle = recorder.handle();
             // Only the first App of a process installs the recorder; later ones share it.
             let _ = metrics::set_global_recorder(recorder);
@@ -331,7 +340,7 @@ async fn forward(
     span.record("epoch", first.route.map(|r| r.1 .0).unwrap_or(0));
     let resp = ctx.forwarder.send(&first, out).await?;
     if resp.status() != StatusCode::MISDIRECTED_REQUEST {
-        return finish(resp, &first);
+        return finish(resp, &first, ctx.forwarder.timeout());
     }
     // The cell does not own the slot (at our epoch): refresh the map, retry once.
     let body = ctx
@@ -368,12 +377,13 @@ async fn forward(
             decision.slot
         )));
     }
-    finish(resp, &retry)
+    finish(resp, &retry, ctx.forwarder.timeout())
 }
 
 fn finish(
     resp: axum::http::Response<hyper::body::Incoming>,
     target: &Target,
+    idle: Duration,
 ) -> Result<Response, RouterError> {
     let status = resp.status();
     if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
@@ -382,5 +392,5 @@ fn finish(
             target.cell
         )));
     }
-    Ok(proxy::into_client_response(resp, &target.cell))
+    Ok(proxy::into_client_response(resp, &target.cell, idle))
 }

@@ -4,6 +4,9 @@
 //! Request bodies are at most 64 KiB and already read (the router needs some of them to
 //! route, and a `421` retry must resend them), so they travel as one `Full<Bytes>`.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -86,6 +89,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// The per-attempt timeout (response headers; longest pause inside a response body).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn new(timeout: Duration, connect_timeout: Duration) -> Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
@@ -164,10 +172,51 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A cell's response for the client: hop-by-hop headers dropped, the cell named.
+/// A cell's response body, streamed, that fails when the cell pauses longer than `idle`
+/// between frames: a cell that stalls mid-body must not hold the client for ever.
+pub struct IdleTimeoutBody {
+    inner: hyper::body::Incoming,
+    idle: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for IdleTimeoutBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.sleep.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err("the cell stalled mid-body".into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A cell's response for the client: hop-by-hop headers dropped, the cell named, the body
+/// streamed with an idle timeout.
 pub fn into_client_response(
     resp: Response<hyper::body::Incoming>,
     cell: &CellId,
+    idle: Duration,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     for name in [
@@ -182,6 +231,11 @@ pub fn into_client_response(
     if let Ok(v) = HeaderValue::from_str(cell.as_str()) {
         parts.headers.insert(CELL_HEADER, v);
     }
+    let body = IdleTimeoutBody {
+        inner: body,
+        idle,
+        sleep: Box::pin(tokio::time::sleep(idle)),
+    };
     Response::from_parts(parts, Body::new(body))
 }
 

@@ -13,9 +13,23 @@ use topology::{CellId, CellInfo, CellMap, CellStatus, Region, Slot};
 async fn hanging_or_dead_cells_answer_503_and_bad_input_never_5xx() {
     let _serial = support::serial().await;
     let dir = tempfile::TempDir::new().unwrap();
-    // c1 accepts connections and never answers; c2 refuses them.
+    // c1 accepts connections and never answers; c2 refuses them; c3 sends headers and
+    // part of its body, then stalls.
     let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hang_addr = hang.local_addr().unwrap();
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_addr = stall.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut held = Vec::new();
+        while let Ok((mut sock, _)) = stall.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"partial\":";
+            let _ = sock.write_all(head.as_bytes()).await;
+            held.push(sock);
+        }
+    });
     let dead = support::free_port();
     let info = |id: &str, region: &str, url: String| CellInfo {
         id: CellId::parse(id).unwrap(),
@@ -27,9 +41,10 @@ async fn hanging_or_dead_cells_answer_503_and_bad_input_never_5xx() {
     let cells = vec![
         info("c1", "east", format!("http://{hang_addr}")),
         info("c2", "west", format!("http://127.0.0.1:{dead}")),
+        info("c3", "west", format!("http://{stall_addr}")),
     ];
     let owners = Slot::all()
-        .map(|s| CellId::parse(if s.get() % 2 == 0 { "c1" } else { "c2" }).unwrap())
+        .map(|s| CellId::parse(["c1", "c2", "c3"][usize::from(s.get() % 3)]).unwrap())
         .collect();
     let map = CellMap::from_assignment(cells, owners).unwrap();
     let file = dir.path().join("map.json");
@@ -77,6 +92,19 @@ async fn hanging_or_dead_cells_answer_503_and_bad_input_never_5xx() {
             started.elapsed()
         );
     }
+
+    // A body that stalls is cut off after the idle timeout, not held for ever.
+    let u = support::uid_on(&map, "c3", &[]);
+    let started = Instant::now();
+    let resp = http
+        .get(format!("{r}/v1/users/{u}/wallet"))
+        .bearer_auth(token(&u, None))
+        .send()
+        .await
+        .expect("headers arrive");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.bytes().await.is_err(), "a stalled body must fail");
+    assert!(started.elapsed() < Duration::from_secs(3));
 
     // Odd input is a 4xx, never a 5xx; oversize bodies are refused before they are read.
     let t = token("u1", None);

@@ -54,8 +54,16 @@ pub fn bin(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "cell", "-p", "raft-meta", "--bins"])
-            .env("CARGO_TARGET_DIR", &target)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // The variables cargo sets for this test (CARGO_PKG_*, CARGO_MANIFEST_DIR, …) would
+        // reach build scripts that watch them and rebuild half the tree on every run.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("CARGO_") && key != "CARGO_HOME" {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("CARGO_TARGET_DIR", &target);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
