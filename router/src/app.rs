@@ -27,6 +27,7 @@ use topology::Slot;
 
 use crate::error::RouterError;
 use crate::limit::Limiter;
+use crate::limit_redis::RedisLimiter;
 use crate::mapstate::{MapState, MapStateError, Snapshot};
 use crate::proxy::{self, Forwarder, Outgoing, Target};
 use crate::route::{self, Decision, Route};
@@ -99,6 +100,13 @@ impl App {
             settings.map.as_deref(),
             meta,
         )?);
+        let cancel = CancellationToken::new();
+        let mut limiter = Limiter::new(settings.rate_global, settings.rate_per_uid);
+        if let Some(url) = &settings.redis_url {
+            let redis = RedisLimiter::start(url, cancel.clone())
+                .map_err(|e| StartError::Settings(format!("--redis-url: {e}")))?;
+            limiter = limiter.with_redis(redis);
+        }
         let ctx = Ctx {
             maps: maps.clone(),
             verifier: Verifier::new(secret),
@@ -106,14 +114,13 @@ impl App {
                 Duration::from_millis(settings.timeout_ms),
                 Duration::from_millis(settings.connect_timeout_ms),
             ),
-            limiter: Arc::new(Limiter::new(settings.rate_global, settings.rate_per_uid)),
+            limiter: Arc::new(limiter),
             metrics: metrics_handle(),
             body_timeout: Duration::from_millis(settings.body_timeout_ms),
         };
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|e| StartError::Bind(settings.listen, e))?;
-        let cancel = CancellationToken::new();
         let follower = Some(tokio::spawn(maps.follow(cancel.clone())));
         Ok(App {
             listener,
@@ -286,7 +293,7 @@ async fn serve(
             message,
         });
     }
-    ctx.limiter.admit(who.uid())?;
+    ctx.limiter.admit_async(who.uid()).await?;
     let out = Outgoing {
         method: parts.method,
         path_and_query: parts

@@ -95,6 +95,11 @@ impl IntoResponse for RouterError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if matches!(self, RouterError::PayloadTooLarge) {
+            // The unread rest of the body is still on the wire: this connection is done, and
+            // saying so keeps clients from reusing it.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(s) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }

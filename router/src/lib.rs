@@ -19,7 +19,8 @@
 //!   follower task.
 //! - [`proxy`]: forwarding to a cell (hyper pooled client, timeouts, 421 retry).
 //! - [`recon`]: `GET /v1/admin/reconciliation` fanned out to every cell and summed.
-//! - [`limit`]: in-process rate limits (global and per uid).
+//! - [`limit`]: rate limits (global and per uid), in process; [`limit_redis`]: the same
+//!   cluster-wide through Redis.
 //! - [`error`]: the one error type that picks HTTP statuses (problem+json).
 //! - [`app`]: wiring: [`app::App::build`] binds, [`app::App::run_until_stopped`] serves.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@
 pub mod app;
 pub mod error;
 pub mod limit;
+pub mod limit_redis;
 pub mod mapstate;
 pub mod proxy;
 pub mod recon;

@@ -1,5 +1,7 @@
-//! In-process rate limits: one token bucket for the whole router and one per uid.
-//! Each refills at its rate per second and holds at most one second's worth (the burst).
+//! Rate limits: one token bucket for the whole router and one per uid, in process; each
+//! refills at its rate per second and holds at most one second's worth (the burst). With
+//! `--redis-url` the same rates hold cluster-wide (see [`crate::limit_redis`]) and the
+//! in-process buckets are the fallback while Redis cannot answer.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,6 +10,7 @@ use std::time::Instant;
 use topology::Uid;
 
 use crate::error::RouterError;
+use crate::limit_redis::{RedisLimiter, Verdict};
 
 struct Bucket {
     tokens: f64,
@@ -46,6 +49,7 @@ pub struct Limiter {
     global: Mutex<Bucket>,
     /// Per-uid buckets; guarded by a plain mutex because each access is a few instructions.
     per_uid: Mutex<HashMap<Uid, Bucket>>,
+    redis: Option<RedisLimiter>,
 }
 
 impl Limiter {
@@ -57,7 +61,32 @@ impl Limiter {
             uid_rate: f64::from(per_uid),
             global: Mutex::new(Bucket::full(f64::from(global), now)),
             per_uid: Mutex::new(HashMap::new()),
+            redis: None,
         }
+    }
+
+    /// Counts in Redis, cluster-wide, when it answers; in process otherwise.
+    pub fn with_redis(mut self, redis: RedisLimiter) -> Limiter {
+        self.redis = Some(redis);
+        self
+    }
+
+    /// Admits one request: by Redis when configured and answering, else in process.
+    pub async fn admit_async(&self, uid: Option<&Uid>) -> Result<(), RouterError> {
+        if self.global_rate == 0.0 && self.uid_rate == 0.0 {
+            return Ok(());
+        }
+        if let Some(redis) = &self.redis {
+            let verdict = redis
+                .check(self.global_rate as u32, self.uid_rate as u32, uid)
+                .await;
+            match verdict {
+                Verdict::Admit => return Ok(()),
+                Verdict::Refuse(what) => return Err(RouterError::RateLimited(what, 1)),
+                Verdict::Unknown => {}
+            }
+        }
+        self.admit(uid)
     }
 
     /// Admits one request (of `uid` when the caller is a user) or refuses it with 429.

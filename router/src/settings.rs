@@ -60,6 +60,11 @@ pub struct Settings {
     /// Requests per second one uid may make (bursts up to one second's worth); 0 disables.
     #[arg(long, env = "REDCELL_ROUTER_RATE_PER_UID", default_value_t = 0)]
     pub rate_per_uid: u32,
+
+    /// Redis URL (redis://…) to count rate limits in, cluster-wide across routers. Unset:
+    /// each router counts alone. While Redis cannot answer, the local counts apply.
+    #[arg(long, env = "REDCELL_ROUTER_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
 }
 
 impl Settings {

@@ -360,8 +360,7 @@ async fn every_route_reaches_the_owning_cell_and_bad_credentials_never_pass() {
     );
 
     // Metrics count requests per route and cell.
-    let text = d
-        .http
+    let text = reqwest::Client::new()
         .get(format!("{r}/metrics"))
         .send()
         .await

@@ -250,3 +250,88 @@ async fn a_421_is_retried_once_at_the_newer_owner_the_cell_names() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_across_routers_through_redis() {
+    let _serial = support::serial().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let Some(redis) = support::spawn_redis(dir.path()).await else {
+        eprintln!("redis-server not installed: skipped");
+        return;
+    };
+    // Admitted requests meet a dead cell (503); refused ones are 429.
+    let dead = support::free_port();
+    let map = CellMap::single(CellInfo {
+        id: CellId::parse("c1").unwrap(),
+        region: Region::parse("east").unwrap(),
+        url: format!("http://127.0.0.1:{dead}"),
+        status: CellStatus::Active,
+        backup: None,
+    });
+    let file = dir.path().join("map.json");
+    std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
+    let args = vec![
+        "--map".to_owned(),
+        file.display().to_string(),
+        "--rate-per-uid".into(),
+        "4".into(),
+        "--redis-url".into(),
+        redis.url.clone(),
+    ];
+    let mut routers = Vec::new();
+    for n in 0..2 {
+        let r = support::spawn_router(
+            &args,
+            &dir.path().join(format!("state{n}")),
+            dir.path().join(format!("router{n}.log")),
+        )
+        .await;
+        support::wait_ready(&r.url, "router").await;
+        routers.push(r);
+    }
+    let http = reqwest::Client::new();
+    let get = |n: usize, uid: &str| {
+        let (http, url, t) = (http.clone(), routers[n].url.clone(), token(uid, None));
+        let uid = uid.to_owned();
+        async move {
+            http.get(format!("{url}/v1/users/{uid}/wallet"))
+                .bearer_auth(t)
+                .send()
+                .await
+                .expect("router answers")
+                .status()
+        }
+    };
+    // Wait for both routers to reach Redis: a refusal proves the shared counter.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Start at the beginning of a one-second window, so all calls below share it.
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        tokio::time::sleep(Duration::from_millis(u64::from(1010 - ms))).await;
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(get(0, "u-limited").await);
+        }
+        let on_b = get(1, "u-limited").await;
+        let other = get(1, "u-other").await;
+        if statuses
+            .iter()
+            .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE)
+            && on_b == StatusCode::TOO_MANY_REQUESTS
+        {
+            assert_eq!(
+                other,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "another uid is not limited"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no shared limit: {statuses:?} then {on_b}"
+        );
+    }
+}

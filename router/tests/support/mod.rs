@@ -423,3 +423,38 @@ pub async fn call(
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (status, cell, value, headers)
 }
+
+/// A throwaway `redis-server` on an ephemeral port, or `None` when it is not installed.
+pub async fn spawn_redis(dir: &Path) -> Option<Proc> {
+    let port = free_port();
+    let log = dir.join("redis.log");
+    let file = std::fs::File::create(&log).expect("log");
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log fd"))
+        .stderr(file)
+        .spawn()
+        .ok()?;
+    let proc = Proc {
+        name: "redis".into(),
+        url: format!("redis://127.0.0.1:{port}"),
+        log,
+        child: Some(child),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some(proc)
+}
