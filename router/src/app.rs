@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use topology::auth::{Principal, Verifier};
 use topology::Slot;
+use tracing::Instrument;
 
 use crate::error::RouterError;
 use crate::limit::Limiter;
@@ -222,7 +223,22 @@ async fn handle_public(State(ctx): State<Ctx>, req: Request) -> Response {
         cell: "none".into(),
     };
     let (parts, body) = req.into_parts();
-    let resp = match serve(&ctx, parts, body, &mut labels).await {
+    // One span per request, carrying the route decision; exported when OTLP is configured.
+    let span = tracing::info_span!(
+        "router.request",
+        http.method = %parts.method,
+        flow = tracing::field::Empty,
+        slot = tracing::field::Empty,
+        cell = tracing::field::Empty,
+        epoch = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    crate::telemetry::adopt_parent(&span, &parts.headers);
+    let served = serve(&ctx, parts, body, &mut labels)
+        .instrument(span.clone())
+        .await;
+    let resp = match served {
         Ok(r) => r,
         Err(e) => {
             if e.status().is_server_error() {
@@ -231,6 +247,7 @@ async fn handle_public(State(ctx): State<Ctx>, req: Request) -> Response {
             e.into_response()
         }
     };
+    span.record("status", resp.status().as_u16());
     let status = resp.status().as_u16().to_string();
     metrics::counter!("router_requests_total", "route" => labels.flow, "cell" => labels.cell.clone(), "status" => status).increment(1);
     metrics::histogram!("router_request_duration_seconds", "route" => labels.flow, "cell" => labels.cell)
@@ -278,14 +295,20 @@ async fn serve(
 ) -> Result<Response, RouterError> {
     let route = route::classify(&parts.method, parts.uri.path())?;
     let who = authenticate(ctx, &parts.headers)?;
-    let (traceparent, trace_id) = proxy::next_traceparent(parts.headers.get("traceparent"));
+    let span = tracing::Span::current();
+    let (traceparent, trace_id) = crate::telemetry::traceparent_of(&span)
+        .unwrap_or_else(|| proxy::next_traceparent(parts.headers.get("traceparent")));
+    span.record("trace_id", trace_id.as_str());
     if route == Route::Reconciliation {
         labels.flow = "reconciliation";
+        span.record("flow", "reconciliation");
         return recon::handle(ctx, &who, &parts.headers, traceparent).await;
     }
     let body = read_body(ctx, &parts.headers, body).await?;
     let decision = route::decide(&route, &who, &body)?;
     labels.flow = decision.flow;
+    span.record("flow", decision.flow);
+    span.record("slot", decision.slot.get());
     let snap = ctx.maps.current();
     if let Some((switch, message)) = snap.switched_off(&decision.switches) {
         return Err(RouterError::Degraded {
@@ -305,15 +328,6 @@ async fn serve(
         body,
         traceparent,
     };
-    let span = tracing::debug_span!(
-        "route",
-        flow = decision.flow,
-        slot = decision.slot.get(),
-        cell = tracing::field::Empty,
-        epoch = tracing::field::Empty,
-        trace_id = %trace_id,
-    );
-    let _enter = span.enter();
     forward(ctx, &snap, &decision, &out, labels, &span).await
 }
 
@@ -377,6 +391,8 @@ async fn forward(
     }
     tracing::info!(slot = decision.slot.get(), from = %first.cell, to = %retry.cell, "421: retrying once");
     labels.cell = retry.cell.to_string();
+    span.record("cell", retry.cell.as_str());
+    span.record("epoch", retry.route.map(|r| r.1 .0).unwrap_or(0));
     let resp = ctx.forwarder.send(&retry, out).await?;
     if resp.status() == StatusCode::MISDIRECTED_REQUEST {
         return Err(RouterError::CellUnavailable(format!(

@@ -21,6 +21,7 @@
 //! - [`recon`]: `GET /v1/admin/reconciliation` fanned out to every cell and summed.
 //! - [`limit`]: rate limits (global and per uid), in process; [`limit_redis`]: the same
 //!   cluster-wide through Redis.
+//! - [`telemetry`]: trace context in and out, OTLP export when configured.
 //! - [`error`]: the one error type that picks HTTP statuses (problem+json).
 //! - [`app`]: wiring: [`app::App::build`] binds, [`app::App::run_until_stopped`] serves.
 #![forbid(unsafe_code)]
@@ -34,6 +35,7 @@ pub mod proxy;
 pub mod recon;
 pub mod route;
 pub mod settings;
+pub mod telemetry;
 
 /// Request bodies over this many bytes are refused with 413 (API.md).
 pub const BODY_LIMIT: usize = 64 * 1024;

@@ -19,10 +19,17 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let otel = router::telemetry::init("redcell-router")?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            otel.as_ref()
+                .map(|(_, tracer)| tracing_opentelemetry::layer().with_tracer(tracer.clone())),
         )
         .init();
     let cli = Cli::parse();
@@ -36,6 +43,10 @@ async fn main() -> anyhow::Result<()> {
         out.flush().context("stdout")?;
     }
     tracing::info!(%addr, "router listening");
-    app.run_until_stopped().await.context("serving")?;
-    Ok(())
+    let served = app.run_until_stopped().await.context("serving");
+    if let Some((provider, _)) = otel {
+        // Flush the spans still batched; a collector that is gone must not block the exit.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+    served
 }

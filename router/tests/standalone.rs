@@ -335,3 +335,134 @@ async fn rate_limits_hold_across_routers_through_redis() {
         );
     }
 }
+
+/// A minimal OTLP/HTTP collector: hands out the body of every `POST /v1/traces`.
+async fn fake_collector() -> (String, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    if head.starts_with("post /v1/traces") {
+                        let _ = tx.send(buf[end + 4..end + 4 + len].to_vec());
+                    }
+                    buf.drain(..end + 4 + len);
+                    let ok = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if sock.write_all(ok.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_carry_the_route_decision_to_an_otlp_collector_and_the_trace_to_the_cell() {
+    let _serial = support::serial().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let (collector, mut spans) = fake_collector().await;
+    // A fake cell that answers 200 and hands out the request head it received.
+    let cell = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cell_addr = cell.local_addr().unwrap();
+    let (head_tx, mut heads) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = cell.accept().await {
+            let mut buf = vec![0u8; 16384];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let _ = head_tx.send(String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase());
+            let ok =
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+            let _ = sock.write_all(ok.as_bytes()).await;
+        }
+    });
+    let map = CellMap::single(CellInfo {
+        id: CellId::parse("c7").unwrap(),
+        region: Region::parse("east").unwrap(),
+        url: format!("http://{cell_addr}"),
+        status: CellStatus::Active,
+        backup: None,
+    });
+    let file = dir.path().join("map.json");
+    std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
+    let args = vec!["--map".to_owned(), file.display().to_string()];
+    let envs = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let mut router = support::spawn_router_env(
+        &args,
+        &dir.path().join("state"),
+        dir.path().join("router.log"),
+        &envs,
+    )
+    .await;
+    support::wait_ready(&router.url, "router").await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/users/u1/wallet", router.url))
+        .bearer_auth(token("u1", None))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let head = heads.recv().await.expect("the cell saw the request");
+    let slot = Slot::of(b"u1").get();
+    assert!(
+        head.contains(&format!("traceparent: 00-{trace}-")),
+        "{head}"
+    );
+    assert!(
+        !head.contains("00f067aa0ba902b7"),
+        "the router adds its own span: {head}"
+    );
+    assert!(
+        head.contains(&format!("x-redcell-slot: {slot}\r\n")),
+        "{head}"
+    );
+    assert!(head.contains("x-redcell-epoch: 1\r\n"), "{head}");
+    let body = tokio::time::timeout(Duration::from_secs(10), spans.recv())
+        .await
+        .expect("spans exported within 10 s")
+        .expect("collector running");
+    // Protobuf keeps attribute keys and string values as plain bytes.
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(b"router.request") && has(b"slot") && has(b"epoch"),
+        "span lacks the route decision"
+    );
+    assert!(has(b"c7"), "span lacks the cell");
+    let trace_bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert!(has(&trace_bytes), "span is not in the caller's trace");
+    assert!(router.terminate());
+}

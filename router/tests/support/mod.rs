@@ -298,7 +298,17 @@ pub async fn spawn_cell(id: &str, port: u16, source: CellMapSource<'_>, dir: &Pa
 }
 
 pub async fn spawn_router(args: &[String], state_dir: &Path, log: PathBuf) -> Proc {
+    spawn_router_env(args, state_dir, log, &[]).await
+}
+
+pub async fn spawn_router_env(
+    args: &[String],
+    state_dir: &Path,
+    log: PathBuf,
+    envs: &[(&str, &str)],
+) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_router"));
+    cmd.envs(envs.iter().copied());
     cmd.args(["--listen", "127.0.0.1:0"])
         .args(args)
         .arg("--state-dir")
