@@ -79,6 +79,15 @@ pub struct Settings {
     #[arg(long, env = "REDCELL_WORKER_INTERVAL_MS", default_value_t = 500)]
     pub worker_interval_ms: u64,
 
+    /// How long a grant reservation may stay pending in this (order) cell before the sweep
+    /// asks the home cell to settle it, in milliseconds.
+    #[arg(long, env = "REDCELL_GRANT_SETTLE_AFTER_MS", default_value_t = 30_000)]
+    pub grant_settle_after_ms: u64,
+
+    /// Test-only crash point (never in production).
+    #[arg(long, hide = true, value_enum)]
+    pub test_fault: Option<crate::grants::Fault>,
+
     /// Enables `POST /v1/admin/clock` so tests can move this cell's clock. Never in production.
     #[arg(long, env = "REDCELL_TEST_CLOCK")]
     pub test_clock: bool,

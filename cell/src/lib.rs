@@ -17,6 +17,7 @@ pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod grants;
 pub mod meta;
 pub mod ownership;
 pub mod store;

@@ -26,7 +26,7 @@ pub use claims::{ClaimBatch, ClaimOutcome, PacketSummary};
 pub use packets::{CallbackOutcome, HistoryPage, NewPacket, SendOutcome};
 pub use recon::{Finding, Reconciliation, Totals};
 pub use rows::{Claim, ClaimListItem, Packet, Payment, Subsidy};
-pub use subsidies::GrantOutcome;
+pub use subsidies::{GrantOutcome, Reservation};
 pub use workers::DueTransfer;
 
 #[derive(Debug, thiserror::Error)]
