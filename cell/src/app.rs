@@ -20,6 +20,7 @@ use crate::domain::validate::Limits;
 use crate::grants::Grants;
 use crate::meta::Follower;
 use crate::ownership::Ownership;
+use crate::payments::HttpProvider;
 use crate::store::{redact, Store, StoreError, StoreOptions};
 use crate::workers::Workers;
 
@@ -34,6 +35,10 @@ pub struct CtxInner {
     pub verifier: Verifier,
     pub clock: Arc<Clock>,
     pub ownership: Arc<Ownership>,
+    /// Delay before the first re-check of a new C2C payment, in milliseconds.
+    pub payment_recheck_ms: i64,
+    /// Time a new C2C payment has to be confirmed, in milliseconds.
+    pub payment_deadline_ms: i64,
     pub limits: Limits,
     pub metrics: PrometheusHandle,
     pub test_clock: bool,
@@ -174,6 +179,8 @@ impl App {
             store: store.clone(),
             claims,
             grants: grants.clone(),
+            payment_recheck_ms: settings.payment_recheck_ms.max(10) as i64,
+            payment_deadline_ms: (settings.payment_deadline_s.max(1) as i64).saturating_mul(1000),
             verifier: Verifier::new(secret.as_bytes()),
             clock: clock.clone(),
             ownership: ownership.clone(),
@@ -214,7 +221,12 @@ impl App {
             wake,
             ownership,
             secret: secret_bytes,
+            provider: settings.payment_provider.as_deref().map(|base| {
+                Arc::new(HttpProvider::new(base, http.clone()))
+                    as Arc<dyn crate::payments::PaymentProvider>
+            }),
             http,
+            payment_recheck: Duration::from_millis(settings.payment_recheck_ms.max(10)),
         };
         tracing::info!(
             cell = %me,

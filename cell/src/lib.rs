@@ -20,6 +20,7 @@ pub mod domain;
 pub mod grants;
 pub mod meta;
 pub mod ownership;
+pub mod payments;
 pub mod store;
 pub mod workers;
 
