@@ -17,8 +17,10 @@ use crate::claims::{ClaimService, Gate};
 use crate::clock::Clock;
 use crate::config::{self, Settings, Switch};
 use crate::domain::validate::Limits;
+use crate::grants::Grants;
 use crate::meta::Follower;
 use crate::ownership::Ownership;
+use crate::payments::HttpProvider;
 use crate::store::{redact, Store, StoreError, StoreOptions};
 use crate::workers::Workers;
 
@@ -29,9 +31,14 @@ pub struct Ctx(Arc<CtxInner>);
 pub struct CtxInner {
     pub store: Store,
     pub claims: ClaimService,
+    pub grants: Arc<Grants>,
     pub verifier: Verifier,
     pub clock: Arc<Clock>,
     pub ownership: Arc<Ownership>,
+    /// Delay before the first re-check of a new C2C payment, in milliseconds.
+    pub payment_recheck_ms: i64,
+    /// Time a new C2C payment has to be confirmed, in milliseconds.
+    pub payment_deadline_ms: i64,
     pub limits: Limits,
     pub metrics: PrometheusHandle,
     pub test_clock: bool,
@@ -68,6 +75,8 @@ pub struct App {
     listener: TcpListener,
     ctx: Ctx,
     workers: Workers,
+    /// How long a grant reservation may stay pending before the sweep settles it.
+    grant_settle_after: Duration,
     /// Follows raft-meta, when the cell was started with `--meta`.
     follower: Option<Follower>,
 }
@@ -152,9 +161,26 @@ impl App {
         );
         let wake = Arc::new(Notify::new());
         let cancel = CancellationToken::new();
+        let secret_bytes: Arc<[u8]> = Arc::from(secret.as_bytes());
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(8)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| StartError::Settings(format!("http client: {e}")))?;
+        let grants = Arc::new(Grants {
+            store: store.clone(),
+            ownership: ownership.clone(),
+            clock: clock.clone(),
+            http: http.clone(),
+            secret: secret_bytes.clone(),
+            fault: settings.test_fault,
+        });
         let ctx = Ctx(Arc::new(CtxInner {
             store: store.clone(),
             claims,
+            grants: grants.clone(),
+            payment_recheck_ms: settings.payment_recheck_ms.max(10) as i64,
+            payment_deadline_ms: (settings.payment_deadline_s.max(1) as i64).saturating_mul(1000),
             verifier: Verifier::new(secret.as_bytes()),
             clock: clock.clone(),
             ownership: ownership.clone(),
@@ -194,12 +220,13 @@ impl App {
             transfers_due,
             wake,
             ownership,
-            secret: Arc::from(secret.as_bytes()),
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(8)
-                .connect_timeout(Duration::from_secs(2))
-                .build()
-                .map_err(|e| StartError::Settings(format!("http client: {e}")))?,
+            secret: secret_bytes,
+            provider: settings.payment_provider.as_deref().map(|base| {
+                Arc::new(HttpProvider::new(base, http.clone()))
+                    as Arc<dyn crate::payments::PaymentProvider>
+            }),
+            http,
+            payment_recheck: Duration::from_millis(settings.payment_recheck_ms.max(10)),
         };
         tracing::info!(
             cell = %me,
@@ -213,6 +240,7 @@ impl App {
             listener,
             ctx,
             workers,
+            grant_settle_after: Duration::from_millis(settings.grant_settle_after_ms),
             follower,
         })
     }
@@ -230,6 +258,7 @@ impl App {
             listener,
             ctx,
             workers,
+            grant_settle_after,
             follower,
         } = self;
         let cancel = workers.cancel.clone();
@@ -237,6 +266,13 @@ impl App {
         if let Some(f) = follower {
             handles.extend(f.spawn());
         }
+        let sweep_every =
+            (grant_settle_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        handles.push(ctx.grants.clone().spawn_sweeper(
+            sweep_every,
+            grant_settle_after,
+            cancel.clone(),
+        ));
         let router = crate::api::router(ctx.clone());
         let stop = cancel.clone();
         axum::serve(listener, router)

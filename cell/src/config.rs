@@ -79,6 +79,29 @@ pub struct Settings {
     #[arg(long, env = "REDCELL_WORKER_INTERVAL_MS", default_value_t = 500)]
     pub worker_interval_ms: u64,
 
+    /// Base URL of the payment provider (the cashier) for C2C packets. Unset: payments are
+    /// settled by the provider's callback alone, and the deadline cancels the rest.
+    #[arg(long, env = "REDCELL_PAYMENT_PROVIDER")]
+    pub payment_provider: Option<String>,
+
+    /// First re-check of a payment whose callback has not come, in milliseconds (then with
+    /// backoff).
+    #[arg(long, env = "REDCELL_PAYMENT_RECHECK_MS", default_value_t = 10_000)]
+    pub payment_recheck_ms: u64,
+
+    /// A C2C payment not confirmed within this many seconds cancels its packet.
+    #[arg(long, env = "REDCELL_PAYMENT_DEADLINE_S", default_value_t = 900)]
+    pub payment_deadline_s: u64,
+
+    /// How long a grant reservation may stay pending in this (order) cell before the sweep
+    /// asks the home cell to settle it, in milliseconds.
+    #[arg(long, env = "REDCELL_GRANT_SETTLE_AFTER_MS", default_value_t = 30_000)]
+    pub grant_settle_after_ms: u64,
+
+    /// Test-only crash point (never in production).
+    #[arg(long, hide = true, value_enum)]
+    pub test_fault: Option<crate::grants::Fault>,
+
     /// Enables `POST /v1/admin/clock` so tests can move this cell's clock. Never in production.
     #[arg(long, env = "REDCELL_TEST_CLOCK")]
     pub test_clock: bool,
@@ -111,6 +134,11 @@ impl Settings {
                 return Err(format!(
                     "--meta: {node:?} must be HOST:PORT or http://HOST:PORT"
                 ));
+            }
+        }
+        if let Some(url) = &self.payment_provider {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err("--payment-provider must be an http(s):// URL".into());
             }
         }
         if let Some(url) = &self.redis_url {

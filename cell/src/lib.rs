@@ -17,8 +17,10 @@ pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod grants;
 pub mod meta;
 pub mod ownership;
+pub mod payments;
 pub mod store;
 pub mod workers;
 

@@ -40,6 +40,13 @@ fn homed(prefix: &str, parity: u16, n: usize) -> Vec<String> {
 }
 
 async fn spawn_pair() -> (TestCell, TestCell, tempfile::NamedTempFile) {
+    spawn_pair_with(&[], &[]).await
+}
+
+async fn spawn_pair_with(
+    c1_args: &[&str],
+    c2_args: &[&str],
+) -> (TestCell, TestCell, tempfile::NamedTempFile) {
     let (p1, p2) = (free_port(), free_port());
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -47,17 +54,21 @@ async fn spawn_pair() -> (TestCell, TestCell, tempfile::NamedTempFile) {
         serde_json::to_string(&two_cell_map(p1, p2)).unwrap(),
     )
     .unwrap();
-    let opts = |id: &str, port: u16| CellOptions {
-        extra_args: vec![
+    let opts = |id: &str, port: u16, extra: &[&str]| {
+        let mut extra_args: Vec<String> = vec![
             "--cell-id".into(),
             id.into(),
             "--map".into(),
             file.path().display().to_string(),
-        ],
-        listen: Some(format!("127.0.0.1:{port}")),
+        ];
+        extra_args.extend(extra.iter().map(|a| a.to_string()));
+        CellOptions {
+            extra_args,
+            listen: Some(format!("127.0.0.1:{port}")),
+        }
     };
-    let c1 = TestCell::spawn_with(opts("c1", p1)).await;
-    let c2 = TestCell::spawn_with(opts("c2", p2)).await;
+    let c1 = TestCell::spawn_with(opts("c1", p1, c1_args)).await;
+    let c2 = TestCell::spawn_with(opts("c2", p2, c2_args)).await;
     (c1, c2, file)
 }
 
@@ -158,4 +169,197 @@ async fn internal_transfers_need_the_internal_scope_and_a_home_here() {
     }
     let (_, w) = c2.get(&format!("/v1/users/{far}/wallet"), &user(far)).await;
     assert_eq!(w["balance"], 5, "three deliveries, one credit");
+}
+
+fn grant_body(grant_id: &str, uid: &str) -> Value {
+    json!({"grant_id": grant_id, "uid": uid, "amount": 300, "expires_at": "2099-01-01T00:00:00Z"})
+}
+
+/// A grant id whose order cell is the one owning slots of parity `parity`.
+fn grant_id_in(prefix: &str, parity: u16) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|g| Slot::of(g.as_bytes()).get() % 2 == parity)
+        .unwrap()
+}
+
+async fn subsidies(cell: &TestCell, uid: &str) -> Vec<Value> {
+    let (s, v) = cell
+        .get(&format!("/v1/users/{uid}/subsidies"), &admin())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["subsidies"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_grant_id_raced_by_two_users_through_two_home_cells() {
+    let (c1, c2, _map) = spawn_pair().await;
+    let (a, b) = (&homed("left", 0, 1)[0], &homed("right", 1, 1)[0]);
+    for round in 0..10 {
+        // Alternate which cell is the order cell of the grant id.
+        let grant = grant_id_in(&format!("race{round}"), round % 2);
+        let token = activity();
+        let (ra, rb) = tokio::join!(
+            c1.post("/v1/subsidies", &token, grant_body(&grant, a)),
+            c2.post("/v1/subsidies", &token, grant_body(&grant, b)),
+        );
+        let mut statuses = vec![ra.0, rb.0];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            vec![StatusCode::CREATED, StatusCode::CONFLICT],
+            "round {round}: {ra:?} {rb:?}"
+        );
+        let loser = if ra.0 == StatusCode::CONFLICT {
+            &ra.1
+        } else {
+            &rb.1
+        };
+        assert_eq!(loser["code"], "grant_id_conflict");
+    }
+    let n = subsidies(&c1, a).await.len() + subsidies(&c2, b).await.len();
+    assert_eq!(n, 10, "exactly one subsidy per grant id, across both cells");
+    let (t1, t2) = (totals(&c1).await, totals(&c2).await);
+    assert_eq!(
+        t1["funded"].as_i64().unwrap() + t2["funded"].as_i64().unwrap(),
+        10 * 300
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_reservation_and_commit_is_settled_by_the_sweep() {
+    // Arrange: c2 crashes right after reserving in c1 (the order cell).
+    let settle = ["--grant-settle-after-ms", "300"];
+    let c2_args = [&settle[..], &["--test-fault", "crash-after-reserve"]].concat();
+    let (c1, mut c2, _map) = spawn_pair_with(&settle, &c2_args).await;
+    let (a, b) = (&homed("left", 0, 1)[0], &homed("right", 1, 1)[0]);
+    let grant = grant_id_in("crash-reserve", 0);
+
+    // Act
+    let res = c2
+        .http
+        .post(format!("{}/v1/subsidies", c2.url))
+        .bearer_auth(activity())
+        .json(&grant_body(&grant, b))
+        .send()
+        .await;
+    assert!(
+        res.is_err() || res.unwrap().status().is_server_error(),
+        "the home cell died mid-grant"
+    );
+    c2.drop_arg("--test-fault");
+    c2.restart().await;
+
+    // Assert: nothing was granted; once the sweep settles the attempt, the retry grants
+    // exactly one subsidy, and the grant id stays b's.
+    assert!(
+        subsidies(&c2, b).await.is_empty(),
+        "a crash before commit grants nothing"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        let (s, v) = c2
+            .post("/v1/subsidies", &activity(), grant_body(&grant, b))
+            .await;
+        if s == StatusCode::CREATED || s == StatusCode::OK {
+            break v;
+        }
+        assert_eq!(
+            s,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "only a transient refusal while settling: {v}"
+        );
+        assert!(Instant::now() < deadline, "the grant never settled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (s, again) = c2
+        .post("/v1/subsidies", &activity(), grant_body(&grant, b))
+        .await;
+    assert_eq!(
+        (s, &again["subsidy_id"]),
+        (StatusCode::OK, &first["subsidy_id"])
+    );
+    let (s, v) = c1
+        .post("/v1/subsidies", &activity(), grant_body(&grant, a))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("grant_id_conflict"))
+    );
+    assert_eq!(subsidies(&c2, b).await.len(), 1);
+    assert!(subsidies(&c1, a).await.is_empty());
+    let (t1, t2) = (totals(&c1).await, totals(&c2).await);
+    assert_eq!(
+        t1["funded"].as_i64().unwrap() + t2["funded"].as_i64().unwrap(),
+        300
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_commit_is_confirmed_by_the_sweep() {
+    // Arrange: c2 commits the subsidy, then crashes before confirming to c1.
+    let settle = ["--grant-settle-after-ms", "300"];
+    let c2_args = [&settle[..], &["--test-fault", "crash-after-commit"]].concat();
+    let (c1, mut c2, _map) = spawn_pair_with(&settle, &c2_args).await;
+    let (a, b) = (&homed("left", 0, 1)[0], &homed("right", 1, 1)[0]);
+    let grant = grant_id_in("crash-commit", 0);
+
+    let res = c2
+        .http
+        .post(format!("{}/v1/subsidies", c2.url))
+        .bearer_auth(activity())
+        .json(&grant_body(&grant, b))
+        .send()
+        .await;
+    assert!(
+        res.is_err() || res.unwrap().status().is_server_error(),
+        "the home cell died mid-grant"
+    );
+    c2.drop_arg("--test-fault");
+    c2.restart().await;
+
+    // Assert: the committed subsidy stands, once; the sweep confirms it, so the grant id
+    // stays b's; a retry answers the same subsidy.
+    let granted = subsidies(&c2, b).await;
+    assert_eq!(granted.len(), 1, "the commit survived the crash");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = c1
+            .http
+            .get(format!("{}/metrics", c1.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(r#"redcell_grant_reservations_settled_total{decision="committed"} 1"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the order cell's sweep never confirmed the committed grant"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, v) = c1
+        .post("/v1/subsidies", &activity(), grant_body(&grant, a))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("grant_id_conflict"))
+    );
+    let (s, again) = c2
+        .post("/v1/subsidies", &activity(), grant_body(&grant, b))
+        .await;
+    assert_eq!(
+        (s, &again["subsidy_id"]),
+        (StatusCode::OK, &granted[0]["subsidy_id"])
+    );
+    assert_eq!(subsidies(&c2, b).await.len(), 1, "nothing granted twice");
+    let (t1, t2) = (totals(&c1).await, totals(&c2).await);
+    assert_eq!(
+        t1["funded"].as_i64().unwrap() + t2["funded"].as_i64().unwrap(),
+        300
+    );
 }

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use topology::{IdKind, MintedId, Uid};
+use topology::{IdKind, MintedId, Slot, Uid};
 
 use super::error::ApiError;
 use super::extract::{Caller, Json};
@@ -73,4 +73,95 @@ pub async fn handle_receive_transfers(
         .receive_transfers(&due, ctx.clock.now_ms())
         .await?;
     Ok(axum::Json(json!({"credited": due.len()})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantStep {
+    grant_id: String,
+    #[serde(default)]
+    uid: Option<String>,
+    subsidy_id: String,
+}
+
+impl GrantStep {
+    fn check(&self) -> Result<(), ApiError> {
+        crate::domain::validate::check_grant_id(&self.grant_id)?;
+        MintedId::parse(IdKind::Subsidy, &self.subsidy_id)
+            .map_err(|e| ApiError::invalid("subsidy_id", e))?;
+        Ok(())
+    }
+
+    fn uid(&self) -> Result<Uid, ApiError> {
+        let uid = self
+            .uid
+            .as_deref()
+            .ok_or_else(|| ApiError::invalid("uid", "is required"))?;
+        Uid::parse(uid).map_err(|e| ApiError::invalid("uid", e))
+    }
+}
+
+/// Order cell: reserve a grant id for a uid (insert-if-absent); answers the holder.
+pub async fn handle_reserve_grant(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    body: Json<GrantStep>,
+) -> Result<Response, ApiError> {
+    caller.require_scope("internal")?;
+    let step = body.value;
+    step.check()?;
+    let uid = step.uid()?;
+    let slot = Slot::of(step.grant_id.as_bytes());
+    ctx.ownership.check(slot)?;
+    let r = ctx
+        .store
+        .reserve_grant(
+            &step.grant_id,
+            uid.as_str(),
+            &step.subsidy_id,
+            i64::from(slot.get()),
+            ctx.clock.now_ms(),
+        )
+        .await?;
+    Ok(axum::Json(r).into_response())
+}
+
+/// Order cell: the home cell committed the reserved grant.
+pub async fn handle_confirm_grant(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    body: Json<GrantStep>,
+) -> Result<Response, ApiError> {
+    caller.require_scope("internal")?;
+    let step = body.value;
+    step.check()?;
+    ctx.ownership.check(Slot::of(step.grant_id.as_bytes()))?;
+    ctx.store
+        .confirm_grant(&step.grant_id, &step.subsidy_id)
+        .await?;
+    Ok(axum::Json(json!({"state": "committed"})).into_response())
+}
+
+/// Home cell: settle a grant attempt the order cell found stale; the decision is final.
+pub async fn handle_resolve_grant(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    body: Json<GrantStep>,
+) -> Result<Response, ApiError> {
+    caller.require_scope("internal")?;
+    let step = body.value;
+    step.check()?;
+    let uid = step.uid()?;
+    ctx.ownership.check(uid.slot())?;
+    let decision = ctx
+        .store
+        .resolve_grant(
+            &step.subsidy_id,
+            uid.as_str(),
+            &step.grant_id,
+            i64::from(uid.slot().get()),
+            ctx.clock.now_ms(),
+        )
+        .await?;
+    Ok(axum::Json(json!({"decision": decision})).into_response())
 }

@@ -49,6 +49,18 @@ pub fn router(ctx: Ctx) -> Router {
             post(internal::handle_receive_transfers),
         )
         .route(
+            "/v1/internal/grants/reserve",
+            post(internal::handle_reserve_grant),
+        )
+        .route(
+            "/v1/internal/grants/confirm",
+            post(internal::handle_confirm_grant),
+        )
+        .route(
+            "/v1/internal/grants/resolve",
+            post(internal::handle_resolve_grant),
+        )
+        .route(
             "/v1/admin/reconciliation",
             get(admin::handle_reconciliation),
         )

@@ -45,6 +45,8 @@ pub async fn handle_send(
         payment_id: payment_id.as_str(),
         slot: i64::from(slot.get()),
         now,
+        payment_check_at: now + ctx.payment_recheck_ms,
+        payment_deadline_at: now + ctx.payment_deadline_ms,
     };
     match ctx
         .store

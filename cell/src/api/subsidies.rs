@@ -4,12 +4,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use topology::{IdKind, MintedId};
 
 use super::error::ApiError;
 use super::extract::{Caller, Json, PathText};
 use crate::app::Ctx;
 use crate::domain::validate::{self, GrantBody};
+use crate::grants::{GrantError, Granted};
 use crate::store::GrantOutcome;
 
 pub async fn handle_grant(
@@ -20,24 +20,31 @@ pub async fn handle_grant(
     caller.require_scope("subsidy:grant")?;
     let now = ctx.clock.now_ms();
     let grant = validate::grant(body.value, ctx.limits, now)?;
-    let slot = grant.uid.slot();
-    ctx.ownership.check(slot)?;
-    let subsidy_id = MintedId::mint(IdKind::Subsidy, slot);
-    let outcome = ctx
-        .store
-        .grant_subsidy(&grant, subsidy_id.as_str(), i64::from(slot.get()), now)
-        .await?;
-    Ok(match outcome {
-        GrantOutcome::Created(s) => (StatusCode::CREATED, axum::Json(s.view(now))).into_response(),
-        GrantOutcome::Existing(s) => (StatusCode::OK, axum::Json(s.view(now))).into_response(),
-        GrantOutcome::Conflict => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "grant_id_conflict",
-                format!("grant_id {} was granted to another user", grant.grant_id),
-            ))
+    ctx.ownership.check(grant.uid.slot())?;
+    let conflict = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "grant_id_conflict",
+            format!("grant_id {} was granted to another user", grant.grant_id),
+        )
+    };
+    match ctx.grants.grant(&grant).await {
+        Ok(Granted::Done(GrantOutcome::Created(s))) => {
+            Ok((StatusCode::CREATED, axum::Json(s.view(now))).into_response())
         }
-    })
+        Ok(Granted::Done(GrantOutcome::Existing(s))) if s.uid == grant.uid.as_str() => {
+            Ok((StatusCode::OK, axum::Json(s.view(now))).into_response())
+        }
+        Ok(Granted::Done(GrantOutcome::Existing(_))) | Ok(Granted::Conflict) => Err(conflict()),
+        Ok(Granted::Done(GrantOutcome::Aborted)) => Err(ApiError::unavailable(
+            "an earlier attempt of this grant was settled as not granted; retry",
+        )),
+        Err(GrantError::Store(e)) => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(grant_id = %grant.grant_id, error = %e, "grant could not reach its order cell");
+            Err(ApiError::unavailable(format!("grant not done: {e}")))
+        }
+    }
 }
 
 pub async fn handle_list_subsidies(

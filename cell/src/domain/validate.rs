@@ -69,8 +69,13 @@ pub struct Grant {
     pub expires_at_ms: i64,
 }
 
+/// A grant id: 1–64 visible ASCII characters.
+pub fn check_grant_id(grant_id: &str) -> Result<(), Invalid> {
+    check_key_text("grant_id", grant_id, 64)
+}
+
 pub fn grant(body: GrantBody, limits: Limits, now_ms: i64) -> Result<Grant, Invalid> {
-    check_key_text("grant_id", &body.grant_id, 64)?;
+    check_grant_id(&body.grant_id)?;
     let uid = Uid::parse(&body.uid).map_err(|e| invalid("uid", e.to_string()))?;
     if !(1..=limits.max_total).contains(&body.amount) {
         return Err(invalid(

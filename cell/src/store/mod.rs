@@ -11,6 +11,7 @@
 
 mod claims;
 mod packets;
+mod payments;
 mod recon;
 mod rows;
 mod subsidies;
@@ -24,9 +25,10 @@ use sqlx::{Any, AnyPool, Transaction};
 
 pub use claims::{ClaimBatch, ClaimOutcome, PacketSummary};
 pub use packets::{CallbackOutcome, HistoryPage, NewPacket, SendOutcome};
+pub use payments::PendingPayment;
 pub use recon::{Finding, Reconciliation, Totals};
 pub use rows::{Claim, ClaimListItem, Packet, Payment, Subsidy};
-pub use subsidies::GrantOutcome;
+pub use subsidies::{GrantOutcome, Reservation};
 pub use workers::DueTransfer;
 
 #[derive(Debug, thiserror::Error)]

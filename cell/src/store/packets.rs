@@ -39,6 +39,10 @@ pub struct NewPacket<'a> {
     pub payment_id: &'a str,
     pub slot: i64,
     pub now: i64,
+    /// When to first ask the payment provider about a C2C payment.
+    pub payment_check_at: i64,
+    /// A C2C payment still pending then cancels the packet.
+    pub payment_deadline_at: i64,
 }
 
 #[derive(Debug)]
@@ -119,15 +123,27 @@ impl Store {
         .await?;
         let payment = if kind == PacketKind::C2c {
             sqlx::query(
-                "INSERT INTO payments (payment_id, slot, packet_id, amount, status, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
+                "INSERT INTO payments (payment_id, slot, packet_id, amount, status, created_at, updated_at, \
+                 next_check_at, deadline_at) VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6, $7)",
             )
             .bind(n.payment_id)
             .bind(n.slot)
             .bind(n.packet_id)
             .bind(total)
             .bind(n.now)
+            .bind(n.payment_check_at)
+            .bind(n.payment_deadline_at)
             .execute(&mut *tx)
+            .await?;
+            let payload = json!({"packet_id": n.packet_id, "amount": total});
+            journal(
+                &mut tx,
+                n.slot,
+                "payment_created",
+                n.payment_id,
+                &payload,
+                n.now,
+            )
             .await?;
             Some(Payment {
                 payment_id: n.payment_id.to_owned(),

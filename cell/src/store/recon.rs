@@ -207,7 +207,8 @@ mod tests {
         // for it, and a wallet balance no credit explains.
         exec(
             &store,
-            "INSERT INTO payments VALUES ('pay', 0, 'pk', 100, 'succeeded', 0, 0)",
+            "INSERT INTO payments (payment_id, slot, packet_id, amount, status, created_at, updated_at) \
+             VALUES ('pay', 0, 'pk', 100, 'succeeded', 0, 0)",
         )
         .await;
         exec(

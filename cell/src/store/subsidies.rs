@@ -1,28 +1,128 @@
-//! Subsidy grants (B2C), guarded by the order-id-sharded `idem_order` row of their grant id.
+//! Subsidy grants (B2C), guarded by the order-id-sharded `idem_order` row of their grant id
+//! (DESIGN §5): the order cell reserves the grant id, the home cell commits the subsidy with
+//! a decision row per attempt, the order cell confirms, and a sweep settles what a crash
+//! left pending by asking the home cell, whose decision is final.
 
 use serde_json::json;
 use topology::Uid;
 
 use super::rows::{self, Subsidy, SUBSIDY_COLS};
-use super::{journal, Store, StoreError};
+use super::{get, journal, Store, StoreError};
 use crate::domain::validate::Grant;
+
+/// The order cell's reservation of a grant id: who holds it, with which subsidy id.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reservation {
+    pub uid: String,
+    pub subsidy_id: String,
+    /// `pending` until the home cell confirms it committed, then `committed`.
+    pub state: String,
+}
 
 #[derive(Debug)]
 pub enum GrantOutcome {
     /// Granted now.
     Created(Subsidy),
-    /// This grant id was already granted to this uid: the same subsidy.
+    /// This grant was already granted (to this uid): the same subsidy.
     Existing(Subsidy),
-    /// This grant id belongs to another uid; nothing was granted.
-    Conflict,
+    /// The sweep already settled this attempt as not granted; a retry starts afresh.
+    Aborted,
 }
 
+/// The home cell's decision on one grant attempt (keyed by its subsidy id): the first of
+/// `commit_grant` and `resolve_grant` to write it wins, so a late commit can never follow
+/// the sweep's "not granted".
+const DECISION: &str = "grant_decision";
+
 impl Store {
-    /// Grants a subsidy once per grant id, ever.
+    /// Order cell: reserves `grant_id` for `uid` if nobody holds it; returns the holder.
     ///
-    /// Locks: the `idem_order` primary key `(grant_id, 'grant')`. The insert-if-absent makes a
-    /// concurrent grant of the same id wait for this transaction and then see its row.
-    pub async fn grant_subsidy(
+    /// Locks: the `idem_order (grant_id, 'grant')` key; a concurrent reservation waits on it
+    /// and then reads ours.
+    pub async fn reserve_grant(
+        &self,
+        grant_id: &str,
+        uid: &str,
+        subsidy_id: &str,
+        slot: i64,
+        now: i64,
+    ) -> Result<Reservation, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO idem_order (order_id, operation, slot, uid, state, result, created_at) \
+             VALUES ($1, 'grant', $2, $3, 'pending', $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(grant_id)
+        .bind(slot)
+        .bind(uid)
+        .bind(subsidy_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT uid, result, state FROM idem_order WHERE order_id = $1 AND operation = 'grant'",
+        )
+        .bind(grant_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Reservation {
+            uid: get(&row, "uid")?,
+            subsidy_id: get(&row, "result")?,
+            state: get(&row, "state")?,
+        })
+    }
+
+    /// Order cell: the home cell committed this reservation.
+    pub async fn confirm_grant(&self, grant_id: &str, subsidy_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE idem_order SET state = 'committed' \
+             WHERE order_id = $1 AND operation = 'grant' AND result = $2",
+        )
+        .bind(grant_id)
+        .bind(subsidy_id)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// Order cell: forgets a reservation the home cell settled as not granted.
+    pub async fn release_grant(&self, grant_id: &str, subsidy_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM idem_order WHERE order_id = $1 AND operation = 'grant' \
+             AND result = $2 AND state = 'pending'",
+        )
+        .bind(grant_id)
+        .bind(subsidy_id)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// Order cell: reservations still pending since before `before`: `(grant_id, uid, subsidy_id)`.
+    pub async fn stale_reservations(
+        &self,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let found = sqlx::query(
+            "SELECT order_id, uid, result FROM idem_order WHERE operation = 'grant' \
+             AND state = 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        found
+            .iter()
+            .map(|r| Ok((get(r, "order_id")?, get(r, "uid")?, get(r, "result")?)))
+            .collect()
+    }
+
+    /// Home cell: commits the subsidy of a reserved grant attempt, once.
+    ///
+    /// Locks: the attempt's decision key, then the subsidy's `grant_id` unique key.
+    pub async fn commit_grant(
         &self,
         grant: &Grant,
         subsidy_id: &str,
@@ -30,25 +130,25 @@ impl Store {
         now: i64,
     ) -> Result<GrantOutcome, StoreError> {
         let mut tx = self.begin().await?;
-        let reserved = sqlx::query(
+        sqlx::query(&format!(
             "INSERT INTO idem_order (order_id, operation, slot, uid, state, result, created_at) \
-             VALUES ($1, 'grant', $2, $3, 'committed', $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(&grant.grant_id)
+             VALUES ($1, '{DECISION}', $2, $3, 'committed', $4, $5) ON CONFLICT DO NOTHING"
+        ))
+        .bind(subsidy_id)
         .bind(slot)
         .bind(grant.uid.as_str())
-        .bind(subsidy_id)
+        .bind(&grant.grant_id)
         .bind(now)
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if reserved == 0 {
+        .await?;
+        let decision = self.decision(&mut tx, subsidy_id).await?;
+        if decision != "committed" {
             tx.rollback().await?;
-            return self.existing_grant(grant).await;
+            return Ok(GrantOutcome::Aborted);
         }
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO subsidies (subsidy_id, slot, grant_id, uid, amount, status, expires_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'available', $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, 'available', $6, $7) ON CONFLICT DO NOTHING",
         )
         .bind(subsidy_id)
         .bind(slot)
@@ -58,7 +158,17 @@ impl Store {
         .bind(grant.expires_at_ms)
         .bind(now)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            let sql = format!("SELECT {SUBSIDY_COLS} FROM subsidies WHERE grant_id = $1");
+            let row = sqlx::query(&sql)
+                .bind(&grant.grant_id)
+                .fetch_one(&self.write)
+                .await?;
+            return Ok(GrantOutcome::Existing(rows::subsidy(&row)?));
+        }
         let subsidy = Subsidy {
             subsidy_id: subsidy_id.to_owned(),
             grant_id: grant.grant_id.clone(),
@@ -67,15 +177,14 @@ impl Store {
             status: "available".into(),
             expires_at: grant.expires_at_ms,
         };
-        let body = subsidy.view(now).to_string();
         sqlx::query(
             "INSERT INTO idem_uid (uid, operation, idem_key, slot, request_hash, status_code, response_body, created_at) \
-             VALUES ($1, 'grant', $2, $3, '', 201, $4, $5)",
+             VALUES ($1, 'grant', $2, $3, '', 201, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(grant.uid.as_str())
         .bind(&grant.grant_id)
         .bind(slot)
-        .bind(&body)
+        .bind(subsidy.view(now).to_string())
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -85,24 +194,45 @@ impl Store {
         Ok(GrantOutcome::Created(subsidy))
     }
 
-    async fn existing_grant(&self, grant: &Grant) -> Result<GrantOutcome, StoreError> {
-        let row = sqlx::query(
-            "SELECT uid, result FROM idem_order WHERE order_id = $1 AND operation = 'grant'",
-        )
-        .bind(&grant.grant_id)
-        .fetch_one(&self.write)
+    /// Home cell: settles a grant attempt the order cell found stale. Writes "aborted"
+    /// unless "committed" is already there, and returns the decision, which never changes.
+    pub async fn resolve_grant(
+        &self,
+        subsidy_id: &str,
+        uid: &str,
+        grant_id: &str,
+        slot: i64,
+        now: i64,
+    ) -> Result<String, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO idem_order (order_id, operation, slot, uid, state, result, created_at) \
+             VALUES ($1, '{DECISION}', $2, $3, 'aborted', $4, $5) ON CONFLICT DO NOTHING"
+        ))
+        .bind(subsidy_id)
+        .bind(slot)
+        .bind(uid)
+        .bind(grant_id)
+        .bind(now)
+        .execute(&mut *tx)
         .await?;
-        let (uid, subsidy_id): (String, String) =
-            (super::get(&row, "uid")?, super::get(&row, "result")?);
-        if uid != grant.uid.as_str() {
-            return Ok(GrantOutcome::Conflict);
-        }
-        let sql = format!("SELECT {SUBSIDY_COLS} FROM subsidies WHERE subsidy_id = $1");
-        let row = sqlx::query(&sql)
-            .bind(&subsidy_id)
-            .fetch_one(&self.write)
-            .await?;
-        Ok(GrantOutcome::Existing(rows::subsidy(&row)?))
+        let decision = self.decision(&mut tx, subsidy_id).await?;
+        tx.commit().await?;
+        Ok(decision)
+    }
+
+    async fn decision(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        subsidy_id: &str,
+    ) -> Result<String, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT state FROM idem_order WHERE order_id = $1 AND operation = '{DECISION}'"
+        ))
+        .bind(subsidy_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        get(&row, "state")
     }
 
     pub async fn subsidies_of(&self, uid: &Uid) -> Result<Vec<Subsidy>, StoreError> {

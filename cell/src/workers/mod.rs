@@ -18,6 +18,7 @@ use crate::clock::Clock;
 use crate::ownership::Ownership;
 use crate::store::{Store, StoreError};
 
+mod payments;
 mod transfers;
 
 const BATCH: i64 = 256;
@@ -37,6 +38,10 @@ pub struct Workers {
     /// Signs the internal tokens of deliveries to other cells.
     pub secret: Arc<[u8]>,
     pub http: reqwest::Client,
+    /// The cashier, when one is configured.
+    pub provider: Option<std::sync::Arc<dyn crate::payments::PaymentProvider>>,
+    /// First re-check of a payment whose callback has not come.
+    pub payment_recheck: Duration,
 }
 
 impl Workers {
@@ -44,6 +49,7 @@ impl Workers {
         vec![
             tokio::spawn(self.clone().run_transfer_worker()),
             tokio::spawn(self.clone().run_expiry_worker()),
+            tokio::spawn(self.clone().run_payment_worker()),
             tokio::spawn(self.run_reconciler()),
         ]
     }

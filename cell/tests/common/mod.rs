@@ -211,6 +211,13 @@ impl TestCell {
         false
     }
 
+    /// Removes a flag and its value from the arguments of later restarts.
+    pub fn drop_arg(&mut self, flag: &str) {
+        if let Some(i) = self.args.iter().position(|a| a == flag) {
+            self.args.drain(i..(i + 2).min(self.args.len()));
+        }
+    }
+
     /// Starts the cell again on the same data (after `kill9` or `terminate`).
     pub async fn restart(&mut self) {
         self.kill9();

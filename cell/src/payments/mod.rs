@@ -1,0 +1,133 @@
+//! The payment provider (the cashier) for C2C packets: a third party we do not run. The cell
+//! registers each payment with it and asks it for the outcome when no callback came.
+//! [`HttpProvider`] speaks its HTTP API; [`fake`] is a stand-in server for tests and local
+//! runs that can succeed, fail, delay or drop callbacks.
+
+pub mod fake;
+
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::json;
+
+/// What the provider says of a payment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("payment provider unreachable: {0}")]
+    Unreachable(String),
+    #[error("payment provider answered {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("payment provider does not know this payment")]
+    Unknown,
+}
+
+/// The cashier, as the cell uses it.
+pub trait PaymentProvider: Send + Sync {
+    /// Registers a payment; repeating it for the same id is harmless.
+    fn create<'a>(
+        &'a self,
+        payment_id: &'a str,
+        amount: i64,
+        callback_url: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
+    /// The payment's state at the provider.
+    fn status<'a>(
+        &'a self,
+        payment_id: &'a str,
+    ) -> BoxFuture<'a, Result<ProviderStatus, ProviderError>>;
+}
+
+/// A provider reached over HTTP: `POST {base}/v1/payments`, `GET {base}/v1/payments/{id}`.
+pub struct HttpProvider {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl HttpProvider {
+    pub fn new(base: &str, http: reqwest::Client) -> HttpProvider {
+        HttpProvider {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusBody {
+    status: String,
+}
+
+impl PaymentProvider for HttpProvider {
+    fn create<'a>(
+        &'a self,
+        payment_id: &'a str,
+        amount: i64,
+        callback_url: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let res = self
+                .http
+                .post(format!("{}/v1/payments", self.base))
+                .json(&json!({"payment_id": payment_id, "amount": amount, "callback_url": callback_url}))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
+            if res.status().is_success() {
+                Ok(())
+            } else {
+                let status = res.status().as_u16();
+                Err(ProviderError::Refused {
+                    status,
+                    body: res.text().await.unwrap_or_default(),
+                })
+            }
+        })
+    }
+
+    fn status<'a>(
+        &'a self,
+        payment_id: &'a str,
+    ) -> BoxFuture<'a, Result<ProviderStatus, ProviderError>> {
+        Box::pin(async move {
+            let res = self
+                .http
+                .get(format!("{}/v1/payments/{payment_id}", self.base))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
+            if res.status() == reqwest::StatusCode::NOT_FOUND {
+                return Err(ProviderError::Unknown);
+            }
+            if !res.status().is_success() {
+                let status = res.status().as_u16();
+                return Err(ProviderError::Refused {
+                    status,
+                    body: res.text().await.unwrap_or_default(),
+                });
+            }
+            let body: StatusBody = res
+                .json()
+                .await
+                .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
+            match body.status.as_str() {
+                "pending" => Ok(ProviderStatus::Pending),
+                "succeeded" => Ok(ProviderStatus::Succeeded),
+                "failed" => Ok(ProviderStatus::Failed),
+                other => Err(ProviderError::Refused {
+                    status: 200,
+                    body: format!("unknown status {other:?}"),
+                }),
+            }
+        })
+    }
+}
