@@ -141,6 +141,10 @@ impl MapState {
             if cur.from_meta && cur.version >= next.version {
                 return false;
             }
+            // A raft-meta with no cell registered yet must not empty a static map that works.
+            if next.map.is_none() && cur.map.is_some() {
+                return false;
+            }
             *cur = next.clone();
         }
         tracing::info!(version = next.version, "map updated");
