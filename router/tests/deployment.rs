@@ -525,6 +525,22 @@ async fn slot_moves_switches_and_a_dead_control_plane() {
     let (p, t) = wallet(&a);
     let (s, _, _, _) = call(http, &r, Method::GET, &p, Some(&t), None, None).await;
     assert_eq!(s, StatusCode::OK, "the other cell keeps serving");
+    // Reconciliation must not sum a partial deployment.
+    let admin = token("svc:ops", Some("admin"));
+    let (s, _, problem, _) = call(
+        http,
+        &r,
+        Method::GET,
+        "/v1/admin/reconciliation",
+        Some(&admin),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, problem["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("cell_unavailable"))
+    );
     assert!(
         d.router.terminate(),
         "the router drains and exits cleanly on SIGTERM"

@@ -466,3 +466,45 @@ async fn spans_carry_the_route_decision_to_an_otlp_collector_and_the_trace_to_th
     assert!(has(&trace_bytes), "span is not in the caller's trace");
     assert!(router.terminate());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_any_map_the_router_is_not_ready_and_answers_503() {
+    let _serial = support::serial().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let dead = support::free_port();
+    let args = vec!["--meta".to_owned(), format!("127.0.0.1:{dead}")];
+    let router = support::spawn_router(
+        &args,
+        &dir.path().join("state"),
+        dir.path().join("router.log"),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(format!("{}/readyz", router.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (s, _, problem, headers) = call(
+        &http,
+        &router.url,
+        Method::GET,
+        "/v1/users/u1/wallet",
+        Some(&token("u1", None)),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, problem["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("cell_unavailable"))
+    );
+    assert!(headers.contains_key("retry-after"));
+    let health = http
+        .get(format!("{}/healthz", router.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
