@@ -138,8 +138,31 @@ async fn a_payment_never_decided_is_cancelled_at_its_deadline() {
         p["status"], "awaiting_payment",
         "undecided before the deadline"
     );
+    wait_for_metric(&cell, r#"redcell_worker_pending{worker="payments"} 1"#).await;
     cell.advance_clock(121).await;
     wait_for_status(&cell, &packet, "cancelled").await;
+    wait_for_metric(&cell, r#"redcell_worker_pending{worker="payments"} 0"#).await;
+}
+
+/// Waits until `/metrics` shows `line`.
+async fn wait_for_metric(cell: &TestCell, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = cell
+            .http
+            .get(format!("{}/metrics", cell.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "metric never showed {line}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
