@@ -144,27 +144,6 @@ async fn a_payment_never_decided_is_cancelled_at_its_deadline() {
     wait_for_metric(&cell, r#"redcell_worker_pending{worker="payments"} 0"#).await;
 }
 
-/// Waits until `/metrics` shows `line`.
-async fn wait_for_metric(cell: &TestCell, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = cell
-            .http
-            .get(format!("{}/metrics", cell.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "metric never showed {line}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn without_a_cashier_the_callback_decides_and_the_deadline_ends_the_rest() {
     let cell = cell_with(None).await;

@@ -35,9 +35,8 @@ pub struct Workers {
     pub wake: Arc<Notify>,
     /// Which cell is home to each claimer, for delivering transfers.
     pub ownership: Arc<Ownership>,
-    /// Signs the internal tokens of deliveries to other cells.
-    pub secret: Arc<[u8]>,
-    pub http: reqwest::Client,
+    /// Delivers transfers to other cells.
+    pub peers: crate::peer::Peers,
     /// The cashier, when one is configured.
     pub provider: Option<std::sync::Arc<dyn crate::payments::PaymentProvider>>,
     /// First re-check of a payment whose callback has not come.
