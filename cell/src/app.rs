@@ -21,6 +21,7 @@ use crate::grants::Grants;
 use crate::meta::Follower;
 use crate::ownership::Ownership;
 use crate::payments::HttpProvider;
+use crate::peer::Peers;
 use crate::store::{redact, Store, StoreError, StoreOptions};
 use crate::workers::Workers;
 
@@ -161,18 +162,21 @@ impl App {
         );
         let wake = Arc::new(Notify::new());
         let cancel = CancellationToken::new();
-        let secret_bytes: Arc<[u8]> = Arc::from(secret.as_bytes());
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(8)
             .connect_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| StartError::Settings(format!("http client: {e}")))?;
+        let peers = Peers {
+            http: http.clone(),
+            secret: Arc::from(secret.as_bytes()),
+            me: me.clone(),
+        };
         let grants = Arc::new(Grants {
             store: store.clone(),
             ownership: ownership.clone(),
             clock: clock.clone(),
-            http: http.clone(),
-            secret: secret_bytes.clone(),
+            peers: peers.clone(),
             fault: settings.test_fault,
         });
         let ctx = Ctx(Arc::new(CtxInner {
@@ -220,12 +224,11 @@ impl App {
             transfers_due,
             wake,
             ownership,
-            secret: secret_bytes,
+            peers,
             provider: settings.payment_provider.as_deref().map(|base| {
                 Arc::new(HttpProvider::new(base, http.clone()))
                     as Arc<dyn crate::payments::PaymentProvider>
             }),
-            http,
             payment_recheck: Duration::from_millis(settings.payment_recheck_ms.max(10)),
         };
         tracing::info!(

@@ -24,6 +24,7 @@ use topology::{CellId, IdKind, MintedId, Slot, Uid};
 use crate::clock::Clock;
 use crate::domain::validate::Grant;
 use crate::ownership::Ownership;
+use crate::peer::Peers;
 use crate::store::{GrantOutcome, Reservation, Store, StoreError};
 
 /// Test-only crash points (`--test-fault`), to prove the sweep settles what a crash leaves.
@@ -55,8 +56,7 @@ pub struct Grants {
     pub store: Store,
     pub ownership: Arc<Ownership>,
     pub clock: Arc<Clock>,
-    pub http: reqwest::Client,
-    pub secret: Arc<[u8]>,
+    pub peers: Peers,
     pub fault: Option<Fault>,
 }
 
@@ -182,33 +182,13 @@ impl Grants {
         path: &str,
         body: serde_json::Value,
     ) -> Result<T, GrantError> {
-        let peer = |reason: String| GrantError::Peer {
-            cell: cell.to_string(),
-            reason,
-        };
-        let token = topology::auth::mint(
-            &self.secret,
-            &format!("svc:cell-{}", self.ownership.cell_id()),
-            Some("internal"),
-            300,
-        );
-        let res = self
-            .http
-            .post(format!("{url}{path}"))
-            .bearer_auth(token)
-            .json(&body)
-            .timeout(Duration::from_secs(5))
-            .send()
+        self.peers
+            .post(url, path, &body)
             .await
-            .map_err(|e| peer(e.to_string()))?;
-        if !res.status().is_success() {
-            let status = res.status();
-            return Err(peer(format!(
-                "HTTP {status}: {}",
-                res.text().await.unwrap_or_default()
-            )));
-        }
-        res.json().await.map_err(|e| peer(e.to_string()))
+            .map_err(|reason| GrantError::Peer {
+                cell: cell.to_string(),
+                reason,
+            })
     }
 
     /// One sweep over reservations pending since before `settle_after` ago; returns how many

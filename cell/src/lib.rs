@@ -21,6 +21,7 @@ pub mod grants;
 pub mod meta;
 pub mod ownership;
 pub mod payments;
+pub mod peer;
 pub mod store;
 pub mod workers;
 

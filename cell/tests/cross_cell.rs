@@ -322,26 +322,11 @@ async fn a_crash_after_commit_is_confirmed_by_the_sweep() {
     // stays b's; a retry answers the same subsidy.
     let granted = subsidies(&c2, b).await;
     assert_eq!(granted.len(), 1, "the commit survived the crash");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = c1
-            .http
-            .get(format!("{}/metrics", c1.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics.contains(r#"redcell_grant_reservations_settled_total{decision="committed"} 1"#) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the order cell's sweep never confirmed the committed grant"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_metric(
+        &c1,
+        r#"redcell_grant_reservations_settled_total{decision="committed"} 1"#,
+    )
+    .await;
     let (s, v) = c1
         .post("/v1/subsidies", &activity(), grant_body(&grant, a))
         .await;

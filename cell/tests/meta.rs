@@ -4,23 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use reqwest::StatusCode;
 use topology::{CellId, Region, Uid};
-
-async fn wait_until<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cells_follow_the_map_from_raft_meta() {

@@ -138,8 +138,10 @@ async fn a_payment_never_decided_is_cancelled_at_its_deadline() {
         p["status"], "awaiting_payment",
         "undecided before the deadline"
     );
+    wait_for_metric(&cell, r#"redcell_worker_pending{worker="payments"} 1"#).await;
     cell.advance_clock(121).await;
     wait_for_status(&cell, &packet, "cancelled").await;
+    wait_for_metric(&cell, r#"redcell_worker_pending{worker="payments"} 0"#).await;
 }
 
 #[tokio::test]

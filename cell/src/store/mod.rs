@@ -29,7 +29,7 @@ pub use payments::PendingPayment;
 pub use recon::{Finding, Reconciliation, Totals};
 pub use rows::{Claim, ClaimListItem, Packet, Payment, Subsidy};
 pub use subsidies::{GrantOutcome, Reservation};
-pub use workers::DueTransfer;
+pub use workers::{Backlog, DueTransfer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

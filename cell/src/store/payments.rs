@@ -80,10 +80,39 @@ impl Store {
         now: i64,
         limit: i64,
     ) -> Result<Vec<PendingPayment>, StoreError> {
-        let sql = format!(
-            "SELECT {COLS} FROM payments WHERE status = 'pending' AND registered > 0 AND next_check_at <= $1 \
-             ORDER BY next_check_at LIMIT $2"
-        );
+        self.pending_where(
+            "registered > 0 AND next_check_at <= $1",
+            "next_check_at",
+            now,
+            limit,
+        )
+        .await
+    }
+
+    /// Pending payments whose deadline has passed at `now`.
+    pub async fn payments_past_deadline(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<PendingPayment>, StoreError> {
+        self.pending_where(
+            "deadline_at > 0 AND deadline_at <= $1",
+            "deadline_at",
+            now,
+            limit,
+        )
+        .await
+    }
+
+    /// Pending payments meeting `condition` (on `$1` = `now`), oldest `order` first.
+    async fn pending_where(
+        &self,
+        condition: &str,
+        order: &str,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<PendingPayment>, StoreError> {
+        let sql = format!("SELECT {COLS} FROM payments WHERE status = 'pending' AND {condition} ORDER BY {order} LIMIT $2");
         let rows = sqlx::query(&sql)
             .bind(now)
             .bind(limit)
@@ -103,23 +132,5 @@ impl Store {
         .execute(&self.write)
         .await?;
         Ok(())
-    }
-
-    /// Pending payments whose deadline has passed at `now`.
-    pub async fn payments_past_deadline(
-        &self,
-        now: i64,
-        limit: i64,
-    ) -> Result<Vec<PendingPayment>, StoreError> {
-        let sql = format!(
-            "SELECT {COLS} FROM payments WHERE status = 'pending' AND deadline_at > 0 AND deadline_at <= $1 \
-             ORDER BY deadline_at LIMIT $2"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&self.read)
-            .await?;
-        pending(&rows)
     }
 }

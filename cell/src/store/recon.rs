@@ -157,10 +157,12 @@ impl Store {
         }
 
         let cutoff = now - STUCK_AFTER_MS;
-        let stuck: [(&'static str, &str); 4] = [
+        let stuck: [(&'static str, &str); 6] = [
             ("transfer_stuck", "SELECT transfer_id AS id, created_at AS since FROM transfers WHERE status = 'pending' AND created_at < $1 LIMIT 100"),
             ("expiry_stuck", "SELECT packet_id AS id, expires_at AS since FROM packets WHERE status = 'active' AND expires_at < $1 LIMIT 100"),
             ("refund_stuck", "SELECT packet_id AS id, expires_at AS since FROM packets WHERE status = 'expired' AND expires_at < $1 LIMIT 100"),
+            ("payment_stuck", "SELECT payment_id AS id, deadline_at AS since FROM payments WHERE status = 'pending' AND deadline_at > 0 AND deadline_at < $1 LIMIT 100"),
+            ("grant_reservation_stuck", "SELECT order_id AS id, created_at AS since FROM idem_order WHERE operation = 'grant' AND state = 'pending' AND created_at < $1 LIMIT 100"),
             ("subsidy_expiry_stuck", "SELECT subsidy_id AS id, expires_at AS since FROM subsidies WHERE status = 'available' AND expires_at < $1 LIMIT 100"),
         ];
         for (kind, sql) in stuck {

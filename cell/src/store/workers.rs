@@ -529,3 +529,47 @@ async fn set_cursor(
     .await?;
     Ok(())
 }
+
+/// What a worker still has to do: how many items, and since when the oldest waits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub pending: i64,
+    /// Milliseconds since the Unix epoch; `None` when nothing is pending.
+    pub oldest: Option<i64>,
+}
+
+impl Store {
+    /// Each worker's backlog at `now`: `(worker, backlog)`.
+    pub async fn backlogs(&self, now: i64) -> Result<Vec<(&'static str, Backlog)>, StoreError> {
+        // (worker, query, whether it binds `now` as $1)
+        let queries: [(&'static str, &str, bool); 5] = [
+            ("transfers", "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM transfers WHERE status = 'pending'", false),
+            ("payments", "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM payments WHERE status = 'pending'", false),
+            (
+                "expiry",
+                "SELECT COUNT(*) AS n, MIN(expires_at) AS oldest FROM packets WHERE status = 'active' AND expires_at <= $1",
+                true,
+            ),
+            ("refunds", "SELECT COUNT(*) AS n, MIN(expires_at) AS oldest FROM packets WHERE status = 'expired'", false),
+            (
+                "grant_reservations",
+                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM idem_order WHERE operation = 'grant' AND state = 'pending'",
+                false,
+            ),
+        ];
+        let mut out = Vec::with_capacity(queries.len());
+        for (worker, sql, binds_now) in queries {
+            let q = sqlx::query(sql);
+            let q = if binds_now { q.bind(now) } else { q };
+            let row = q.fetch_one(&self.read).await?;
+            out.push((
+                worker,
+                Backlog {
+                    pending: get(&row, "n")?,
+                    oldest: get(&row, "oldest")?,
+                },
+            ));
+        }
+        Ok(out)
+    }
+}

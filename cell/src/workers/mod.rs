@@ -35,9 +35,8 @@ pub struct Workers {
     pub wake: Arc<Notify>,
     /// Which cell is home to each claimer, for delivering transfers.
     pub ownership: Arc<Ownership>,
-    /// Signs the internal tokens of deliveries to other cells.
-    pub secret: Arc<[u8]>,
-    pub http: reqwest::Client,
+    /// Delivers transfers to other cells.
+    pub peers: crate::peer::Peers,
     /// The cashier, when one is configured.
     pub provider: Option<std::sync::Arc<dyn crate::payments::PaymentProvider>>,
     /// First re-check of a payment whose callback has not come.
@@ -50,6 +49,7 @@ impl Workers {
             tokio::spawn(self.clone().run_transfer_worker()),
             tokio::spawn(self.clone().run_expiry_worker()),
             tokio::spawn(self.clone().run_payment_worker()),
+            tokio::spawn(self.clone().run_backlog_gauges()),
             tokio::spawn(self.run_reconciler()),
         ]
     }
@@ -82,6 +82,30 @@ impl Workers {
                 Err(e) => tracing::error!(error = %e, "expiry worker pass failed"),
             }
             if !self.wait(&idle, self.interval).await {
+                return;
+            }
+        }
+    }
+
+    /// Publishes each worker's backlog (`redcell_worker_pending`, and the age of its oldest
+    /// item in `redcell_worker_oldest_age_seconds`) every ten worker intervals.
+    async fn run_backlog_gauges(self) {
+        let idle = Notify::new();
+        loop {
+            let now = self.clock.now_ms();
+            match self.store.backlogs(now).await {
+                Ok(backlogs) => {
+                    for (worker, b) in backlogs {
+                        metrics::gauge!("redcell_worker_pending", "worker" => worker)
+                            .set(b.pending as f64);
+                        let age = b.oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+                        metrics::gauge!("redcell_worker_oldest_age_seconds", "worker" => worker)
+                            .set(age);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read worker backlogs"),
+            }
+            if !self.wait(&idle, self.interval * 10).await {
                 return;
             }
         }

@@ -5,7 +5,6 @@
 //! across restarts of either side (the pending rows and their next attempt are durable).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use rand::Rng;
 use serde_json::json;
@@ -156,30 +155,10 @@ impl Workers {
                 "packet_id": t.packet_id,
             })).collect::<Vec<_>>()
         });
-        let token = topology::auth::mint(
-            &self.secret,
-            &format!("svc:cell-{}", self.ownership.cell_id()),
-            Some("internal"),
-            300,
-        );
-        let res = self
-            .http
-            .post(format!("{url}/v1/internal/transfers"))
-            .bearer_auth(token)
-            .json(&body)
-            .timeout(Duration::from_secs(5))
-            .send()
+        self.peers
+            .post::<serde_json::Value>(url, "/v1/internal/transfers", &body)
             .await
-            .map_err(|e| e.to_string())?;
-        if res.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "HTTP {}: {}",
-                res.status(),
-                res.text().await.unwrap_or_default()
-            ))
-        }
+            .map(drop)
     }
 }
 

@@ -472,6 +472,36 @@ impl Drop for MetaNode {
     }
 }
 
+/// Polls `f` until it holds, failing the test after 20 s with `what`.
+pub async fn wait_until<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the cell's `/metrics` has exactly the line `line`.
+pub async fn wait_for_metric(cell: &TestCell, line: &str) {
+    wait_until(line, || async {
+        let text = cell
+            .http
+            .get(format!("{}/metrics", cell.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines().any(|l| l == line)
+    })
+    .await;
+}
+
 /// A free loopback port (bound and released; for cells that must know each other's address
 /// before they start).
 pub fn free_port() -> u16 {

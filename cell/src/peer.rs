@@ -1,0 +1,54 @@
+//! Calls from this cell to another cell's internal routes, signed with an `internal` token
+//! minted from the deployment secret. Used by transfer delivery and by grants.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use topology::CellId;
+
+/// Every internal call ends within this.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Peers {
+    /// Pooled connections to the other cells.
+    pub http: reqwest::Client,
+    pub secret: Arc<[u8]>,
+    /// This cell, the `sub` of its tokens (`svc:cell-ID`).
+    pub me: CellId,
+}
+
+impl Peers {
+    /// POSTs `body` to `{url}{path}` and decodes the answer; `Err` carries a reason for logs.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, String> {
+        let token = topology::auth::mint(
+            &self.secret,
+            &format!("svc:cell-{}", self.me),
+            Some("internal"),
+            300,
+        );
+        let res = self
+            .http
+            .post(format!("{url}{path}"))
+            .bearer_auth(token)
+            .json(body)
+            .timeout(TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = res.status();
+        if !status.is_success() {
+            return Err(format!(
+                "HTTP {status}: {}",
+                res.text().await.unwrap_or_default()
+            ));
+        }
+        res.json().await.map_err(|e| e.to_string())
+    }
+}
