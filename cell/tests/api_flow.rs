@@ -260,6 +260,7 @@ async fn history_pages_newest_first() {
     sent.reverse();
     assert_eq!(seen, sent);
     claim_until_final(&cell, &sent[0], "r").await;
+    cell.settled().await; // received lists what has been credited
     let (_, recv) = cell
         .get("/v1/users/r/packets?role=received", &user("r"))
         .await;

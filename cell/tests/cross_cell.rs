@@ -132,6 +132,22 @@ async fn claimers_homed_elsewhere_are_credited_once_across_a_destination_crash()
             "c1 never holds a wallet of c2's users"
         );
     }
+    let some = claimers.first().unwrap();
+    let (_, recv) = c2
+        .get(
+            &format!("/v1/users/{some}/packets?role=received"),
+            &user(some),
+        )
+        .await;
+    assert_eq!(
+        recv["items"][0]["packet_id"],
+        packet.as_str(),
+        "the home cell lists claims made elsewhere"
+    );
+    assert_eq!(
+        recv["items"][0]["amount"].as_i64().unwrap(),
+        amounts[some.as_str()]
+    );
     let (t1, t2) = (totals(&c1).await, totals(&c2).await);
     assert_eq!(t1["transferred_out"], total);
     assert_eq!(t2["transferred_in"], total);

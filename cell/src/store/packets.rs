@@ -363,11 +363,14 @@ impl Store {
             ),
             Role::Received => (
                 format!(
-                    "SELECT * FROM (SELECT c.claim_id, c.packet_id, c.amount, c.claimed_at, p.sender, \
-                     c.claimed_at AS t, c.claim_id AS id FROM claims c JOIN packets p ON p.packet_id = c.packet_id \
-                     WHERE c.uid = $1) x WHERE 1 = 1 {bound} ORDER BY t DESC, id DESC LIMIT $4"
+                    // From the credits in this (home) cell: claims on packets of any cell end
+                    // here once their transfer is credited.
+                    "SELECT * FROM (SELECT k.source_id, k.packet_id, k.amount, k.created_at AS t, \
+                     k.source_id AS id FROM wallet_credits k \
+                     WHERE k.uid = $1 AND k.kind IN ('claim', 'transfer_in')) x \
+                     WHERE 1 = 1 {bound} ORDER BY t DESC, id DESC LIMIT $4"
                 ),
-                "claim_id",
+                "source_id",
             ),
         };
         let found = sqlx::query(&sql)
@@ -385,11 +388,10 @@ impl Store {
             items.push(match q.role {
                 Role::Sent => rows::packet(row)?.view(now),
                 Role::Received => json!({
-                    "claim_id": get::<String>(row, "claim_id")?,
-                    "packet_id": get::<String>(row, "packet_id")?,
-                    "sender": get::<String>(row, "sender")?,
+                    "transfer_id": get::<String>(row, "source_id")?,
+                    "packet_id": get::<Option<String>>(row, "packet_id")?,
                     "amount": get::<i64>(row, "amount")?,
-                    "claimed_at": crate::domain::rfc3339(get(row, "claimed_at")?),
+                    "received_at": crate::domain::rfc3339(get(row, "t")?),
                 }),
             });
         }

@@ -161,15 +161,7 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let credits: Vec<Credit<'_>> = items
-            .iter()
-            .map(|t| Credit {
-                source_id: &t.transfer_id,
-                uid: &t.to_uid,
-                slot: t.slot,
-                amount: t.amount,
-            })
-            .collect();
+        let credits: Vec<Credit<'_>> = items.iter().map(DueTransfer::credit).collect();
         for chunk in credits.chunks(256) {
             credit_many(&mut tx, chunk, "transfer_in", now).await?;
         }
@@ -237,15 +229,7 @@ impl Store {
             if due.is_empty() {
                 continue;
             }
-            let credits: Vec<Credit<'_>> = due
-                .iter()
-                .map(|t| Credit {
-                    source_id: &t.transfer_id,
-                    uid: &t.to_uid,
-                    slot: t.slot,
-                    amount: t.amount,
-                })
-                .collect();
+            let credits: Vec<Credit<'_>> = due.iter().map(DueTransfer::credit).collect();
             credit_many(&mut tx, &credits, "claim", now).await?;
             let sql = format!(
                 "INSERT INTO journal (slot, kind, entity_id, payload, created_at) VALUES {}",
@@ -343,7 +327,14 @@ impl Store {
             if rest > 0 {
                 if get::<String>(&row, "kind")? == "c2c" {
                     let sender: String = get(&row, "sender")?;
-                    credit(&mut tx, &source, &sender, slot, rest, "refund", now).await?;
+                    let refund = Credit {
+                        source_id: &source,
+                        uid: &sender,
+                        slot,
+                        amount: rest,
+                        packet_id: &packet_id,
+                    };
+                    credit(&mut tx, refund, "refund", now).await?;
                 } else {
                     return_to_pool(&mut tx, &source, slot, rest, now).await?;
                 }
@@ -418,30 +409,31 @@ pub(super) struct Credit<'a> {
     pub uid: &'a str,
     pub slot: i64,
     pub amount: i64,
+    /// The packet the money comes from.
+    pub packet_id: &'a str,
+}
+
+impl DueTransfer {
+    /// The credit this transfer makes to its claimer.
+    fn credit(&self) -> Credit<'_> {
+        Credit {
+            source_id: &self.transfer_id,
+            uid: &self.to_uid,
+            slot: self.slot,
+            amount: self.amount,
+            packet_id: &self.packet_id,
+        }
+    }
 }
 
 /// Credits `uid` once per `source_id`; a repeat is a no-op.
 pub(super) async fn credit(
     tx: &mut Transaction<'static, Any>,
-    source_id: &str,
-    uid: &str,
-    slot: i64,
-    amount: i64,
+    credit: Credit<'_>,
     kind: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    credit_many(
-        tx,
-        &[Credit {
-            source_id,
-            uid,
-            slot,
-            amount,
-        }],
-        kind,
-        now,
-    )
-    .await
+    credit_many(tx, &[credit], kind, now).await
 }
 
 /// Applies credits that were never applied before (by source id) to their wallets.
@@ -452,9 +444,9 @@ pub(super) async fn credit_many(
     now: i64,
 ) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO wallet_credits (source_id, slot, uid, amount, kind, created_at) VALUES {} \
+        "INSERT INTO wallet_credits (source_id, slot, uid, amount, kind, created_at, packet_id) VALUES {} \
          ON CONFLICT DO NOTHING RETURNING source_id",
-        values_list(credits.len(), 6, 1)
+        values_list(credits.len(), 7, 1)
     );
     let mut q = sqlx::query(&sql);
     for c in credits {
@@ -464,7 +456,8 @@ pub(super) async fn credit_many(
             .bind(c.uid)
             .bind(c.amount)
             .bind(kind)
-            .bind(now);
+            .bind(now)
+            .bind(c.packet_id);
     }
     let fresh: HashSet<String> = q
         .fetch_all(&mut **tx)
