@@ -6,7 +6,7 @@ use serde_json::json;
 use topology::{IdKind, MintedId, Uid};
 
 use super::rows::{self, Claim, ClaimListItem, CLAIM_COLS};
-use super::{get, placeholders, values_list, Store, StoreError};
+use super::{get, journal_many, placeholders, values_list, Entry, Store, StoreError};
 use crate::domain::split::next_share;
 use crate::domain::PacketStatus;
 
@@ -268,22 +268,17 @@ impl Store {
         }
         q.execute(&mut **tx).await?;
 
-        let sql = format!(
-            "INSERT INTO journal (slot, kind, entity_id, payload, created_at) VALUES {}",
-            values_list(created.len(), 5, 1)
-        );
-        let mut q = sqlx::query(&sql);
-        for n in created {
-            let c = &n.claim;
-            let payload = json!({"claim_id": c.claim_id, "packet_id": c.packet_id, "uid": c.uid, "amount": c.amount});
-            q = q
-                .bind(slot)
-                .bind("transfer_created")
-                .bind(&c.transfer_id)
-                .bind(payload.to_string())
-                .bind(c.claimed_at);
-        }
-        q.execute(&mut **tx).await?;
+        let entries: Vec<Entry<'_>> = created
+            .iter()
+            .map(|n| Entry {
+                slot,
+                kind: "transfer_created",
+                entity_id: &n.claim.transfer_id,
+                payload: json!({"claim_id": n.claim.claim_id, "packet_id": n.claim.packet_id, "uid": n.claim.uid, "amount": n.claim.amount}),
+            })
+            .collect();
+        // Every claim of a batch is stamped with the batch's time.
+        journal_many(tx, &entries, created[0].claim.claimed_at).await?;
         Ok(true)
     }
 

@@ -189,6 +189,14 @@ fn postgres_session(
     })
 }
 
+/// One journal entry to append.
+struct Entry<'a> {
+    slot: i64,
+    kind: &'a str,
+    entity_id: &'a str,
+    payload: serde_json::Value,
+}
+
 /// Appends one journal entry inside the caller's transaction.
 async fn journal(
     tx: &mut Transaction<'static, Any>,
@@ -198,16 +206,37 @@ async fn journal(
     payload: &serde_json::Value,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO journal (slot, kind, entity_id, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(slot)
-    .bind(kind)
-    .bind(entity_id)
-    .bind(payload.to_string())
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    let entry = Entry {
+        slot,
+        kind,
+        entity_id,
+        payload: payload.clone(),
+    };
+    journal_many(tx, &[entry], now).await
+}
+
+/// Appends journal entries inside the caller's transaction, a few hundred per statement.
+async fn journal_many(
+    tx: &mut Transaction<'static, Any>,
+    entries: &[Entry<'_>],
+    now: i64,
+) -> Result<(), StoreError> {
+    for chunk in entries.chunks(512) {
+        let sql = format!(
+            "INSERT INTO journal (slot, kind, entity_id, payload, created_at) VALUES {}",
+            values_list(chunk.len(), 5, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            q = q
+                .bind(e.slot)
+                .bind(e.kind)
+                .bind(e.entity_id)
+                .bind(e.payload.to_string())
+                .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 

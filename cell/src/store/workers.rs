@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::json;
 use sqlx::{Any, Transaction};
 
-use super::{get, journal, placeholders, values_list, Store, StoreError};
+use super::{get, journal, journal_many, placeholders, values_list, Entry, Store, StoreError};
 
 /// A transfer still to be credited to its claimer's wallet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,20 +117,24 @@ impl Store {
             for id in chunk {
                 q = q.bind(id);
             }
+            let (mut ids, mut rest) = (Vec::new(), Vec::new());
             for row in q.fetch_all(&mut *tx).await? {
-                let id: String = get(&row, "transfer_id")?;
+                ids.push(get::<String>(&row, "transfer_id")?);
                 let payload = json!({"delivered_to": cell, "amount": get::<i64>(&row, "amount")?});
-                journal(
-                    &mut tx,
-                    get(&row, "slot")?,
-                    "transfer_completed",
-                    &id,
-                    &payload,
-                    now,
-                )
-                .await?;
-                done += 1;
+                rest.push((get::<i64>(&row, "slot")?, payload));
             }
+            let entries: Vec<Entry<'_>> = ids
+                .iter()
+                .zip(rest)
+                .map(|(id, (slot, payload))| Entry {
+                    slot,
+                    kind: "transfer_completed",
+                    entity_id: id,
+                    payload,
+                })
+                .collect();
+            journal_many(&mut tx, &entries, now).await?;
+            done += entries.len();
         }
         tx.commit().await?;
         Ok(done)
@@ -165,18 +169,16 @@ impl Store {
         for chunk in credits.chunks(256) {
             credit_many(&mut tx, chunk, "transfer_in", now).await?;
         }
-        for t in items {
-            let payload = json!({"uid": t.to_uid, "amount": t.amount, "packet_id": t.packet_id});
-            journal(
-                &mut tx,
-                t.slot,
-                "transfer_received",
-                &t.transfer_id,
-                &payload,
-                now,
-            )
-            .await?;
-        }
+        let entries: Vec<Entry<'_>> = items
+            .iter()
+            .map(|t| Entry {
+                slot: t.slot,
+                kind: "transfer_received",
+                entity_id: &t.transfer_id,
+                payload: json!({"uid": t.to_uid, "amount": t.amount, "packet_id": t.packet_id}),
+            })
+            .collect();
+        journal_many(&mut tx, &entries, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -231,20 +233,16 @@ impl Store {
             }
             let credits: Vec<Credit<'_>> = due.iter().map(DueTransfer::credit).collect();
             credit_many(&mut tx, &credits, "claim", now).await?;
-            let sql = format!(
-                "INSERT INTO journal (slot, kind, entity_id, payload, created_at) VALUES {}",
-                values_list(due.len(), 5, 1)
-            );
-            let mut q = sqlx::query(&sql);
-            for t in &due {
-                q = q
-                    .bind(t.slot)
-                    .bind("transfer_completed")
-                    .bind(&t.transfer_id)
-                    .bind(json!({"to_uid": t.to_uid, "amount": t.amount}).to_string())
-                    .bind(now);
-            }
-            q.execute(&mut *tx).await?;
+            let entries: Vec<Entry<'_>> = due
+                .iter()
+                .map(|t| Entry {
+                    slot: t.slot,
+                    kind: "transfer_completed",
+                    entity_id: &t.transfer_id,
+                    payload: json!({"to_uid": t.to_uid, "amount": t.amount}),
+                })
+                .collect();
+            journal_many(&mut tx, &entries, now).await?;
             done += due.len();
         }
         if let Some((worker, seq)) = cursor {
