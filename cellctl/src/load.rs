@@ -1,0 +1,1 @@
+//! `cellctl load`: open-loop traffic through the router.
