@@ -7,4 +7,7 @@
 //! never opens a cell's database, never decides ownership itself (raft-meta does), and never
 //! sends traffic anywhere but the deployment it was pointed at.
 
+pub mod deployment;
 pub mod load;
+pub mod status;
+pub mod up;

@@ -1,7 +1,263 @@
-//! `cellctl`: see the crate docs and README.md.
+//! `cellctl`: the operator's tool. See `cellctl --help`, the crate docs and README.md.
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("cellctl: not built yet");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use cellctl::deployment::{self, Layout, Record};
+use cellctl::{load, status, up};
+
+/// Runs and operates a redcell deployment: the whole system on this machine with `up`, its
+/// health with `status`, tokens, degradation switches, reconciliation and load.
+#[derive(Parser)]
+#[command(name = "cellctl", version)]
+struct Cli {
+    /// The deployment's data dir: its plan, secret, data, logs and `deployment.json`.
+    #[arg(
+        long,
+        global = true,
+        env = "CELLCTL_DATA_DIR",
+        default_value = "./data"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start raft-meta ×3, the cells (SQLite shards by default; backups paired across regions)
+    /// and the router on loopback, supervised (a child that dies is restarted). Ctrl-C stops
+    /// everything; running `up` again on the same --data-dir resumes with the same data.
+    Up(up::UpArgs),
+    /// Stop the deployment a `cellctl up` runs on --data-dir (as Ctrl-C there would).
+    Down,
+    /// Every process with its health (green / amber / red), the raft leader, the map
+    /// version, slots per cell and backup pairs. Exits 1 unless everything is green.
+    Status {
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mint a token signed with the deployment's secret and print it.
+    ///
+    /// UID is an app user (`u42`) or a service (`svc:activity` with `--scope subsidy:grant`,
+    /// `svc:payments` with `--scope payment:callback`, `svc:ops` with `--scope admin`).
+    Token {
+        uid: String,
+        /// Space-separated scopes.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_s: u64,
+    },
+    /// Turn a degradation switch on or off, e.g. `cellctl switch c2c_send off --message
+    /// "sending is paused"`. The routers apply it within a second.
+    Switch {
+        name: String,
+        state: OnOff,
+        /// What callers are told while the switch is off.
+        #[arg(long, default_value = "")]
+        message: String,
+    },
+    /// Reconcile every cell through the router: funded == wallets + escrow + in_flight.
+    /// Prints the totals and any findings; exits 1 when not ok.
+    Reconcile {
+        /// Print the router's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open-loop load through the router at a fixed rate, with percentiles and errors.
+    Load(load::LoadArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cellctl: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let layout = Layout::new(&cli.data_dir);
+    match cli.command {
+        Cmd::Up(args) => {
+            up::run(&layout, &args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Down => down(&layout).await,
+        Cmd::Status { json } => {
+            let s = status::gather(&layout).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{s}");
+            }
+            Ok(if s.health == status::Health::Green {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Token { uid, scope, ttl_s } => {
+            anyhow::ensure!(
+                (1..=30 * 86_400).contains(&ttl_s),
+                "--ttl-s must be 1..=2592000"
+            );
+            anyhow::ensure!(
+                uid.starts_with("svc:") || topology::Uid::parse(&uid).is_ok(),
+                "{uid:?} is neither a uid (1-64 of A-Z a-z 0-9 _ - .) nor svc:NAME"
+            );
+            let secret = deployment::secret(&layout, false)?;
+            println!(
+                "{}",
+                topology::auth::mint(secret.as_bytes(), &uid, scope.as_deref(), ttl_s)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Switch {
+            name,
+            state,
+            message,
+        } => {
+            let record: Record = deployment::read_json(&layout.deployment())?;
+            let secret = deployment::secret(&layout, false)?;
+            let on = matches!(state, OnOff::On);
+            let version = up::admin_client(meta_nodes(&record), &secret)
+                .set_switch(&name, on, &message)
+                .await
+                .with_context(|| format!("setting switch {name}"))?;
+            println!(
+                "switch {name} {} (map version {version})",
+                if on { "on" } else { "off" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Reconcile { json } => reconcile(&layout, json).await,
+        Cmd::Load(args) => {
+            let record: Record = deployment::read_json(&layout.deployment())?;
+            let target = load::Target {
+                router_url: record.router.url.clone(),
+                secret: deployment::secret(&layout, false)?,
+            };
+            let report = load::run(&args, &target).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(if report.failed() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+fn meta_nodes(record: &Record) -> Vec<String> {
+    record
+        .meta
+        .iter()
+        .map(|m| m.url.trim_start_matches("http://").to_owned())
+        .collect()
+}
+
+async fn reconcile(layout: &Layout, json: bool) -> anyhow::Result<ExitCode> {
+    let record: Record = deployment::read_json(&layout.deployment())?;
+    let secret = deployment::secret(layout, false)?;
+    let token = topology::auth::mint(secret.as_bytes(), "svc:cellctl", Some("admin"), 300);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let url = format!("{}/v1/admin/reconciliation", record.router.url);
+    let resp = http
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("asking the router at {url}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.context("the router's answer")?;
+    if !status.is_success() {
+        anyhow::bail!("the router answered {status}: {body}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        let ok = body["ok"].as_bool().unwrap_or(false);
+        let t = &body["totals"];
+        println!(
+            "{}: funded {} = wallets {} + escrow {} + in_flight {}",
+            if ok { "ok" } else { "NOT OK" },
+            t["funded"],
+            t["wallets"],
+            t["escrow"],
+            t["in_flight"]
+        );
+        for f in body["findings"].as_array().into_iter().flatten() {
+            println!("  finding: {f}");
+        }
+    }
+    Ok(if body["ok"].as_bool() == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Signals the `cellctl up` of this data dir and waits for it to finish stopping.
+async fn down(layout: &Layout) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(layout.lock()).with_context(|| {
+        format!(
+            "no `cellctl up` runs on {} ({} is missing)",
+            layout.root.display(),
+            layout.lock().display()
+        )
+    })?;
+    let pid: u32 = text.trim().parse().context("cellctl.pid")?;
+    anyhow::ensure!(
+        up::alive_with(pid, "cellctl"),
+        "the `cellctl up` recorded in {} (pid {pid}) is gone",
+        layout.lock().display()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .context("signalling cellctl up")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while up::alive_with(pid, "cellctl") {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "cellctl up (pid {pid}) still running after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("stopped");
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,320 @@
+//! A local deployment on disk: its layout under the data dir, the plan fixed on the first
+//! `up` (`cellctl.json`), the deployment secret, and `deployment.json`, the record of what
+//! runs where that other tools (and people) read.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// The files and directories of one deployment under its data dir.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+    /// The record of the running deployment (read by `status`, tests and people).
+    pub fn deployment(&self) -> PathBuf {
+        self.root.join("deployment.json")
+    }
+    /// The plan fixed by the first `up`: sizes, ports, backends.
+    pub fn plan(&self) -> PathBuf {
+        self.root.join("cellctl.json")
+    }
+    /// The generated deployment secret (absent when `REDCELL_AUTH_SECRET` was set).
+    pub fn secret(&self) -> PathBuf {
+        self.root.join("secret")
+    }
+    /// The pid of the `cellctl up` that supervises this deployment.
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("cellctl.pid")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs().join(format!("{name}.log"))
+    }
+    pub fn meta_data(&self, id: u64) -> PathBuf {
+        self.root.join("meta").join(id.to_string())
+    }
+    pub fn cell_data(&self, id: &str) -> PathBuf {
+        self.root.join("cells").join(id)
+    }
+    pub fn router_state(&self) -> PathBuf {
+        self.root.join("router")
+    }
+}
+
+/// What the first `up` decided; later runs on the same data dir follow it, so the same cells
+/// come back on the same ports over the same data.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Plan {
+    pub router_listen: String,
+    pub meta: Vec<PlannedMeta>,
+    pub cells: Vec<PlannedCell>,
+    /// Postgres server URL the cells' databases live on (`None`: SQLite files).
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// Redis URL for the cells' admission gates and the router's limits (`None`: in-process).
+    #[serde(default)]
+    pub redis: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlannedMeta {
+    pub id: u64,
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlannedCell {
+    pub id: String,
+    pub region: String,
+    pub listen: String,
+    pub backup: Option<String>,
+    /// The cell's own database URL on the Postgres server (`None`: SQLite).
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+impl Plan {
+    /// raft-meta's nodes as `host:port`, comma separated (the form `--meta` takes).
+    pub fn meta_arg(&self) -> String {
+        self.meta
+            .iter()
+            .map(|m| m.listen.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// raft-meta's `--peers`: `1=host:port,2=…`.
+    pub fn peers_arg(&self) -> String {
+        self.meta
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.listen))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Region names for `n` regions: the first four read as places, the rest are numbered.
+pub fn region_names(n: usize) -> Vec<String> {
+    const NAMED: [&str; 4] = ["east", "west", "north", "south"];
+    (0..n)
+        .map(|i| match NAMED.get(i) {
+            Some(name) if n <= NAMED.len() => (*name).to_owned(),
+            _ => format!("r{}", i + 1),
+        })
+        .collect()
+}
+
+/// Cells `c1..cN` in contiguous blocks per region (c1, c2 east; c3, c4 west for 4 over 2;
+/// every region gets at least one cell when `cells >= regions`), each backed up by the cell
+/// at the same position (wrapping) in the next region.
+pub fn place_cells(cells: usize, regions: usize) -> Vec<(String, String, Option<String>)> {
+    let names = region_names(regions);
+    let region_of = |i: usize| i * regions / cells;
+    let members: Vec<Vec<usize>> = (0..regions)
+        .map(|r| (0..cells).filter(|&i| region_of(i) == r).collect())
+        .collect();
+    (0..cells)
+        .map(|i| {
+            let region = region_of(i);
+            let pos = members[region].iter().position(|&j| j == i).unwrap_or(0);
+            let next = &members[(region + 1) % regions];
+            let backup = (regions > 1 && !next.is_empty())
+                .then(|| format!("c{}", next[pos % next.len()] + 1));
+            (format!("c{}", i + 1), names[region].clone(), backup)
+        })
+        .collect()
+}
+
+/// `deployment.json`: what runs where, kept current by `up` (pids change on restarts).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Record {
+    pub router: RouterRecord,
+    pub meta: Vec<MetaRecord>,
+    pub cells: Vec<CellRecord>,
+    /// Restarts per process name since this `up` began.
+    #[serde(default)]
+    pub restarts: BTreeMap<String, u32>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RouterRecord {
+    pub url: String,
+    pub pid: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MetaRecord {
+    pub id: u64,
+    pub url: String,
+    pub pid: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CellRecord {
+    pub id: String,
+    pub region: String,
+    pub url: String,
+    pub pid: Option<u32>,
+    pub backup: Option<String>,
+}
+
+impl Record {
+    /// The record of `plan` with no process running yet.
+    pub fn from_plan(plan: &Plan) -> Record {
+        Record {
+            router: RouterRecord {
+                url: format!("http://{}", plan.router_listen),
+                pid: None,
+            },
+            meta: plan
+                .meta
+                .iter()
+                .map(|m| MetaRecord {
+                    id: m.id,
+                    url: format!("http://{}", m.listen),
+                    pid: None,
+                })
+                .collect(),
+            cells: plan
+                .cells
+                .iter()
+                .map(|c| CellRecord {
+                    id: c.id.clone(),
+                    region: c.region.clone(),
+                    url: format!("http://{}", c.listen),
+                    pid: None,
+                    backup: c.backup.clone(),
+                })
+                .collect(),
+            restarts: BTreeMap::new(),
+        }
+    }
+
+    /// Every recorded pid with the process name it belongs to.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        out.extend(self.router.pid.map(|p| ("router".to_owned(), p)));
+        for m in &self.meta {
+            out.extend(m.pid.map(|p| (format!("meta{}", m.id), p)));
+        }
+        for c in &self.cells {
+            out.extend(c.pid.map(|p| (format!("cell {}", c.id), p)));
+        }
+        out
+    }
+}
+
+/// Reads a JSON file written by [`write_json`].
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Writes JSON atomically: a reader sees the old file or the new one, never half of one.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    serde_json::to_writer_pretty(&mut file, value)?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+/// The deployment secret: `REDCELL_AUTH_SECRET` when set, else the one generated into the
+/// data dir on the first `up` (created with `create`, mode 0600).
+pub fn secret(layout: &Layout, create: bool) -> anyhow::Result<String> {
+    if let Ok(s) = std::env::var("REDCELL_AUTH_SECRET") {
+        if s.len() < 16 {
+            bail!("REDCELL_AUTH_SECRET must be at least 16 characters");
+        }
+        return Ok(s);
+    }
+    let path = layout.secret();
+    match std::fs::read_to_string(&path) {
+        Ok(s) => return Ok(s.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no secret: {} does not exist and REDCELL_AUTH_SECRET is not set \
+             (is --data-dir the directory `cellctl up` ran on?)",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    file.sync_all()?;
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_cells_over_two_regions_pair_across() {
+        let cells = place_cells(4, 2);
+        let want = [
+            ("c1", "east", Some("c3")),
+            ("c2", "east", Some("c4")),
+            ("c3", "west", Some("c1")),
+            ("c4", "west", Some("c2")),
+        ];
+        for ((id, region, backup), (wid, wregion, wbackup)) in cells.iter().zip(want) {
+            assert_eq!((id.as_str(), region.as_str()), (wid, wregion));
+            assert_eq!(backup.as_deref(), wbackup);
+        }
+    }
+
+    #[test]
+    fn every_backup_is_in_another_region() {
+        for regions in 1..=5 {
+            for cells in regions..=12 {
+                let placed = place_cells(cells, regions);
+                for (id, region, backup) in &placed {
+                    match backup {
+                        None => assert_eq!(regions, 1, "{id} has no backup"),
+                        Some(b) => {
+                            let other = placed.iter().find(|(i, _, _)| i == b).unwrap();
+                            assert_ne!(&other.1, region, "{id} backed up in its own region");
+                        }
+                    }
+                }
+                let used: std::collections::BTreeSet<_> =
+                    placed.iter().map(|(_, r, _)| r.clone()).collect();
+                assert_eq!(used.len(), regions, "{cells} cells over {regions} regions");
+            }
+        }
+    }
+
+    #[test]
+    fn region_names_are_valid_regions() {
+        for n in 1..=6 {
+            for name in region_names(n) {
+                topology::Region::parse(&name).expect("valid region");
+            }
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! A whole deployment from `cellctl up` (raft-meta ×3, 4 cells over 2 regions, router), used
+//! the way its users use it: app traffic through the router, operators through `cellctl`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use e2e::{eventually, token, uid_on, Up};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const CELLS: [&str; 4] = ["c1", "c2", "c3", "c4"];
+
+/// A c2c packet from `sender`, paid through the provider's callback; returns its id.
+async fn paid_packet(up: &Up, sender: &str, total: i64, count: i64, key: &str) -> String {
+    let (status, packet) = up
+        .call_with(
+            "POST",
+            "/v1/packets",
+            &token(sender, None),
+            Some(json!({"kind": "c2c", "total": total, "count": count, "greeting": "新年快乐"})),
+            &[("idempotency-key", key)],
+        )
+        .await;
+    assert_eq!(status, 201, "{packet}");
+    let payment = packet["payment"]["payment_id"].as_str().unwrap().to_owned();
+    let (status, body) = up
+        .call(
+            "POST",
+            &format!("/v1/payments/{payment}/callback"),
+            &token("svc:payments", Some("payment:callback")),
+            Some(json!({"status": "succeeded"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    packet["packet_id"].as_str().unwrap().to_owned()
+}
+
+async fn balance(up: &Up, uid: &str) -> i64 {
+    let (status, w) = up
+        .call(
+            "GET",
+            &format!("/v1/users/{uid}/wallet"),
+            &token(uid, None),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{w}");
+    w["balance"].as_i64().unwrap()
+}
+
+/// Waits until reconciliation across every cell is ok with nothing in flight.
+async fn settled(up: &Up) -> Value {
+    eventually(
+        "reconciliation ok with nothing in flight",
+        Duration::from_secs(30),
+        || async {
+            let (code, out) = up.cellctl(&["reconcile", "--json"]);
+            let body: Value = serde_json::from_str(&out).ok()?;
+            (code == 0 && body["ok"] == true && body["totals"]["in_flight"] == 0).then_some(body)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("deployment");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut up = Up::start(&dir, &[]).await;
+
+    // The record names every process, the cells pair across regions, and status is green.
+    let record = up.record();
+    assert_eq!(record["meta"].as_array().unwrap().len(), 3);
+    let cells = record["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 4);
+    let regions: BTreeMap<&str, &str> = cells
+        .iter()
+        .map(|c| (c["id"].as_str().unwrap(), c["region"].as_str().unwrap()))
+        .collect();
+    for c in cells {
+        let backup = c["backup"].as_str().expect("every cell has a backup");
+        assert_ne!(regions[backup], c["region"].as_str().unwrap(), "{c}");
+        assert!(c["pid"].as_u64().is_some());
+    }
+    let status = eventually("status green", Duration::from_secs(20), || async {
+        let (code, out) = up.cellctl(&["status", "--json"]);
+        (code == 0).then(|| serde_json::from_str::<Value>(&out).unwrap())
+    })
+    .await;
+    assert!(status["leader"].as_u64().is_some(), "{status}");
+    let slots: u64 = status["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["slots"].as_u64().unwrap())
+        .sum();
+    assert_eq!(slots, 1024, "{status}");
+
+    // `cellctl token` mints what the router accepts.
+    let (code, minted) = up.cellctl(&["token", "u-someone"]);
+    assert_eq!(code, 0);
+    let (status_code, _) = up
+        .call("GET", "/v1/users/u-someone/wallet", minted.trim(), None)
+        .await;
+    assert_eq!(status_code, 200);
+
+    // A packet in c1, claimed by users homed in every cell.
+    let map = up.map().await;
+    let sender = uid_on(&map, "c1", &[]);
+    let claimers: Vec<String> = CELLS.iter().map(|c| uid_on(&map, c, &[&sender])).collect();
+    let packet = paid_packet(&up, &sender, 1000, 4, "e2e-1").await;
+    assert!(packet.len() <= 40);
+    let mut claimed = BTreeMap::new();
+    for uid in &claimers {
+        let (status, claim) = up
+            .call(
+                "POST",
+                &format!("/v1/packets/{packet}/claims"),
+                &token(uid, None),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{claim}");
+        claimed.insert(uid.clone(), claim["amount"].as_i64().unwrap());
+    }
+    assert_eq!(claimed.values().sum::<i64>(), 1000);
+    let (status, late) = up
+        .call(
+            "POST",
+            &format!("/v1/packets/{packet}/claims"),
+            &token(&sender, None),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, late["code"].as_str()),
+        (410, Some("packet_exhausted"))
+    );
+
+    // Each claimer's home cell credits the wallet, across cells.
+    for (uid, amount) in &claimed {
+        eventually("a cross-cell credit", Duration::from_secs(20), || async {
+            (balance(&up, uid).await == *amount).then_some(())
+        })
+        .await;
+    }
+
+    // A subsidy granted to a user homed in c3, sent as a b2c packet, claimed from c2 and c4.
+    let granted = uid_on(&map, "c3", &[&sender]);
+    let (status, subsidy) = up
+        .call(
+            "POST",
+            "/v1/subsidies",
+            &token("svc:activity", Some("subsidy:grant")),
+            Some(
+                json!({"grant_id": "e2e-grant-1", "uid": granted, "amount": 600,
+                        "expires_at": "2099-01-01T00:00:00Z"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{subsidy}");
+    let (status, b2c) = up
+        .call_with(
+            "POST",
+            "/v1/packets",
+            &token(&granted, None),
+            Some(json!({"kind": "b2c", "subsidy_id": subsidy["subsidy_id"], "count": 2})),
+            &[("idempotency-key", "e2e-b2c-1")],
+        )
+        .await;
+    assert_eq!(status, 201, "{b2c}");
+    let b2c = b2c["packet_id"].as_str().unwrap().to_owned();
+    for uid in [&claimers[1], &claimers[3]] {
+        let (status, claim) = up
+            .call(
+                "POST",
+                &format!("/v1/packets/{b2c}/claims"),
+                &token(uid, None),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{claim}");
+        *claimed.get_mut(uid).unwrap() += claim["amount"].as_i64().unwrap();
+    }
+
+    // The books balance over all cells once the transfers land.
+    let recon = settled(&up).await;
+    assert_eq!(recon["totals"]["funded"], 1600, "{recon}");
+    assert_eq!(recon["totals"]["wallets"], 1600, "{recon}");
+
+    // A switch flipped through cellctl: c2c sends degrade, claims keep working.
+    let (code, _) = up.cellctl(&[
+        "switch",
+        "c2c_send",
+        "off",
+        "--message",
+        "paused for the drill",
+    ]);
+    assert_eq!(code, 0);
+    eventually("c2c_send degraded", Duration::from_secs(5), || async {
+        let (status, body) = up
+            .call_with(
+                "POST",
+                "/v1/packets",
+                &token(&sender, None),
+                Some(json!({"kind": "c2c", "total": 100, "count": 1})),
+                &[("idempotency-key", "e2e-degraded")],
+            )
+            .await;
+        (status == 503 && body["code"] == "degraded").then_some(())
+    })
+    .await;
+    let (code, _) = up.cellctl(&["switch", "c2c_send", "on"]);
+    assert_eq!(code, 0);
+
+    // SIGKILL the packet's cell in the middle of acknowledged work: cellctl restarts it and
+    // nothing acknowledged is lost.
+    let second = paid_packet(&up, &sender, 500, 5, "e2e-2").await;
+    let mut acknowledged = BTreeMap::new();
+    for uid in &claimers[..2] {
+        let (status, claim) = up
+            .call(
+                "POST",
+                &format!("/v1/packets/{second}/claims"),
+                &token(uid, None),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{claim}");
+        acknowledged.insert(uid.clone(), claim["amount"].as_i64().unwrap());
+    }
+    let c1 = |r: &Value| {
+        r["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "c1")
+            .and_then(|c| c["pid"].as_u64())
+    };
+    let old_pid = c1(&up.record()).expect("c1 runs");
+    kill(Pid::from_raw(old_pid as i32), Signal::SIGKILL).unwrap();
+    let new_pid = eventually("cellctl restarts c1", Duration::from_secs(30), || async {
+        c1(&up.record()).filter(|p| *p != old_pid)
+    })
+    .await;
+    assert_ne!(new_pid, old_pid);
+    eventually("c1 serves again", Duration::from_secs(30), || async {
+        let (status, _) = up
+            .call(
+                "GET",
+                &format!("/v1/packets/{second}"),
+                &token(&sender, None),
+                None,
+            )
+            .await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let (status, list) = up
+        .call(
+            "GET",
+            &format!("/v1/packets/{second}/claims"),
+            &token(&sender, None),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let listed: BTreeMap<String, i64> = list["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["uid"].as_str().unwrap().to_owned(),
+                c["amount"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, acknowledged, "acknowledged claims survive SIGKILL");
+    let (status, same) = up
+        .call(
+            "POST",
+            &format!("/v1/packets/{second}/claims"),
+            &token(&claimers[0], None),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "a repeat claim returns the first one: {same}");
+    assert_eq!(
+        same["amount"].as_i64(),
+        acknowledged.get(&claimers[0]).copied()
+    );
+    let record = up.record();
+    assert!(
+        record["restarts"]["cell-c1"].as_u64() >= Some(1),
+        "{record}"
+    );
+    eventually(
+        "status green after the restart",
+        Duration::from_secs(30),
+        || async { (up.cellctl(&["status"]).0 == 0).then_some(()) },
+    )
+    .await;
+    for (uid, amount) in &acknowledged {
+        *claimed.get_mut(uid).unwrap() += amount;
+    }
+    settled(&up).await;
+
+    // Ctrl-C stops everything; `up` again on the same dir resumes with the same data.
+    let exit = up.stop().expect("cellctl up ran");
+    assert!(exit.success(), "cellctl up exits cleanly: {exit}");
+    let stopped = up.record();
+    assert!(stopped["router"]["pid"].is_null(), "{stopped}");
+    drop(up);
+    let up = Up::start(&dir, &[]).await;
+    for (uid, amount) in &claimed {
+        assert_eq!(
+            balance(&up, uid).await,
+            *amount,
+            "{uid}'s wallet after resume"
+        );
+    }
+    let (status, again) = up
+        .call(
+            "GET",
+            &format!("/v1/packets/{packet}"),
+            &token(&sender, None),
+            None,
+        )
+        .await;
+    assert_eq!((status, again["status"].as_str()), (200, Some("exhausted")));
+    settled(&up).await;
+}

@@ -1,0 +1,297 @@
+//! Harness for the end-to-end tests: builds the binaries, runs `cellctl up` on a temporary
+//! data dir (loopback, free ports) and talks to the deployment only as its users do — HTTP
+//! through the router, and `cellctl`. It never opens a cell's database.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use topology::{CellMap, Slot};
+
+pub const SECRET: &str = "e2e-secret-0123456789abcdef";
+
+/// Directory of the freshly built binaries (same profile as this test).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/PROFILE/deps/deployment-HASH -> target/PROFILE
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test executable lives in target/PROFILE/deps")
+            .to_path_buf();
+        let target = dir.parent().expect("target dir").to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--bins"])
+            .args([
+                "-p",
+                "cellctl",
+                "-p",
+                "cell",
+                "-p",
+                "router",
+                "-p",
+                "raft-meta",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // cargo's variables for this test would make build scripts rebuild half the tree.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("CARGO_") && key != "CARGO_HOME" {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("CARGO_TARGET_DIR", &target);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo build");
+        assert!(status.success(), "building the binaries failed");
+        dir
+    })
+}
+
+pub fn token(sub: &str, scope: Option<&str>) -> String {
+    topology::auth::mint(SECRET.as_bytes(), sub, scope, 3600)
+}
+
+/// A `cellctl up` on a data dir, stopped (SIGTERM, as Ctrl-C would) when dropped.
+pub struct Up {
+    pub dir: PathBuf,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+}
+
+impl Up {
+    /// Starts `cellctl up` (4 cells over 2 regions unless `extra` says otherwise) and waits
+    /// until the router is ready.
+    pub async fn start(dir: &Path, extra: &[&str]) -> Up {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("cellctl.log"))
+            .expect("cellctl log");
+        let child = Command::new(bin_dir().join("cellctl"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["up", "--base-port", "0", "--router-listen", "127.0.0.1:0"])
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .args(["--cell-arg=--worker-interval-ms=100"])
+            .args(extra)
+            .env("REDCELL_AUTH_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cellctl up");
+        let up = Up {
+            dir: dir.to_path_buf(),
+            child: Some(child),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(r) = up.try_record() {
+                if r["router"]["pid"].as_u64().is_some() {
+                    let url = format!("{}/readyz", up.router());
+                    if up
+                        .http
+                        .get(url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                    {
+                        return up;
+                    }
+                }
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                up.dump_log();
+                panic!("cellctl up not ready after 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn dump_log(&self) {
+        let text =
+            std::fs::read_to_string(self.dir.with_extension("cellctl.log")).unwrap_or_default();
+        eprintln!("--- cellctl up log ---\n{text}");
+    }
+
+    fn try_record(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.dir.join("deployment.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// `deployment.json` as written now.
+    pub fn record(&self) -> Value {
+        self.try_record().expect("deployment.json")
+    }
+
+    pub fn router(&self) -> String {
+        self.record()["router"]["url"]
+            .as_str()
+            .expect("router url")
+            .to_owned()
+    }
+
+    /// Runs `cellctl ARGS --data-dir DIR` to completion: (exit code, stdout).
+    pub fn cellctl(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(bin_dir().join("cellctl"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .env("REDCELL_AUTH_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run cellctl");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            eprintln!(
+                "cellctl {args:?}: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        (out.status.code().unwrap_or(-1), stdout)
+    }
+
+    /// The map as raft-meta has it now.
+    pub async fn map(&self) -> CellMap {
+        let meta = self.record()["meta"][0]["url"]
+            .as_str()
+            .expect("meta url")
+            .to_owned();
+        let (_, body) = self
+            .call(
+                "GET",
+                &format!("{meta}/v1/map"),
+                &token("svc:e2e", Some("admin")),
+                None,
+            )
+            .await;
+        serde_json::from_value(body["map"].clone()).expect("a map")
+    }
+
+    /// One HTTP call; `path` is a path on the router or a whole URL.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_with(method, path, token, body, &[]).await
+    }
+
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.router())
+        };
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), url)
+            .bearer_auth(token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+                (status, body)
+            }
+            Err(e) => (0, Value::String(e.to_string())),
+        }
+    }
+
+    /// Stops the deployment as Ctrl-C would and waits for `cellctl up` to exit.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                self.kill_children();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill_children(&self) {
+        let Some(r) = self.try_record() else { return };
+        let mut pids = vec![r["router"]["pid"].as_i64()];
+        for group in ["meta", "cells"] {
+            for p in r[group].as_array().into_iter().flatten() {
+                pids.push(p["pid"].as_i64());
+            }
+        }
+        for pid in pids.into_iter().flatten() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_log();
+        }
+        self.stop();
+    }
+}
+
+/// The first uid `u0, u1, …` whose slot `cell` owns, skipping `avoid`.
+pub fn uid_on(map: &CellMap, cell: &str, avoid: &[&str]) -> String {
+    (0..100_000)
+        .map(|n| format!("u{n}"))
+        .find(|u| {
+            map.owner(Slot::of(u.as_bytes())).cell.as_str() == cell && !avoid.contains(&u.as_str())
+        })
+        .expect("some uid lands on every cell")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(started.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
