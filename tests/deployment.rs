@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::{eventually, token, uid_on, Up};
+use e2e::{eventually, token, uid_on, Backend, Up};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -69,7 +69,22 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("deployment");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut up = Up::start(&dir, &[]).await;
+    let backend = Backend::from_env();
+    let mut up = Up::start(&dir, &backend.args()).await;
+
+    // The plan is on the servers the backend names.
+    let plan: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cellctl.json")).unwrap()).unwrap();
+    assert_eq!(
+        plan["postgres"].is_string(),
+        std::env::var("REDCELL_TEST_DATABASE_URL").is_ok_and(|v| !v.is_empty()),
+        "{plan}"
+    );
+    assert!(plan["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["database"].is_string() == plan["postgres"].is_string()));
 
     // The record names every process, the cells pair across regions, and status is green.
     let record = up.record();
@@ -315,7 +330,7 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     let stopped = up.record();
     assert!(stopped["router"]["pid"].is_null(), "{stopped}");
     drop(up);
-    let up = Up::start(&dir, &[]).await;
+    let up = Up::start(&dir, &backend.args()).await;
     for (uid, amount) in &claimed {
         assert_eq!(
             balance(&up, uid).await,

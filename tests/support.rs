@@ -295,3 +295,69 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The servers the deployment runs on: SQLite and in-process gates by default; Postgres and
+/// Redis when `REDCELL_TEST_DATABASE_URL` / `REDCELL_TEST_REDIS_URL` are set (as the test
+/// command's second pass sets them). Drops the cells' databases when dropped.
+pub struct Backend {
+    args: Vec<String>,
+    postgres: Option<(String, String)>,
+}
+
+impl Backend {
+    pub fn from_env() -> Backend {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut args = Vec::new();
+        let mut postgres = None;
+        if let Some(url) = get("REDCELL_TEST_DATABASE_URL") {
+            let prefix = format!("e2e_{:08x}", rand_u32());
+            args.extend([
+                "--postgres".into(),
+                url.clone(),
+                "--db-prefix".into(),
+                prefix.clone(),
+            ]);
+            postgres = Some((url, prefix));
+        }
+        if let Some(url) = get("REDCELL_TEST_REDIS_URL") {
+            args.extend(["--redis".into(), url]);
+        }
+        Backend { args, postgres }
+    }
+
+    /// Flags for `cellctl up`.
+    pub fn args(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let Some((url, prefix)) = &self.postgres else {
+            return;
+        };
+        for n in 1..=8 {
+            let _ = Command::new("psql")
+                .arg(url)
+                .arg("-qc")
+                .arg(format!(
+                    "DROP DATABASE IF EXISTS {prefix}_c{n} WITH (FORCE)"
+                ))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish() as u32
+}
