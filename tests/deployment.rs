@@ -114,6 +114,10 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
         .sum();
     assert_eq!(slots, 1024, "{status}");
 
+    // One `up` per data dir.
+    let (code, _) = up.cellctl(&["up", "--base-port", "0"]);
+    assert_eq!(code, 2, "a second `up` on a running data dir is refused");
+
     // `cellctl token` mints what the router accepts.
     let (code, minted) = up.cellctl(&["token", "u-someone"]);
     assert_eq!(code, 0);

@@ -49,7 +49,13 @@ async fn main() -> anyhow::Result<()> {
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, cashier.router())
         .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
         })
         .await?;
     Ok(())
