@@ -214,6 +214,7 @@ pub async fn run(args: &LoadArgs, target: &Target) -> anyhow::Result<Report> {
         };
         let (api, pool, live, tx) = (api.clone(), pool.clone(), live.clone(), tx.clone());
         tokio::spawn(async move {
+            let launched = Instant::now();
             let steps = flows::run_op(&api, &pool, &plan).await;
             live.done.fetch_add(1, Ordering::Relaxed);
             if steps.iter().any(|s| s.class == Class::Error) {
@@ -222,6 +223,7 @@ pub async fn run(args: &LoadArgs, target: &Target) -> anyhow::Result<Report> {
             let _ = tx.send(Sample::Done {
                 kind,
                 scheduled: due,
+                launched,
                 measured,
                 steps,
             });

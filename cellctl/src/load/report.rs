@@ -32,6 +32,8 @@ pub enum Sample {
     Done {
         kind: OpKind,
         scheduled: Instant,
+        /// When its task began to run: later than `scheduled` by this generator's own lag.
+        launched: Instant,
         measured: bool,
         steps: Vec<StepResult>,
     },
@@ -44,6 +46,8 @@ pub struct Recorder {
     ops: BTreeMap<OpKind, Histogram<u64>>,
     steps: BTreeMap<Step, Histogram<u64>>,
     all: Histogram<u64>,
+    /// From due to the task's start: the generator's own share of every latency.
+    lag: Histogram<u64>,
     outcomes: BTreeMap<(Step, Answer, Option<String>), (Class, u64)>,
     dropped: BTreeMap<OpKind, u64>,
     completed: u64,
@@ -61,6 +65,7 @@ impl Recorder {
             ops: BTreeMap::new(),
             steps: BTreeMap::new(),
             all: histogram(),
+            lag: histogram(),
             outcomes: BTreeMap::new(),
             dropped: BTreeMap::new(),
             completed: 0,
@@ -85,12 +90,14 @@ impl Recorder {
             Sample::Done {
                 kind,
                 scheduled,
+                launched,
                 measured,
                 steps,
             } => {
                 if !measured {
                     return;
                 }
+                record(&mut self.lag, launched.saturating_duration_since(scheduled));
                 let Some(last) = steps.last() else {
                     return;
                 };
@@ -168,6 +175,7 @@ impl Recorder {
             errors: self.errors,
             achieved_rate: self.completed as f64 / achieved_window.max(1e-9),
             achieved_window_s: achieved_window,
+            launch_lag: LatencyRow::of("launch lag", Some(&self.lag), 0),
             operations,
             requests,
             outcomes,
@@ -266,6 +274,9 @@ pub struct Report {
     /// when answers came after it.
     pub achieved_rate: f64,
     pub achieved_window_s: f64,
+    /// From each operation's due time to the start of its task: this generator's own delay,
+    /// included in every latency below. When it is large, the client machine is the bottleneck.
+    pub launch_lag: LatencyRow,
     /// Per operation kind, then `all`; latency from each operation's due time.
     pub operations: Vec<LatencyRow>,
     /// Per request; the first request of a flow from the due time, later ones from their start.
@@ -338,6 +349,12 @@ impl fmt::Display for Report {
             f,
             "operations: {} ok, {} expected outcomes, {} errors",
             self.ok, self.expected, self.errors
+        )?;
+        let lag = &self.launch_lag;
+        writeln!(
+            f,
+            "launch lag of this generator (included below): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            lag.p50_ms, lag.p99_ms, lag.max_ms
         )?;
         writeln!(f, "\nlatency from each operation's due time (ms)")?;
         latency_table(f, "operation", &self.operations)?;
@@ -425,6 +442,7 @@ mod tests {
         rec.record(Sample::Done {
             kind: OpKind::Send,
             scheduled: due,
+            launched: due + ms(40),
             measured: true,
             steps: vec![
                 step(
@@ -448,6 +466,7 @@ mod tests {
         rec.record(Sample::Done {
             kind: OpKind::Claim,
             scheduled: due,
+            launched: due,
             measured: true,
             steps: vec![step(
                 Step::Claim,
@@ -476,6 +495,11 @@ mod tests {
         assert!(report.failed());
         let send = report.operations.iter().find(|r| r.name == "send").unwrap();
         assert!((send.max_ms - 60.0).abs() < 0.1, "{send:?}");
+        assert!(
+            (report.launch_lag.max_ms - 40.0).abs() < 0.1,
+            "{:?}",
+            report.launch_lag
+        );
         let c2c = report
             .requests
             .iter()
@@ -510,6 +534,7 @@ mod tests {
         rec.record(Sample::Done {
             kind: OpKind::Read,
             scheduled: due,
+            launched: due,
             measured: false,
             steps: vec![step(
                 Step::ReadWallet,

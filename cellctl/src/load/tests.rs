@@ -223,6 +223,8 @@ async fn latency_counts_from_the_due_time_when_the_generator_is_held_up() {
     assert!(claims.p50_ms >= 200.0, "{claims:?}");
     let per_request = row(&report.requests, Step::Claim.label());
     assert!(per_request.max_ms >= 700.0, "{per_request:?}");
+    // And the report says where the time went: the generator launched them late.
+    assert!(report.launch_lag.max_ms >= 500.0, "{:?}", report.launch_lag);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
