@@ -289,7 +289,7 @@ fn progress_bar(args: &LoadArgs, total: u64) -> ProgressBar {
     }
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} ops due  {msg}")
+        ProgressStyle::with_template("{elapsed_precise} [{bar:20}] {pos}/{len} due  {msg}")
             .expect("static template")
             .progress_chars("=> "),
     );
@@ -312,7 +312,7 @@ async fn tick(
         let elapsed = start.elapsed().as_secs_f64().max(1e-3);
         bar.set_position(done + dropped + running as u64);
         bar.set_message(format!(
-            "{:.0} ops/s done, {running} in flight, {} errors, {dropped} dropped",
+            "{:.0}/s done  {running} in flight  {} errors  {dropped} dropped",
             done as f64 / elapsed,
             live.errors.load(Ordering::Relaxed),
         ));
