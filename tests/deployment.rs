@@ -366,6 +366,29 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     assert_eq!(recon["totals"]["funded"], 7600, "{recon}");
     assert_eq!(recon["totals"]["wallets"], 7600, "{recon}");
 
+    // `cellctl load` drives every flow through the router without an error, and the books
+    // still balance afterwards.
+    let (code, out) = up.cellctl(&[
+        "load",
+        "--rate",
+        "40",
+        "--duration",
+        "3s",
+        "--users",
+        "200",
+        "--json",
+        "--seed",
+        "7",
+    ]);
+    let report: Value = serde_json::from_str(&out).expect("a JSON report");
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["scheduled"], 120, "{report}");
+    assert_eq!(report["completed"], 120, "{report}");
+    let recon = settled(&up).await;
+    let wallets_after_load = recon["totals"]["wallets"].as_i64().unwrap();
+    assert!(wallets_after_load > 7600, "{recon}");
+
     // Ctrl-C stops everything; `up` again on the same dir resumes with the same data.
     let exit = up.stop().expect("cellctl up ran");
     assert!(exit.success(), "cellctl up exits cleanly: {exit}");
