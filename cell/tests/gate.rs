@@ -41,3 +41,25 @@ async fn redis_gate_holds_the_limit_across_connections() {
         .unwrap()
         .is_some());
 }
+
+/// A cell whose Redis cannot be reached refuses to start, at once and saying why, so its
+/// supervisor restarts it; it never sits there without a port.
+#[test]
+fn an_unreachable_redis_fails_the_start_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cell"))
+        .args(["--listen", "127.0.0.1:0", "--redis-url", "redis://127.0.0.1:1"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("REDCELL_AUTH_SECRET", "gate-test-secret-0123456789")
+        .output()
+        .expect("run cell");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach redis"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 /// How long a Redis-held permit lives if its holder dies without releasing it. Claims take
@@ -43,7 +44,14 @@ impl Gate {
 
     pub async fn redis(url: &str, cell_id: &str) -> Result<Gate, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client).await?;
+        // Bounded connects and answers: an unreachable Redis fails the start (the supervisor
+        // restarts the cell) or the one gate call (a 503), never a hang.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2))
+            .set_number_of_retries(3)
+            .set_max_delay(1_000);
+        let conn = ConnectionManager::new_with_config(client, config).await?;
         // A sorted set of permit tokens scored by time: permits whose holder died age out
         // instead of leaking capacity forever.
         let acquire = Script::new(
