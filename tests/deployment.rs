@@ -210,7 +210,7 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     assert_eq!(recon["totals"]["funded"], 1600, "{recon}");
     assert_eq!(recon["totals"]["wallets"], 1600, "{recon}");
 
-    // A switch flipped through cellctl: c2c sends degrade, claims keep working.
+    // A switch flipped through cellctl: c2c sends degrade, other flows keep working.
     let (code, _) = up.cellctl(&[
         "switch",
         "c2c_send",
@@ -219,32 +219,37 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
         "paused for the drill",
     ]);
     assert_eq!(code, 0);
+    let try_send = || async {
+        up.call_with(
+            "POST",
+            "/v1/packets",
+            &token(&sender, None),
+            Some(json!({"kind": "c2c", "total": 100, "count": 1})),
+            &[("idempotency-key", "e2e-degraded")],
+        )
+        .await
+    };
     eventually("c2c_send degraded", Duration::from_secs(5), || async {
-        let (status, body) = up
-            .call_with(
-                "POST",
-                "/v1/packets",
-                &token(&sender, None),
-                Some(json!({"kind": "c2c", "total": 100, "count": 1})),
-                &[("idempotency-key", "e2e-degraded")],
-            )
-            .await;
+        let (status, body) = try_send().await;
         (status == 503 && body["code"] == "degraded").then_some(())
     })
     .await;
+    let (status, _) = up
+        .call(
+            "GET",
+            &format!("/v1/packets/{packet}"),
+            &token(&sender, None),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status, 200,
+        "other flows keep working while c2c_send is off"
+    );
     let (code, _) = up.cellctl(&["switch", "c2c_send", "on"]);
     assert_eq!(code, 0);
     eventually("c2c_send back on", Duration::from_secs(5), || async {
-        let (status, _) = up
-            .call_with(
-                "POST",
-                "/v1/packets",
-                &token(&sender, None),
-                Some(json!({"kind": "c2c", "total": 100, "count": 1})),
-                &[("idempotency-key", "e2e-degraded")],
-            )
-            .await;
-        (status == 201).then_some(())
+        (try_send().await.0 == 201).then_some(())
     })
     .await;
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -14,47 +14,53 @@ use topology::{CellMap, Slot};
 
 pub const SECRET: &str = "e2e-secret-0123456789abcdef";
 
-/// Directory of the freshly built binaries (same profile as this test).
+/// Directory of the freshly built binaries of the whole deployment (same profile as this
+/// test).
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/PROFILE/deps/deployment-HASH -> target/PROFILE
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable lives in target/PROFILE/deps")
-            .to_path_buf();
-        let target = dir.parent().expect("target dir").to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--bins"])
-            .args([
-                "-p",
-                "cellctl",
-                "-p",
-                "cell",
-                "-p",
-                "router",
-                "-p",
-                "raft-meta",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        // cargo's variables for this test would make build scripts rebuild half the tree.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy().into_owned();
-            if key.starts_with("CARGO_") && key != "CARGO_HOME" {
-                cmd.env_remove(&key);
-            }
+    DIR.get_or_init(|| built(&["cellctl", "cell", "router", "raft-meta"]))
+}
+
+/// Builds the binaries of `packages` into the calling test's target dir and profile, once
+/// per test process, and returns that directory. Cargo builds only the tested package's own
+/// binaries for its tests; tests that spawn other packages' binaries ask here.
+pub fn built(packages: &[&str]) -> PathBuf {
+    static DONE: Mutex<Vec<Vec<String>>> = Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/PROFILE/deps/TEST-HASH -> target/PROFILE
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in target/PROFILE/deps")
+        .to_path_buf();
+    let key: Vec<String> = packages.iter().map(|p| (*p).to_owned()).collect();
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if done.contains(&key) {
+        return dir;
+    }
+    let target = dir.parent().expect("target dir").to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-q", "--bins"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    // cargo's variables for this test would make build scripts rebuild half the tree.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" {
+            cmd.env_remove(&key);
         }
-        cmd.env("CARGO_TARGET_DIR", &target);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("cargo build");
-        assert!(status.success(), "building the binaries failed");
-        dir
-    })
+    }
+    cmd.env("CARGO_TARGET_DIR", &target);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("cargo build");
+    assert!(status.success(), "building {packages:?} failed");
+    done.push(key);
+    dir
 }
 
 pub fn token(sub: &str, scope: Option<&str>) -> String {

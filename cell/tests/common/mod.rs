@@ -370,35 +370,7 @@ pub fn payments() -> String {
 /// The `raft-meta` binary, built once per test process (cargo builds only this package's
 /// binaries for its tests; raft-meta is another package).
 pub fn raft_meta_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/debug/deps/<test> → target/debug
-        let exe = std::env::current_exe().expect("test exe");
-        let dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target/PROFILE")
-            .to_path_buf();
-        let target = dir.parent().expect("target dir").to_path_buf();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-q", "-p", "raft-meta", "--bin", "raft-meta"]);
-        // The variables cargo sets for this test would reach build scripts that watch them
-        // and rebuild much of the tree on every run.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy().into_owned();
-            if key.starts_with("CARGO_") && key != "CARGO_HOME" {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.env("CARGO_TARGET_DIR", &target);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build for raft-meta");
-        assert!(status.success(), "building raft-meta failed");
-        dir.join("raft-meta")
-    })
-    .clone()
+    e2e::built(&["raft-meta"]).join("raft-meta")
 }
 
 /// One raft-meta node forming a cluster of one, for tests of cells that follow the map.
