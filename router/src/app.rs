@@ -16,6 +16,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use raft_meta::client::MetaClient;
@@ -85,6 +86,18 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Drains the latency samples the recorder buffers into its histograms every 5 s. A recorder
+/// built by hand (`build_recorder`) does not do this by itself, and without it every request's
+/// sample would stay in memory until the next scrape of `/metrics`, or for ever.
+async fn metrics_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+        }
+    }
+}
+
 impl App {
     pub async fn build(settings: Settings) -> Result<App, StartError> {
         settings.validate().map_err(StartError::Settings)?;
@@ -123,6 +136,7 @@ impl App {
             .await
             .map_err(|e| StartError::Bind(settings.listen, e))?;
         let follower = Some(tokio::spawn(maps.follow(cancel.clone())));
+        tokio::spawn(metrics_upkeep(ctx.metrics.clone(), cancel.clone()));
         Ok(App {
             listener,
             ctx,
@@ -153,7 +167,14 @@ impl App {
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         let app = App::router(self.ctx.clone());
         let cancel = self.cancel.clone();
-        let result = axum::serve(self.listener, app)
+        // Responses stream through in pieces (the head, then the cell's body as it comes):
+        // with Nagle's algorithm on, a piece could wait for the client's delayed ACK.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
+        let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
                 tracing::info!("stopping: draining in-flight requests");
