@@ -14,7 +14,9 @@
 //! stall shows in the percentiles (coordinated omission accounted for). Targets run one after
 //! another, their order rotated every round (`--rounds`), and the bench waits for the cell to
 //! go idle before each measurement, so background work (claim transfers) and machine noise do
-//! not all land on one target. Results of all rounds are merged per target.
+//! not all land on one target. Results of all rounds are merged per target. Phase A also
+//! prints the CPU time the cell and the router spent per answered request (from `/proc`),
+//! which the machine's noise disturbs less than throughput.
 //!
 //! Build in release and run from the target dir:
 //! `cargo build --release -p router -p cell --bins && target/release/router-bench --nginx`.
