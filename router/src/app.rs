@@ -16,6 +16,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use raft_meta::client::MetaClient;
@@ -35,8 +36,8 @@ use crate::route::{self, Decision, Route};
 use crate::settings::Settings;
 use crate::{recon, BODY_LIMIT};
 
-/// Shared by every request. Cheap to clone.
-#[derive(Clone)]
+/// Shared by every request (behind one `Arc`: axum clones the state for every request, and
+/// the verifier alone would cost allocations to clone).
 pub struct Ctx {
     pub maps: Arc<MapState>,
     pub verifier: Verifier,
@@ -58,7 +59,7 @@ pub enum StartError {
 
 pub struct App {
     listener: TcpListener,
-    ctx: Ctx,
+    ctx: Arc<Ctx>,
     cancel: CancellationToken,
     follower: Option<tokio::task::JoinHandle<()>>,
 }
@@ -85,6 +86,18 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Drains the latency samples the recorder buffers into its histograms every 5 s. A recorder
+/// built by hand (`build_recorder`) does not do this by itself, and without it every request's
+/// sample would stay in memory until the next scrape of `/metrics`, or for ever.
+async fn metrics_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+        }
+    }
+}
+
 impl App {
     pub async fn build(settings: Settings) -> Result<App, StartError> {
         settings.validate().map_err(StartError::Settings)?;
@@ -108,7 +121,7 @@ impl App {
                 .map_err(|e| StartError::Settings(format!("--redis-url: {e}")))?;
             limiter = limiter.with_redis(redis);
         }
-        let ctx = Ctx {
+        let ctx = Arc::new(Ctx {
             maps: maps.clone(),
             verifier: Verifier::new(secret),
             forwarder: Forwarder::new(
@@ -118,11 +131,12 @@ impl App {
             limiter: Arc::new(limiter),
             metrics: metrics_handle(),
             body_timeout: Duration::from_millis(settings.body_timeout_ms),
-        };
+        });
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|e| StartError::Bind(settings.listen, e))?;
         let follower = Some(tokio::spawn(maps.follow(cancel.clone())));
+        tokio::spawn(metrics_upkeep(ctx.metrics.clone(), cancel.clone()));
         Ok(App {
             listener,
             ctx,
@@ -137,7 +151,7 @@ impl App {
             .expect("a bound listener has an address")
     }
 
-    pub fn router(ctx: Ctx) -> Router {
+    pub fn router(ctx: Arc<Ctx>) -> Router {
         Router::new()
             .route(
                 "/healthz",
@@ -153,7 +167,14 @@ impl App {
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         let app = App::router(self.ctx.clone());
         let cancel = self.cancel.clone();
-        let result = axum::serve(self.listener, app)
+        // Responses stream through in pieces (the head, then the cell's body as it comes):
+        // with Nagle's algorithm on, a piece could wait for the client's delayed ACK.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
+        let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
                 tracing::info!("stopping: draining in-flight requests");
@@ -191,7 +212,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn handle_readyz(State(ctx): State<Ctx>) -> Response {
+async fn handle_readyz(State(ctx): State<Arc<Ctx>>) -> Response {
     let snap = ctx.maps.current();
     match &snap.map {
         Some(_) => {
@@ -201,7 +222,7 @@ async fn handle_readyz(State(ctx): State<Ctx>) -> Response {
     }
 }
 
-async fn handle_metrics(State(ctx): State<Ctx>) -> Response {
+async fn handle_metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -210,20 +231,23 @@ async fn handle_metrics(State(ctx): State<Ctx>) -> Response {
         .into_response()
 }
 
-/// Labels of one request for metrics: filled in as the pipeline learns them.
+/// Labels of one request for metrics and the log: filled in as the pipeline learns them.
 struct Labels {
     flow: &'static str,
     cell: String,
+    trace_id: String,
 }
 
-async fn handle_public(State(ctx): State<Ctx>, req: Request) -> Response {
+async fn handle_public(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
     let started = Instant::now();
     let mut labels = Labels {
         flow: "unknown",
         cell: "none".into(),
+        trace_id: String::new(),
     };
     let (parts, body) = req.into_parts();
     // One span per request, carrying the route decision; exported when OTLP is configured.
+    // Its name is `crate::REQUEST_SPAN`.
     let span = tracing::info_span!(
         "router.request",
         http.method = %parts.method,
@@ -242,7 +266,7 @@ async fn handle_public(State(ctx): State<Ctx>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => {
             if e.status().is_server_error() {
-                tracing::warn!(flow = labels.flow, cell = %labels.cell, "{e}");
+                tracing::warn!(flow = labels.flow, cell = %labels.cell, trace_id = %labels.trace_id, "{e}");
             }
             e.into_response()
         }
@@ -278,6 +302,10 @@ async fn read_body(
     if proxy::declared_too_large(headers, BODY_LIMIT) {
         return Err(RouterError::PayloadTooLarge);
     }
+    if hyper::body::Body::is_end_stream(&body) {
+        // No body at all (most GETs): nothing to wait for.
+        return Ok(bytes::Bytes::new());
+    }
     match tokio::time::timeout(ctx.body_timeout, axum::body::to_bytes(body, BODY_LIMIT)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         // `to_bytes` fails past the limit, or when the client broke off; either way the
@@ -299,6 +327,7 @@ async fn serve(
     let (traceparent, trace_id) = crate::telemetry::traceparent_of(&span)
         .unwrap_or_else(|| proxy::next_traceparent(parts.headers.get("traceparent")));
     span.record("trace_id", trace_id.as_str());
+    labels.trace_id = trace_id;
     if route == Route::Reconciliation {
         labels.flow = "reconciliation";
         span.record("flow", "reconciliation");
@@ -310,7 +339,7 @@ async fn serve(
     span.record("flow", decision.flow);
     span.record("slot", decision.slot.get());
     let snap = ctx.maps.current();
-    if let Some((switch, message)) = snap.switched_off(&decision.switches) {
+    if let Some((switch, message)) = snap.switched_off(decision.switches) {
         return Err(RouterError::Degraded {
             switch: switch.to_owned(),
             message,
@@ -389,7 +418,7 @@ async fn forward(
             }
         }
     }
-    tracing::info!(slot = decision.slot.get(), from = %first.cell, to = %retry.cell, "421: retrying once");
+    tracing::info!(slot = decision.slot.get(), from = %first.cell, to = %retry.cell, trace_id = %labels.trace_id, "421: retrying once");
     labels.cell = retry.cell.to_string();
     span.record("cell", retry.cell.as_str());
     span.record("epoch", retry.route.map(|r| r.1 .0).unwrap_or(0));

@@ -37,5 +37,9 @@ pub mod route;
 pub mod settings;
 pub mod telemetry;
 
+/// The name of the one span each public request runs in (`tracing::info_span!` needs the
+/// literal; `app::handle_public` spells the same). The log leaves it out; OTLP exports it.
+pub const REQUEST_SPAN: &str = "router.request";
+
 /// Request bodies over this many bytes are refused with 413 (API.md).
 pub const BODY_LIMIT: usize = 64 * 1024;

@@ -19,19 +19,33 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
     let otel = router::telemetry::init("redcell-router")?;
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(
-            otel.as_ref()
-                .map(|(_, tracer)| tracing_opentelemetry::layer().with_tracer(tracer.clone())),
-        )
-        .init();
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // The log never formats the per-request span: formatting its fields on every request
+    // cost more than any other step of the router's own work, and the log lines that matter
+    // carry the route decision themselves. The span exists for the OTLP exporter, when one
+    // is configured.
+    let not_request_span = filter_fn(|m| !(m.is_span() && m.name() == router::REQUEST_SPAN));
+    // A list of layers, not an `Option` layer: an absent `Option` layer counts as interested
+    // in everything, which would keep the request span alive for nobody.
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
+        vec![tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter().and(not_request_span))
+            .boxed()];
+    if let Some((_, tracer)) = &otel {
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer.clone())
+                .with_filter(filter())
+                .boxed(),
+        );
+    }
+    tracing_subscriber::registry().with(layers).init();
     let cli = Cli::parse();
     let app = App::build(cli.settings)
         .await

@@ -241,32 +241,46 @@ pub fn into_client_response(
 
 /// The `traceparent` to send on: the caller's trace with a new span id for this hop, or a
 /// new trace when the caller sent none (or a malformed one). W3C Trace Context level 1.
+/// Returns the header and the trace id. Built by hand: it runs on every request.
 pub fn next_traceparent(incoming: Option<&HeaderValue>) -> (String, String) {
     let mut rng = rand::thread_rng();
     let span: u64 = rng.gen::<u64>().max(1);
     let parsed = incoming.and_then(|v| v.to_str().ok()).and_then(|t| {
-        let parts: Vec<&str> = t.trim().split('-').collect();
+        let mut parts = t.trim().split('-');
+        let (ver, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        match parts.as_slice() {
-            [ver, trace, parent, flags]
-                if hex(ver, 2)
-                    && *ver != "ff"
-                    && hex(trace, 32)
-                    && trace.bytes().any(|b| b != b'0')
-                    && hex(parent, 16)
-                    && hex(flags, 2) =>
-            {
-                Some((trace.to_ascii_lowercase(), flags.to_ascii_lowercase()))
-            }
-            _ => None,
-        }
+        let valid = parts.next().is_none()
+            && hex(ver, 2)
+            && ver != "ff"
+            && hex(trace, 32)
+            && trace.bytes().any(|b| b != b'0')
+            && hex(parent, 16)
+            && hex(flags, 2);
+        valid.then(|| (trace.to_ascii_lowercase(), flags.to_ascii_lowercase()))
     });
     let (trace, flags) = parsed.unwrap_or_else(|| {
         let t: u128 = rng.gen::<u128>().max(1);
-        (format!("{t:032x}"), "01".to_owned())
+        let mut trace = String::with_capacity(32);
+        push_hex(&mut trace, t, 32);
+        (trace, "01".to_owned())
     });
-    let header = format!("00-{trace}-{span:016x}-{flags}");
+    let mut header = String::with_capacity(55);
+    header.push_str("00-");
+    header.push_str(&trace);
+    header.push('-');
+    push_hex(&mut header, u128::from(span), 16);
+    header.push('-');
+    header.push_str(&flags);
     (header, trace)
+}
+
+/// Appends the low `digits` hex digits of `v`, lower case, zero padded.
+fn push_hex(out: &mut String, v: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((v >> (i * 4)) & 0xf) as usize]));
+    }
 }
 
 /// The owner (and its epoch) a cell named in its 421 answer, if it named one.
@@ -299,7 +313,18 @@ mod tests {
         assert!(!tp.contains("00f067aa0ba902b7"));
         let (tp, _) = next_traceparent(Some(&HeaderValue::from_static("garbage")));
         assert_eq!(tp.len(), 55);
-        let (tp2, _) = next_traceparent(None);
+        let (tp2, trace2) = next_traceparent(None);
         assert_ne!(tp, tp2);
+        assert_eq!(tp2.len(), 55);
+        assert!(tp2.starts_with(&format!("00-{trace2}-")) && tp2.ends_with("-01"));
+        let mut s = String::new();
+        push_hex(&mut s, 0xab, 4);
+        assert_eq!(s, "00ab");
+        let extra =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x");
+        assert_ne!(
+            next_traceparent(Some(&extra)).1,
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 }

@@ -22,7 +22,12 @@ use crate::error::RouterError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
     Grant,
-    UserRead { uid: String, flow: &'static str },
+    UserRead {
+        uid: String,
+        /// The flow's name, which is also its switch.
+        flow: &'static str,
+        switches: &'static [&'static str],
+    },
     Send,
     PacketGet(String),
     Claim(String),
@@ -38,7 +43,7 @@ pub struct Decision {
     pub flow: &'static str,
     pub slot: Slot,
     /// Degradation switches that, when off, refuse this request with 503 `degraded`.
-    pub switches: Vec<&'static str>,
+    pub switches: &'static [&'static str],
 }
 
 fn need(method: &Method, allowed: Method, route: Route) -> Result<Route, RouterError> {
@@ -56,10 +61,10 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RouterError> {
     match segs.as_slice() {
         ["v1", "subsidies"] => need(method, Method::POST, Route::Grant),
         ["v1", "users", uid, what] => {
-            let flow = match *what {
-                "subsidies" => "subsidy_list",
-                "wallet" => "wallet",
-                "packets" => "history",
+            let (flow, switches): (_, &'static [&'static str]) = match *what {
+                "subsidies" => ("subsidy_list", &["subsidy_list"]),
+                "wallet" => ("wallet", &["wallet"]),
+                "packets" => ("history", &["history"]),
                 _ => return Err(not_found()),
             };
             need(
@@ -68,6 +73,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, RouterError> {
                 Route::UserRead {
                     uid: own(uid),
                     flow,
+                    switches,
                 },
             )
         }
@@ -101,10 +107,10 @@ fn packet_slot(id: &str) -> Result<Slot, RouterError> {
 /// Decides the slot of a routable request and refuses what the caller clearly may not do.
 /// `body` is the whole request body (at most [`crate::BODY_LIMIT`] bytes).
 pub fn decide(route: &Route, who: &Principal, body: &[u8]) -> Result<Decision, RouterError> {
-    let decision = |flow, slot, switches: &[&'static str]| Decision {
+    let decision = |flow, slot, switches: &'static [&'static str]| Decision {
         flow,
         slot,
-        switches: switches.to_vec(),
+        switches,
     };
     match route {
         Route::Grant => {
@@ -120,12 +126,16 @@ pub fn decide(route: &Route, who: &Principal, body: &[u8]) -> Result<Decision, R
             let uid = Uid::parse(uid).map_err(|e| RouterError::invalid("uid", e.to_string()))?;
             Ok(decision("subsidy_grant", uid.slot(), &["subsidy_grant"]))
         }
-        Route::UserRead { uid, flow } => {
+        Route::UserRead {
+            uid,
+            flow,
+            switches,
+        } => {
             let uid = Uid::parse(uid).map_err(|e| RouterError::invalid("uid", e.to_string()))?;
             if who.uid() != Some(&uid) && !who.is_admin() {
                 return Err(forbidden("a user may only read their own records"));
             }
-            Ok(decision(flow, uid.slot(), &[flow]))
+            Ok(decision(flow, uid.slot(), switches))
         }
         Route::Send => {
             let uid = who

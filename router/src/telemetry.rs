@@ -58,7 +58,7 @@ impl Extractor for Headers<'_> {
 
 /// Makes the caller's trace (its `traceparent`) the parent of `span`.
 pub fn adopt_parent(span: &tracing::Span, headers: &HeaderMap) {
-    if headers.get("traceparent").is_none() {
+    if span.is_disabled() || headers.get("traceparent").is_none() {
         return;
     }
     let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
