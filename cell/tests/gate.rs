@@ -49,7 +49,12 @@ fn an_unreachable_redis_fails_the_start_quickly() {
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cell"))
-        .args(["--listen", "127.0.0.1:0", "--redis-url", "redis://127.0.0.1:1"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ])
         .arg("--data-dir")
         .arg(dir.path())
         .env("REDCELL_AUTH_SECRET", "gate-test-secret-0123456789")
