@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use raft_meta::client::MetaClient;
 use tokio::net::TcpListener;
@@ -90,6 +91,16 @@ fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Only the first App of a process installs the recorder; later ones share it.
             let _ = metrics::set_global_recorder(recorder);
+            // A recorder built by hand does not drain its latency samples into the
+            // histograms by itself: without this they would pile up until the next scrape.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .expect("spawning the metrics upkeep thread");
             handle
         })
         .clone()
@@ -278,6 +289,13 @@ impl App {
         ));
         let router = crate::api::router(ctx.clone());
         let stop = cancel.clone();
+        // Nagle's algorithm off: a response written in pieces must not wait for the
+        // client's delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 shutdown_signal().await;
