@@ -23,7 +23,7 @@ use raft_meta::client::MetaClient;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use topology::auth::Principal;
+use topology::auth::{Principal, Verifier};
 use topology::Slot;
 use tracing::Instrument;
 
@@ -34,14 +34,13 @@ use crate::mapstate::{MapState, MapStateError, Snapshot};
 use crate::proxy::{self, Forwarder, Outgoing, Target};
 use crate::route::{self, Decision, Route};
 use crate::settings::Settings;
-use crate::tokens::Tokens;
 use crate::{recon, BODY_LIMIT};
 
 /// Shared by every request (behind one `Arc`: axum clones the state for every request, and
 /// the verifier alone would cost allocations to clone).
 pub struct Ctx {
     pub maps: Arc<MapState>,
-    pub tokens: Tokens,
+    pub verifier: Verifier,
     pub forwarder: Forwarder,
     pub limiter: Arc<Limiter>,
     pub metrics: PrometheusHandle,
@@ -124,7 +123,7 @@ impl App {
         }
         let ctx = Arc::new(Ctx {
             maps: maps.clone(),
-            tokens: Tokens::new(secret),
+            verifier: Verifier::new(secret),
             forwarder: Forwarder::new(
                 Duration::from_millis(settings.timeout_ms),
                 Duration::from_millis(settings.connect_timeout_ms),
@@ -290,7 +289,7 @@ fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, RouterError
         }
         None => None,
     };
-    ctx.tokens
+    ctx.verifier
         .verify_header(header)
         .map_err(|e| RouterError::Unauthorized(e.to_string()))
 }

@@ -21,7 +21,6 @@
 //! - [`recon`]: `GET /v1/admin/reconciliation` fanned out to every cell and summed.
 //! - [`limit`]: rate limits (global and per uid), in process; [`limit_redis`]: the same
 //!   cluster-wide through Redis.
-//! - [`tokens`]: token verification, with verified tokens remembered until they expire.
 //! - [`telemetry`]: trace context in and out, OTLP export when configured.
 //! - [`error`]: the one error type that picks HTTP statuses (problem+json).
 //! - [`app`]: wiring: [`app::App::build`] binds, [`app::App::run_until_stopped`] serves.
@@ -37,7 +36,6 @@ pub mod recon;
 pub mod route;
 pub mod settings;
 pub mod telemetry;
-pub mod tokens;
 
 /// The name of the one span each public request runs in (`tracing::info_span!` needs the
 /// literal; `app::handle_public` spells the same). The log leaves it out; OTLP exports it.

@@ -81,53 +81,36 @@ impl Verifier {
 
     /// Verifies an `Authorization` header value (`Bearer <jwt>`).
     pub fn verify_header(&self, header: Option<&str>) -> Result<Principal, AuthError> {
-        self.verify(bearer(header)?)
+        let header = header.ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| AuthError::Invalid("expected 'Bearer <token>'".into()))?;
+        self.verify(token.trim())
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        self.verify_with_expiry(token)
-            .map(|(principal, _)| principal)
-    }
-
-    /// Verifies `token` and returns its principal with its `exp` (seconds since the epoch),
-    /// for callers that remember verified tokens until they expire.
-    pub fn verify_with_expiry(&self, token: &str) -> Result<(Principal, u64), AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let claims = data.claims;
-        let exp = claims.exp;
-        Ok((principal_of(claims)?, exp))
-    }
-}
-
-/// The token of an `Authorization` header value (`Bearer <jwt>`).
-pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
-    let header = header.ok_or(AuthError::Missing)?;
-    let token = header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .ok_or_else(|| AuthError::Invalid("expected 'Bearer <token>'".into()))?;
-    Ok(token.trim())
-}
-
-fn principal_of(claims: Claims) -> Result<Principal, AuthError> {
-    if let Some(name) = claims.sub.strip_prefix("svc:") {
-        if name.is_empty() || name.len() > 64 {
-            return Err(AuthError::Invalid("bad service name".into()));
+        if let Some(name) = claims.sub.strip_prefix("svc:") {
+            if name.is_empty() || name.len() > 64 {
+                return Err(AuthError::Invalid("bad service name".into()));
+            }
+            let scopes = claims
+                .scope
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            return Ok(Principal::Service {
+                name: name.to_owned(),
+                scopes,
+            });
         }
-        let scopes = claims
-            .scope
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        return Ok(Principal::Service {
-            name: name.to_owned(),
-            scopes,
-        });
+        let uid = Uid::parse(&claims.sub).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        Ok(Principal::User(uid))
     }
-    let uid = Uid::parse(&claims.sub).map_err(|e| AuthError::Invalid(e.to_string()))?;
-    Ok(Principal::User(uid))
 }
 
 /// Mints a token for `sub` valid for `ttl_s` seconds (cellctl token, tests, internal calls).
