@@ -1,66 +1,42 @@
-//! Rate limits: one token bucket for the whole router and one per uid, in process; each
-//! refills at its rate per second and holds at most one second's worth (the burst). With
-//! `--redis-url` the same rates hold cluster-wide (see [`crate::limit_redis`]) and the
-//! in-process buckets are the fallback while Redis cannot answer.
+//! Rate limits: one limit for the whole router and one per uid, in process (`governor`'s
+//! GCRA, equivalent to a token bucket that refills at the rate per second and holds at most
+//! one second's worth, the burst). With `--redis-url` the same rates hold cluster-wide (see
+//! [`crate::limit_redis`]) and the in-process limits are the fallback while Redis cannot
+//! answer.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::num::NonZeroU32;
 
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use topology::Uid;
 
 use crate::error::RouterError;
 use crate::limit_redis::{RedisLimiter, Verdict};
 
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn full(rate: f64, now: Instant) -> Bucket {
-        Bucket {
-            tokens: rate,
-            last: now,
-        }
-    }
-
-    /// Takes one token, or says how many seconds until one is there.
-    fn take(&mut self, rate: f64, now: Instant) -> Result<(), u64> {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err((((1.0 - self.tokens) / rate).ceil() as u64).max(1))
-        }
-    }
-}
-
-/// Uids tracked at most; past it, buckets idle for over a second (full again) are dropped.
+/// Uids tracked at most; past it, the state of uids whose bucket is full again is dropped.
 const MAX_TRACKED: usize = 100_000;
 
 pub struct Limiter {
-    global_rate: f64,
-    uid_rate: f64,
-    /// One short critical section per request; never held across an await.
-    global: Mutex<Bucket>,
-    /// Per-uid buckets; guarded by a plain mutex because each access is a few instructions.
-    per_uid: Mutex<HashMap<Uid, Bucket>>,
+    global_rate: u32,
+    uid_rate: u32,
+    /// GCRA (`governor`): one atomic compare-and-swap per request, no lock.
+    global: Option<DefaultDirectRateLimiter>,
+    per_uid: Option<DefaultKeyedRateLimiter<Uid>>,
+    clock: DefaultClock,
     redis: Option<RedisLimiter>,
 }
 
 impl Limiter {
-    /// Rates in requests per second; 0 turns a limit off.
+    /// Rates in requests per second (bursts up to one second's worth); 0 turns a limit off.
     pub fn new(global: u32, per_uid: u32) -> Limiter {
-        let now = Instant::now();
         Limiter {
-            global_rate: f64::from(global),
-            uid_rate: f64::from(per_uid),
-            global: Mutex::new(Bucket::full(f64::from(global), now)),
-            per_uid: Mutex::new(HashMap::new()),
+            global_rate: global,
+            uid_rate: per_uid,
+            global: NonZeroU32::new(global)
+                .map(|r| DefaultDirectRateLimiter::direct(Quota::per_second(r))),
+            per_uid: NonZeroU32::new(per_uid)
+                .map(|r| DefaultKeyedRateLimiter::keyed(Quota::per_second(r))),
+            clock: DefaultClock::default(),
             redis: None,
         }
     }
@@ -73,13 +49,11 @@ impl Limiter {
 
     /// Admits one request: by Redis when configured and answering, else in process.
     pub async fn admit_async(&self, uid: Option<&Uid>) -> Result<(), RouterError> {
-        if self.global_rate == 0.0 && self.uid_rate == 0.0 {
+        if self.global.is_none() && self.per_uid.is_none() {
             return Ok(());
         }
         if let Some(redis) = &self.redis {
-            let verdict = redis
-                .check(self.global_rate as u32, self.uid_rate as u32, uid)
-                .await;
+            let verdict = redis.check(self.global_rate, self.uid_rate, uid).await;
             match verdict {
                 Verdict::Admit => return Ok(()),
                 Verdict::Refuse(what) => return Err(RouterError::RateLimited(what, 1)),
@@ -89,28 +63,29 @@ impl Limiter {
         self.admit(uid)
     }
 
-    /// Admits one request (of `uid` when the caller is a user) or refuses it with 429.
+    /// Admits one request (of `uid` when the caller is a user) or refuses it with 429 and
+    /// the whole seconds until it would pass.
     pub fn admit(&self, uid: Option<&Uid>) -> Result<(), RouterError> {
-        let now = Instant::now();
-        if self.uid_rate > 0.0 {
-            if let Some(uid) = uid {
-                let mut map = self.per_uid.lock().expect("limiter lock poisoned");
-                if map.len() >= MAX_TRACKED {
-                    map.retain(|_, b| now.saturating_duration_since(b.last).as_secs_f64() < 1.0);
-                }
-                let bucket = map
-                    .entry(uid.clone())
-                    .or_insert_with(|| Bucket::full(self.uid_rate, now));
-                bucket
-                    .take(self.uid_rate, now)
-                    .map_err(|s| RouterError::RateLimited("per uid", s))?;
+        let retry_after = |not_until: governor::NotUntil<_>| {
+            not_until
+                .wait_time_from(self.clock.now())
+                .as_secs_f64()
+                .ceil()
+                .max(1.0) as u64
+        };
+        if let (Some(limiter), Some(uid)) = (&self.per_uid, uid) {
+            if limiter.len() >= MAX_TRACKED {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
             }
+            limiter
+                .check_key(uid)
+                .map_err(|n| RouterError::RateLimited("per uid", retry_after(n)))?;
         }
-        if self.global_rate > 0.0 {
-            let mut bucket = self.global.lock().expect("limiter lock poisoned");
-            bucket
-                .take(self.global_rate, now)
-                .map_err(|s| RouterError::RateLimited("global", s))?;
+        if let Some(limiter) = &self.global {
+            limiter
+                .check()
+                .map_err(|n| RouterError::RateLimited("global", retry_after(n)))?;
         }
         Ok(())
     }
