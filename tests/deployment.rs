@@ -64,6 +64,13 @@ async fn settled(up: &Up) -> Value {
     .await
 }
 
+/// Reconciliation is ok with nothing in flight, and every cent funded sits in a wallet.
+async fn books_balance_at(up: &Up, total: i64) {
+    let recon = settled(up).await;
+    assert_eq!(recon["totals"]["funded"], total, "{recon}");
+    assert_eq!(recon["totals"]["wallets"], total, "{recon}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     let tmp = TempDir::new().unwrap();
@@ -206,9 +213,7 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     }
 
     // The books balance over all cells once the transfers land.
-    let recon = settled(&up).await;
-    assert_eq!(recon["totals"]["funded"], 1600, "{recon}");
-    assert_eq!(recon["totals"]["wallets"], 1600, "{recon}");
+    books_balance_at(&up, 1600).await;
 
     // A switch flipped through cellctl: c2c sends degrade, other flows keep working.
     let (code, _) = up.cellctl(&[
@@ -367,9 +372,7 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
         || async { (up.cellctl(&["status"]).0 == 0).then_some(()) },
     )
     .await;
-    let recon = settled(&up).await;
-    assert_eq!(recon["totals"]["funded"], 7600, "{recon}");
-    assert_eq!(recon["totals"]["wallets"], 7600, "{recon}");
+    books_balance_at(&up, 7600).await;
 
     // `cellctl load` drives every flow through the router without an error, and the books
     // still balance afterwards.

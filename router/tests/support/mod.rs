@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use raft_meta::client::MetaClient;
@@ -38,42 +37,10 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The `cell` and `raft-meta` binaries, built once per test process. A package's test only
-/// gets its own binaries built by cargo, so the others are built here (a no-op when fresh).
+/// The `cell` and `raft-meta` binaries, built once per test process (a package's test only
+/// gets its own binaries built by cargo; a no-op when fresh).
 pub fn bin(name: &str) -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/debug/deps/router_test-HASH -> target/debug
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable lives in target/PROFILE/deps")
-            .to_path_buf();
-        let target = dir.parent().expect("target dir").to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "cell", "-p", "raft-meta", "--bins"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        // The variables cargo sets for this test (CARGO_PKG_*, CARGO_MANIFEST_DIR, …) would
-        // reach build scripts that watch them and rebuild half the tree on every run.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy().into_owned();
-            if key.starts_with("CARGO_") && key != "CARGO_HOME" {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.env("CARGO_TARGET_DIR", &target);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("run cargo build for cell and raft-meta");
-        assert!(status.success(), "cargo build -p cell -p raft-meta failed");
-        dir
-    });
-    let path = dir.join(name);
+    let path = e2e::built(&["cell", "raft-meta"]).join(name);
     assert!(path.exists(), "{} missing", path.display());
     path
 }
