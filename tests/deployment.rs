@@ -37,6 +37,12 @@ async fn paid_packet(up: &Up, sender: &str, total: i64, count: i64, key: &str) -
     packet["packet_id"].as_str().unwrap().to_owned()
 }
 
+/// `uid` claims a share of `packet` through the router: (status, body).
+async fn claim(up: &Up, packet: &str, uid: &str) -> (u16, Value) {
+    let path = format!("/v1/packets/{packet}/claims");
+    up.call("POST", &path, &token(uid, None), None).await
+}
+
 async fn balance(up: &Up, uid: &str) -> i64 {
     let (status, w) = up
         .call(
@@ -141,26 +147,12 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     assert!(packet.len() <= 40);
     let mut claimed = BTreeMap::new();
     for uid in &claimers {
-        let (status, claim) = up
-            .call(
-                "POST",
-                &format!("/v1/packets/{packet}/claims"),
-                &token(uid, None),
-                None,
-            )
-            .await;
-        assert_eq!(status, 201, "{claim}");
-        claimed.insert(uid.clone(), claim["amount"].as_i64().unwrap());
+        let (status, share) = claim(&up, &packet, uid).await;
+        assert_eq!(status, 201, "{share}");
+        claimed.insert(uid.clone(), share["amount"].as_i64().unwrap());
     }
     assert_eq!(claimed.values().sum::<i64>(), 1000);
-    let (status, late) = up
-        .call(
-            "POST",
-            &format!("/v1/packets/{packet}/claims"),
-            &token(&sender, None),
-            None,
-        )
-        .await;
+    let (status, late) = claim(&up, &packet, &sender).await;
     assert_eq!(
         (status, late["code"].as_str()),
         (410, Some("packet_exhausted"))
@@ -200,16 +192,9 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     assert_eq!(status, 201, "{b2c}");
     let b2c = b2c["packet_id"].as_str().unwrap().to_owned();
     for uid in [&claimers[1], &claimers[3]] {
-        let (status, claim) = up
-            .call(
-                "POST",
-                &format!("/v1/packets/{b2c}/claims"),
-                &token(uid, None),
-                None,
-            )
-            .await;
-        assert_eq!(status, 201, "{claim}");
-        *claimed.get_mut(uid).unwrap() += claim["amount"].as_i64().unwrap();
+        let (status, share) = claim(&up, &b2c, uid).await;
+        assert_eq!(status, 201, "{share}");
+        *claimed.get_mut(uid).unwrap() += share["amount"].as_i64().unwrap();
     }
 
     // The books balance over all cells once the transfers land.
@@ -273,13 +258,12 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     };
     let old_pid = c1(&up.record()).expect("c1 runs");
     let acked = std::cell::RefCell::new(BTreeMap::<String, i64>::new());
-    let claim = |uid: String| {
+    let claim_once = |uid: String| {
         let up = &up;
         let acked = &acked;
         let second = &second;
         async move {
-            let path = format!("/v1/packets/{second}/claims");
-            let (status, body) = up.call("POST", &path, &token(&uid, None), None).await;
+            let (status, body) = claim(up, second, &uid).await;
             if status == 200 || status == 201 {
                 let amount = body["amount"].as_i64().unwrap();
                 let before = acked.borrow_mut().insert(uid.clone(), amount);
@@ -298,7 +282,7 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     };
     let stream = async {
         for uid in &crowd {
-            claim(uid.clone()).await;
+            claim_once(uid.clone()).await;
         }
     };
     let crash = async {
@@ -323,7 +307,7 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
         || async {
             for uid in &crowd {
                 if !acked.borrow().contains_key(uid) {
-                    claim(uid.clone()).await;
+                    claim_once(uid.clone()).await;
                 }
             }
             (acked.borrow().len() == crowd.len()).then_some(())
@@ -331,7 +315,7 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     )
     .await;
     assert_eq!(
-        claim(crowd[0].clone()).await,
+        claim_once(crowd[0].clone()).await,
         200,
         "a repeat claim returns the first one"
     );

@@ -3,7 +3,7 @@
 //! through the router, and `cellctl`. It never opens a cell's database.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -236,20 +236,14 @@ impl Up {
     }
 
     /// Stops the deployment as Ctrl-C would and waits for `cellctl up` to exit.
-    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+    pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
+        match terminate(&mut child, Duration::from_secs(60)) {
+            Ok(status) => Some(status),
+            Err(killed) => {
                 self.kill_children();
-                return child.wait().ok();
+                Some(killed)
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -274,6 +268,21 @@ impl Drop for Up {
         }
         self.stop();
     }
+}
+
+/// SIGTERM, then up to `within` for the exit; SIGKILL past it. `Ok` with the exit status when
+/// the process stopped in time, `Err` with its status after the SIGKILL.
+pub fn terminate(child: &mut Child, within: Duration) -> Result<ExitStatus, ExitStatus> {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    Err(child.wait().expect("wait for a killed child"))
 }
 
 /// The first uid `u0, u1, …` whose slot `cell` owns, skipping `avoid`.

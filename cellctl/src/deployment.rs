@@ -201,6 +201,14 @@ impl Record {
         }
     }
 
+    /// raft-meta's nodes as `host:port`, the form its client takes.
+    pub fn meta_nodes(&self) -> Vec<String> {
+        self.meta
+            .iter()
+            .map(|m| m.url.trim_start_matches("http://").to_owned())
+            .collect()
+    }
+
     /// Every recorded pid with the process name it belongs to.
     pub fn pids(&self) -> Vec<(String, u32)> {
         let mut out = Vec::new();

@@ -147,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let record: Record = deployment::read_json(&layout.deployment())?;
             let secret = deployment::secret(&layout, false)?;
             let on = matches!(state, OnOff::On);
-            let version = up::admin_client(meta_nodes(&record), &secret)
+            let version = up::admin_client(record.meta_nodes(), &secret)
                 .set_switch(&name, on, &message)
                 .await
                 .with_context(|| format!("setting switch {name}"))?;
@@ -177,14 +177,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
-}
-
-fn meta_nodes(record: &Record) -> Vec<String> {
-    record
-        .meta
-        .iter()
-        .map(|m| m.url.trim_start_matches("http://").to_owned())
-        .collect()
 }
 
 async fn reconcile(layout: &Layout, json: bool) -> anyhow::Result<ExitCode> {

@@ -74,30 +74,46 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
         .build()?;
     let restarts = |name: &str| record.restarts.get(name).copied().unwrap_or(0);
 
-    let router = probe(
-        &http,
-        "router",
+    // Every process at once: a deployment that is down answers after one timeout, not one
+    // per process.
+    let spawn_probe = |name: String, url: &str, pid: Option<u32>, restarts: u32| {
+        let (http, url) = (http.clone(), url.to_owned());
+        tokio::spawn(async move { probe(&http, &name, &url, pid, restarts).await })
+    };
+    let router = spawn_probe(
+        "router".into(),
         &record.router.url,
         record.router.pid,
         restarts("router"),
-    )
-    .await;
-    let mut meta = Vec::new();
-    for m in &record.meta {
-        let name = format!("meta{}", m.id);
-        let r = restarts(&name);
-        meta.push(probe(&http, &name, &m.url, m.pid, r).await);
-    }
-
-    let nodes: Vec<String> = record
+    );
+    let meta: Vec<_> = record
         .meta
         .iter()
-        .map(|m| m.url.trim_start_matches("http://").to_owned())
+        .map(|m| {
+            let name = format!("meta{}", m.id);
+            let r = restarts(&name);
+            spawn_probe(name, &m.url, m.pid, r)
+        })
         .collect();
-    let client = admin_client(nodes, &secret).with_deadline(Duration::from_secs(3));
+    let cell_probes: Vec<_> = record
+        .cells
+        .iter()
+        .map(|c| {
+            spawn_probe(
+                c.id.clone(),
+                &c.url,
+                c.pid,
+                restarts(&format!("cell-{}", c.id)),
+            )
+        })
+        .collect();
+
+    let client = admin_client(record.meta_nodes(), &secret).with_deadline(Duration::from_secs(3));
     let (cluster, view) = tokio::join!(client.cluster(), client.map(false));
     let cluster = cluster.ok();
     let view = view.ok();
+    let router = router.await?;
+    let mut meta = join_all(meta).await?;
     let leader = cluster.as_ref().and_then(|c| c.leader);
     for m in &mut meta {
         if leader.is_some_and(|l| m.name == format!("meta{l}")) {
@@ -106,9 +122,7 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
     }
 
     let mut cells = Vec::new();
-    for c in &record.cells {
-        let name = format!("cell-{}", c.id);
-        let mut process = probe(&http, &c.id, &c.url, c.pid, restarts(&name)).await;
+    for (c, mut process) in record.cells.iter().zip(join_all(cell_probes).await?) {
         let id = topology::CellId::parse(&c.id).ok();
         let slots = view
             .as_ref()
@@ -169,6 +183,14 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
             })
             .unwrap_or_default(),
     })
+}
+
+async fn join_all<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> anyhow::Result<Vec<T>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await?);
+    }
+    Ok(out)
 }
 
 async fn probe(

@@ -760,13 +760,6 @@ struct Supervised {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Supervised {
-    async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
-}
-
 /// The supervised children, stopped in the reverse order of their start.
 #[derive(Default)]
 struct Running {
@@ -777,16 +770,14 @@ struct Running {
 
 impl Running {
     async fn stop(&mut self) {
-        if let Some(r) = self.router.take() {
-            r.stop().await;
-        }
-        futures_join(std::mem::take(&mut self.cells)).await;
-        futures_join(std::mem::take(&mut self.meta)).await;
+        stop_group(self.router.take().into_iter().collect()).await;
+        stop_group(std::mem::take(&mut self.cells)).await;
+        stop_group(std::mem::take(&mut self.meta)).await;
     }
 }
 
-/// Stops a group at once (cells stop in parallel, as do raft-meta nodes).
-async fn futures_join(group: Vec<Supervised>) {
+/// Stops a group at once (the cells stop in parallel, as do the raft-meta nodes).
+async fn stop_group(group: Vec<Supervised>) {
     for s in &group {
         s.stop.cancel();
     }

@@ -196,19 +196,7 @@ impl TestCell {
         let Some(mut c) = self.child.take() else {
             return false;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        false
+        e2e::terminate(&mut c, Duration::from_secs(20)).is_ok_and(|s| s.success())
     }
 
     /// Removes a flag and its value from the arguments of later restarts.

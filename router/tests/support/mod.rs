@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
-use topology::{CellId, CellMap, Region, Slot};
+use topology::{CellId, CellMap, Region};
 
 pub const SECRET: &str = "router-test-secret-0123456789";
 
@@ -70,20 +70,7 @@ impl Proc {
         let Some(mut c) = self.child.take() else {
             return false;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = c.try_wait() {
-                return s.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        false
+        e2e::terminate(&mut c, Duration::from_secs(15)).is_ok_and(|s| s.success())
     }
 
     pub fn dump_log(&self) {
@@ -355,14 +342,7 @@ impl Deployment {
     }
 }
 
-pub fn uid_on(map: &CellMap, cell: &str, avoid: &[&str]) -> String {
-    (0..100_000)
-        .map(|n| format!("u{n}"))
-        .find(|u| {
-            map.owner(Slot::of(u.as_bytes())).cell.as_str() == cell && !avoid.contains(&u.as_str())
-        })
-        .expect("some uid lands on every cell")
-}
+pub use e2e::uid_on;
 
 /// One call: status, the answering cell (`x-redcell-cell`), the JSON body (or Null).
 pub async fn call(
