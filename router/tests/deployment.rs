@@ -409,11 +409,22 @@ async fn slot_moves_switches_and_a_dead_control_plane() {
 
     // A switch turned off answers 503 degraded within 1 s; other flows keep working.
     let ta = token(&a, None);
-    let c2c = |k: &str| {
-        (
-            json!({"kind": "c2c", "total": 100, "count": 1}),
-            k.to_owned(),
-        )
+    // One C2C send by `a` under a fresh idempotency key: (status, cell, problem, headers).
+    let send_c2c = |key: String| {
+        let (r, ta) = (&r, &ta);
+        async move {
+            let body = json!({"kind": "c2c", "total": 100, "count": 1});
+            call(
+                http,
+                r,
+                Method::POST,
+                "/v1/packets",
+                Some(ta),
+                Some(body),
+                Some(&key),
+            )
+            .await
+        }
     };
     client
         .set_switch("c2c_send", false, "c2c paused for the gala")
@@ -421,17 +432,8 @@ async fn slot_moves_switches_and_a_dead_control_plane() {
         .expect("switch off");
     let flipped = Instant::now();
     loop {
-        let (body, key) = c2c(&format!("off-{}", flipped.elapsed().as_nanos()));
-        let (s, cell, problem, headers) = call(
-            http,
-            &r,
-            Method::POST,
-            "/v1/packets",
-            Some(&ta),
-            Some(body),
-            Some(&key),
-        )
-        .await;
+        let (s, cell, problem, headers) =
+            send_c2c(format!("off-{}", flipped.elapsed().as_nanos())).await;
         if s == StatusCode::SERVICE_UNAVAILABLE {
             assert_eq!(problem["code"], "degraded");
             assert!(problem["detail"]
@@ -458,17 +460,7 @@ async fn slot_moves_switches_and_a_dead_control_plane() {
         .expect("switch on");
     let flipped = Instant::now();
     loop {
-        let (body, key) = c2c(&format!("on-{}", flipped.elapsed().as_nanos()));
-        let (s, _, _, _) = call(
-            http,
-            &r,
-            Method::POST,
-            "/v1/packets",
-            Some(&ta),
-            Some(body),
-            Some(&key),
-        )
-        .await;
+        let (s, _, _, _) = send_c2c(format!("on-{}", flipped.elapsed().as_nanos())).await;
         if s == StatusCode::CREATED {
             break;
         }
@@ -481,17 +473,7 @@ async fn slot_moves_switches_and_a_dead_control_plane() {
 
     // raft-meta gone entirely: traffic still flows on the last map.
     d.meta.kill_all();
-    let (body, key) = c2c("after-meta");
-    let (s, cell, _, _) = call(
-        http,
-        &r,
-        Method::POST,
-        "/v1/packets",
-        Some(&ta),
-        Some(body),
-        Some(&key),
-    )
-    .await;
+    let (s, cell, _, _) = send_c2c("after-meta".into()).await;
     assert_eq!((s, cell.as_deref()), (StatusCode::CREATED, Some("c1")));
 
     // A restarted router routes from its persisted map (with the move) while raft-meta is down.
