@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::{call, token};
+use support::{call, own_wallet, token};
 use topology::{CellId, CellInfo, CellMap, CellStatus, Region, Slot};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,16 +70,7 @@ async fn hanging_or_dead_cells_answer_503_and_bad_input_never_5xx() {
     for cell in ["c1", "c2"] {
         let u = support::uid_on(&map, cell, &[]);
         let started = Instant::now();
-        let (s, _, problem, headers) = call(
-            &http,
-            r,
-            Method::GET,
-            &format!("/v1/users/{u}/wallet"),
-            Some(&token(&u, None)),
-            None,
-            None,
-        )
-        .await;
+        let (s, _, problem, headers) = own_wallet(&http, r, &u).await;
         assert_eq!(
             (s, problem["code"].as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, Some("cell_unavailable")),
@@ -222,28 +213,10 @@ async fn a_421_is_retried_once_at_the_newer_owner_the_cell_names() {
     support::wait_ready(&router.url, "router").await;
     let http = reqwest::Client::new();
 
-    let (s, cell, body, _) = call(
-        &http,
-        &router.url,
-        Method::GET,
-        &format!("/v1/users/{x}/wallet"),
-        Some(&token(&x, None)),
-        None,
-        None,
-    )
-    .await;
+    let (s, cell, body, _) = own_wallet(&http, &router.url, &x).await;
     assert_eq!((s, cell.as_deref()), (StatusCode::OK, Some("c2")), "{body}");
     // Retried once, then a 503 rather than a loop.
-    let (s, _, body, _) = call(
-        &http,
-        &router.url,
-        Method::GET,
-        &format!("/v1/users/{y}/wallet"),
-        Some(&token(&y, None)),
-        None,
-        None,
-    )
-    .await;
+    let (s, _, body, _) = own_wallet(&http, &router.url, &y).await;
     assert_eq!(
         (s, body["code"].as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, Some("cell_unavailable")),

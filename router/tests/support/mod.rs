@@ -344,6 +344,30 @@ impl Deployment {
 
 pub use e2e::uid_on;
 
+/// `GET /v1/users/{uid}/wallet` as the user itself, through [`call`].
+pub async fn own_wallet(
+    http: &reqwest::Client,
+    base: &str,
+    uid: &str,
+) -> (
+    StatusCode,
+    Option<String>,
+    Value,
+    reqwest::header::HeaderMap,
+) {
+    let path = format!("/v1/users/{uid}/wallet");
+    call(
+        http,
+        base,
+        Method::GET,
+        &path,
+        Some(&token(uid, None)),
+        None,
+        None,
+    )
+    .await
+}
+
 /// One call: status, the answering cell (`x-redcell-cell`), the JSON body (or Null).
 pub async fn call(
     http: &reqwest::Client,
