@@ -61,11 +61,8 @@ pub async fn handle_list_claims(
     _caller: Caller,
     id: PathText,
 ) -> Result<Response, ApiError> {
-    let id = id.id(IdKind::Packet, "packet_id")?;
-    ctx.ownership.check(id.slot())?;
-    let packet = ctx.store.packet(id.as_str()).await?;
-    let packet = packet.ok_or_else(|| ApiError::not_found("packet_not_found", "no such packet"))?;
-    let claims = ctx.store.claims_of_packet(id.as_str()).await?;
+    let packet = super::packets::owned_packet(&ctx, &id).await?;
+    let claims = ctx.store.claims_of_packet(&packet.packet_id).await?;
     // The luckiest claimer: the largest amount, the earliest on a tie.
     let best = (packet.status == PacketStatus::Exhausted)
         .then(|| {

@@ -10,6 +10,7 @@ use topology::{IdKind, MintedId};
 use super::error::ApiError;
 use super::extract::{Caller, Json, PathText};
 use crate::app::Ctx;
+use crate::domain::model::Packet;
 use crate::domain::validate::{self, CallbackBody, SendBody};
 use crate::store::{CallbackOutcome, NewPacket, SendOutcome};
 
@@ -76,15 +77,21 @@ pub async fn handle_send(
     }
 }
 
+/// The packet a path names, from this cell's shard: 400 for a malformed id, 421 when another
+/// cell owns its slot, 404 `packet_not_found` when there is none.
+pub(super) async fn owned_packet(ctx: &Ctx, id: &PathText) -> Result<Packet, ApiError> {
+    let id = id.id(IdKind::Packet, "packet_id")?;
+    ctx.ownership.check(id.slot())?;
+    let packet = ctx.store.packet(id.as_str()).await?;
+    packet.ok_or_else(|| ApiError::not_found("packet_not_found", "no such packet"))
+}
+
 pub async fn handle_get_packet(
     State(ctx): State<Ctx>,
     _caller: Caller,
     id: PathText,
 ) -> Result<Response, ApiError> {
-    let id = id.id(IdKind::Packet, "packet_id")?;
-    ctx.ownership.check(id.slot())?;
-    let packet = ctx.store.packet(id.as_str()).await?;
-    let packet = packet.ok_or_else(|| ApiError::not_found("packet_not_found", "no such packet"))?;
+    let packet = owned_packet(&ctx, &id).await?;
     Ok(axum::Json(packet.view(ctx.clock.now_ms())).into_response())
 }
 
