@@ -23,7 +23,7 @@ use raft_meta::client::MetaClient;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use topology::auth::{Principal, Verifier};
+use topology::auth::Principal;
 use topology::Slot;
 use tracing::Instrument;
 
@@ -34,13 +34,14 @@ use crate::mapstate::{MapState, MapStateError, Snapshot};
 use crate::proxy::{self, Forwarder, Outgoing, Target};
 use crate::route::{self, Decision, Route};
 use crate::settings::Settings;
+use crate::tokens::Tokens;
 use crate::{recon, BODY_LIMIT};
 
 /// Shared by every request (behind one `Arc`: axum clones the state for every request, and
-/// the verifier alone would cost allocations to clone).
+/// the token verifier alone would cost allocations to clone).
 pub struct Ctx {
     pub maps: Arc<MapState>,
-    pub verifier: Verifier,
+    pub tokens: Tokens,
     pub forwarder: Forwarder,
     pub limiter: Arc<Limiter>,
     pub metrics: PrometheusHandle,
@@ -123,7 +124,7 @@ impl App {
         }
         let ctx = Arc::new(Ctx {
             maps: maps.clone(),
-            verifier: Verifier::new(secret),
+            tokens: Tokens::new(secret, settings.token_cache),
             forwarder: Forwarder::new(
                 Duration::from_millis(settings.timeout_ms),
                 Duration::from_millis(settings.connect_timeout_ms),
@@ -289,7 +290,7 @@ fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Principal, RouterError
         }
         None => None,
     };
-    ctx.verifier
+    ctx.tokens
         .verify_header(header)
         .map_err(|e| RouterError::Unauthorized(e.to_string()))
 }

@@ -19,6 +19,7 @@
 //!   follower task.
 //! - [`proxy`]: forwarding to a cell (hyper pooled client, timeouts, 421 retry).
 //! - [`recon`]: `GET /v1/admin/reconciliation` fanned out to every cell and summed.
+//! - [`tokens`]: token verification, remembering verified tokens until they expire.
 //! - [`limit`]: rate limits (global and per uid), in process; [`limit_redis`]: the same
 //!   cluster-wide through Redis.
 //! - [`telemetry`]: trace context in and out, OTLP export when configured.
@@ -36,6 +37,7 @@ pub mod recon;
 pub mod route;
 pub mod settings;
 pub mod telemetry;
+pub mod tokens;
 
 /// The name of the one span each public request runs in (`tracing::info_span!` needs the
 /// literal; `app::handle_public` spells the same). The log leaves it out; OTLP exports it.

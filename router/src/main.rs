@@ -8,6 +8,9 @@ use clap::Parser;
 use router::app::App;
 use router::settings::Settings;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The redcell edge router: verifies tokens, routes every request to the cell that owns its
 /// slot (map from raft-meta, persisted for when raft-meta is down), retries once on 421.
 #[derive(Parser)]
@@ -17,8 +20,17 @@ struct Cli {
     settings: Settings,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.settings.workers())
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     use tracing_subscriber::filter::{filter_fn, FilterExt};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -46,7 +58,6 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     tracing_subscriber::registry().with(layers).init();
-    let cli = Cli::parse();
     let app = App::build(cli.settings)
         .await
         .context("starting the router")?;

@@ -61,6 +61,17 @@ pub struct Settings {
     #[arg(long, env = "REDCELL_ROUTER_RATE_PER_UID", default_value_t = 0)]
     pub rate_per_uid: u32,
 
+    /// Threads serving requests (the async runtime's workers); 0: one per CPU core. Where
+    /// the router shares its cores with busy neighbours, fewer threads, each kept busier,
+    /// spend less CPU per request (BENCHMARKS.md).
+    #[arg(long, env = "REDCELL_ROUTER_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Verified tokens the router remembers, so a token seen before (an app sends the same
+    /// one with every request) is not verified again until it expires; 0: verify every time.
+    #[arg(long, env = "REDCELL_ROUTER_TOKEN_CACHE", default_value_t = 100_000)]
+    pub token_cache: usize,
+
     /// Redis URL (redis://…) to count rate limits in, cluster-wide across routers. Unset:
     /// each router counts alone. While Redis cannot answer, the local counts apply.
     #[arg(long, env = "REDCELL_ROUTER_REDIS_URL", hide_env_values = true)]
@@ -76,6 +87,9 @@ impl Settings {
         if self.meta.is_empty() && self.map.is_none() {
             return Err("give --meta (raft-meta nodes) or --map (a static map), or both".into());
         }
+        if self.workers > 1024 {
+            return Err("--workers must be at most 1024".into());
+        }
         for ms in [
             self.timeout_ms,
             self.connect_timeout_ms,
@@ -86,6 +100,14 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Worker threads to run: `--workers`, or one per CPU core.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     /// The raft-meta nodes as `host:port`, the form the client takes.

@@ -54,6 +54,9 @@ pub enum AuthError {
     Invalid(String),
 }
 
+/// Seconds a token is still accepted past its `exp` (clock skew between processes).
+pub const LEEWAY_S: u64 = 5;
+
 /// Verifies tokens against one deployment secret.
 #[derive(Clone)]
 pub struct Verifier {
@@ -70,7 +73,7 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     pub fn new(secret: &[u8]) -> Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_S;
         validation.validate_exp = true;
         validation.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
         Verifier {
@@ -81,18 +84,25 @@ impl Verifier {
 
     /// Verifies an `Authorization` header value (`Bearer <jwt>`).
     pub fn verify_header(&self, header: Option<&str>) -> Result<Principal, AuthError> {
-        let header = header.ok_or(AuthError::Missing)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| AuthError::Invalid("expected 'Bearer <token>'".into()))?;
-        self.verify(token.trim())
+        self.verify(bearer(header)?)
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verify_until(token).map(|(who, _)| who)
+    }
+
+    /// Verifies a token and also says until when it stays acceptable: the last second (Unix
+    /// time) at which [`Verifier::verify`] would still accept these exact bytes, `exp` plus
+    /// the leeway. For callers that remember verified tokens.
+    pub fn verify_until(&self, token: &str) -> Result<(Principal, u64), AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let claims = data.claims;
+        let until = claims.exp.saturating_add(LEEWAY_S);
+        Self::principal(claims).map(|who| (who, until))
+    }
+
+    fn principal(claims: Claims) -> Result<Principal, AuthError> {
         if let Some(name) = claims.sub.strip_prefix("svc:") {
             if name.is_empty() || name.len() > 64 {
                 return Err(AuthError::Invalid("bad service name".into()));
@@ -111,6 +121,16 @@ impl Verifier {
         let uid = Uid::parse(&claims.sub).map_err(|e| AuthError::Invalid(e.to_string()))?;
         Ok(Principal::User(uid))
     }
+}
+
+/// The token of an `Authorization` header value (`Bearer <jwt>`), not yet verified.
+pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
+    let header = header.ok_or(AuthError::Missing)?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .ok_or_else(|| AuthError::Invalid("expected 'Bearer <token>'".into()))?;
+    Ok(token.trim())
 }
 
 /// Mints a token for `sub` valid for `ttl_s` seconds (cellctl token, tests, internal calls).

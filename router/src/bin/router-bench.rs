@@ -15,7 +15,7 @@
 //! another, their order rotated every round (`--rounds`), and the bench waits for the cell to
 //! go idle before each measurement, so background work (claim transfers) and machine noise do
 //! not all land on one target. Results of all rounds are merged per target. Phase A also
-//! prints the CPU time the cell and the router spent per answered request (from `/proc`),
+//! prints the CPU time the cell and the proxy (router or nginx, workers included) spent per answered request (from `/proc`),
 //! which the machine's noise disturbs less than throughput.
 //!
 //! Build in release and run from the target dir:
@@ -83,6 +83,9 @@ struct Cli {
     /// Also measure nginx as a plain reverse proxy (needs `nginx` on PATH).
     #[arg(long)]
     nginx: bool,
+    /// nginx's `worker_processes` (`auto`: one per core).
+    #[arg(long, default_value = "auto")]
+    nginx_workers: String,
     /// Router log filter (`RUST_LOG` of the router process); its default is the router's.
     #[arg(long, default_value = "info")]
     router_log: String,
@@ -94,6 +97,10 @@ struct Cli {
     /// `"valgrind --tool=callgrind --callgrind-out-file=/tmp/router.cg"`.
     #[arg(long)]
     router_wrapper: Option<String>,
+    /// Start the targets, print their URLs, the `get` path and a token, then wait for Ctrl-C
+    /// instead of measuring: for driving them with another tool (wrk, perf, strace).
+    #[arg(long)]
+    hold: bool,
 }
 
 struct Proc(Child);
@@ -163,11 +170,14 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// nginx as Debian ships it, configured only as a keep-alive reverse proxy to the cell.
-fn start_nginx(dir: &Path, cell_url: &str) -> anyhow::Result<(Proc, String)> {
+fn start_nginx(dir: &Path, cell_url: &str, workers: &str) -> anyhow::Result<(Proc, String)> {
+    if workers != "auto" && workers.parse::<u16>().is_err() {
+        bail!("--nginx-workers: `auto` or a number, not {workers:?}");
+    }
     let port = free_port()?;
     let upstream = cell_url.trim_start_matches("http://");
     let conf = format!(
-        "worker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+        "worker_processes {workers};\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
          upstream cell {{ server {upstream}; keepalive 256; }}\n\
@@ -196,6 +206,29 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// CPU seconds of several processes together; `None` if one has gone.
+fn cpu_seconds_of(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|&p| cpu_seconds(p)).sum()
+}
+
+/// The children of `parent` (nginx's workers), from `/proc`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_owned();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
 }
 
 /// Waits (at most 15 s) until the cell uses under 5% of a core over 300 ms: the claims of
@@ -489,7 +522,7 @@ struct Merged {
     seconds: f64,
     rounds: Vec<f64>,
     lag: Option<Histogram<u64>>,
-    /// CPU seconds the cell and the router used during the measurements.
+    /// CPU seconds the cell and the proxy (router or nginx) used during the measurements.
     cpu: (f64, f64),
 }
 
@@ -524,7 +557,7 @@ impl Merged {
         self.ok as f64 / self.seconds.max(f64::MIN_POSITIVE)
     }
 
-    /// CPU µs per answered request: (cell, router).
+    /// CPU µs per answered request: (cell, proxy).
     fn cpu_per_request(&self) -> (f64, f64) {
         let n = self.ok.max(1) as f64;
         (self.cpu.0 * 1e6 / n, self.cpu.1 * 1e6 / n)
@@ -538,6 +571,9 @@ impl Merged {
 struct Target {
     name: &'static str,
     base: String,
+    /// The processes that do the proxy's work (none for the cell direct): their CPU time is
+    /// the proxy's cost.
+    proxy_pids: Vec<u32>,
 }
 
 /// Builds the work of one measurement (fresh packets and uids for claims).
@@ -638,14 +674,16 @@ async fn main() -> anyhow::Result<()> {
         Target {
             name: "direct",
             base: cell_url.clone(),
+            proxy_pids: Vec::new(),
         },
         Target {
             name: "router",
             base: router_url,
+            proxy_pids: vec![router_pid],
         },
     ];
     let _nginx = if cli.nginx {
-        let (p, url) = start_nginx(dir.path(), &cell_url)?;
+        let (p, url) = start_nginx(dir.path(), &cell_url, &cli.nginx_workers)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while setup.get(format!("{url}/healthz")).send().await.is_err() {
             if Instant::now() > deadline {
@@ -653,9 +691,13 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The master only supervises; the workers proxy. Both are counted.
+        let mut proxy_pids = vec![p.0.id()];
+        proxy_pids.extend(children_of(p.0.id()));
         targets.push(Target {
             name: "nginx",
             base: url,
+            proxy_pids,
         });
         Some(p)
     } else {
@@ -664,6 +706,16 @@ async fn main() -> anyhow::Result<()> {
 
     let http = client();
     let get_packet = active_packet(&setup, &cell_url, 100).await?;
+    if cli.hold {
+        for t in &targets {
+            println!("{}: {} (proxy pids {:?})", t.name, t.base, t.proxy_pids);
+        }
+        println!("get path: /v1/packets/{get_packet}");
+        println!("authorization: Bearer {}", token("bench-reader", None));
+        println!("holding; Ctrl-C stops every process");
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
     println!(
         "router-bench: {} clients × {} s closed loop, {} s open loop, {} rounds, targets {}",
         cli.clients,
@@ -691,10 +743,11 @@ async fn main() -> anyhow::Result<()> {
                 let i = (k + round) % n;
                 let w = work_for(kind, &setup, &cell_url, &get_packet, cli.packets, "c").await?;
                 settle(cell_pid).await;
-                let cpu_before = (cpu_seconds(cell_pid), cpu_seconds(router_pid));
+                let proxy = &targets[i].proxy_pids;
+                let cpu_before = (cpu_seconds(cell_pid), cpu_seconds_of(proxy));
                 let o = closed_loop(&http, &targets[i].base, &w, cli.clients, cli.seconds).await;
                 if let ((Some(c0), Some(r0)), Some(c1), Some(r1)) =
-                    (cpu_before, cpu_seconds(cell_pid), cpu_seconds(router_pid))
+                    (cpu_before, cpu_seconds(cell_pid), cpu_seconds_of(proxy))
                 {
                     closed[i].cpu.0 += c1 - c0;
                     closed[i].cpu.1 += r1 - r0;
@@ -714,14 +767,14 @@ async fn main() -> anyhow::Result<()> {
             cli.clients
         );
         println!(
-            "| target | req/s | per round | cell CPU µs/req | router CPU µs/req | p50 | p99 | p99.9 | max | errors |"
+            "| target | req/s | per round | cell CPU µs/req | proxy CPU µs/req | p50 | p99 | p99.9 | max | errors |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for (t, m) in targets.iter().zip(&closed) {
             let rounds: Vec<String> = m.rounds.iter().map(|r| format!("{r:.0}")).collect();
-            let (cell_cpu, router_cpu) = m.cpu_per_request();
+            let (cell_cpu, proxy_cpu) = m.cpu_per_request();
             println!(
-                "| {} | {:.0} | {} | {cell_cpu:.1} | {router_cpu:.1} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {} | {cell_cpu:.1} | {proxy_cpu:.1} | {} | {} | {} | {} | {} |",
                 t.name,
                 m.rps(),
                 rounds.join(", "),
