@@ -6,8 +6,12 @@
 //! (400/403) → switches (503 `degraded`) → rate limits (429) → forward (503
 //! `cell_unavailable` when the cell cannot answer), with one retry after a 421.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -17,7 +21,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use axum::Router;
+use axum::{Router, ServiceExt as _};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use raft_meta::client::MetaClient;
 use serde_json::json;
@@ -25,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use topology::auth::Principal;
 use topology::Slot;
+use tower::ServiceExt as _;
 use tracing::Instrument;
 
 use crate::error::RouterError;
@@ -152,21 +157,23 @@ impl App {
             .expect("a bound listener has an address")
     }
 
-    pub fn router(ctx: Arc<Ctx>) -> Router {
-        Router::new()
+    /// The service every connection gets: the operational paths through a small axum
+    /// router, every other request straight into the public pipeline.
+    pub fn service(ctx: Arc<Ctx>) -> Edge {
+        let ops = Router::new()
             .route(
                 "/healthz",
                 get(|| async { axum::Json(json!({"status": "ok"})) }),
             )
             .route("/readyz", get(handle_readyz))
             .route("/metrics", get(handle_metrics))
-            .fallback(handle_public)
-            .with_state(ctx)
+            .with_state(ctx.clone());
+        Edge { ctx, ops }
     }
 
     /// Serves until SIGTERM or Ctrl-C; in-flight requests finish first.
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
-        let app = App::router(self.ctx.clone());
+        let app = App::service(self.ctx.clone()).into_make_service();
         let cancel = self.cancel.clone();
         // Responses stream through in pieces (the head, then the cell's body as it comes):
         // with Nagle's algorithm on, a piece could wait for the client's delayed ACK.
@@ -187,6 +194,35 @@ impl App {
             let _ = f.await;
         }
         result
+    }
+}
+
+/// The router's front service. Public paths are classified by [`route::classify`] in the
+/// pipeline itself, so they skip axum's path matching, which cost as much as classifying,
+/// verifying and routing together; `/healthz`, `/readyz` and `/metrics` go to `ops`.
+#[derive(Clone)]
+pub struct Edge {
+    ctx: Arc<Ctx>,
+    ops: Router,
+}
+
+impl tower::Service<Request> for Edge {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match req.uri().path() {
+            "/healthz" | "/readyz" | "/metrics" => Box::pin(self.ops.clone().oneshot(req)),
+            _ => {
+                let ctx = self.ctx.clone();
+                Box::pin(async move { Ok(handle_public(ctx, req).await) })
+            }
+        }
     }
 }
 
@@ -239,7 +275,7 @@ struct Labels {
     trace_id: String,
 }
 
-async fn handle_public(State(ctx): State<Arc<Ctx>>, req: Request) -> Response {
+async fn handle_public(ctx: Arc<Ctx>, req: Request) -> Response {
     let started = Instant::now();
     let mut labels = Labels {
         flow: "unknown",
