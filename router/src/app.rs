@@ -6,6 +6,7 @@
 //! (400/403) → switches (503 `degraded`) → rate limits (429) → forward (503
 //! `cell_unavailable` when the cell cannot answer), with one retry after a 421.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,11 +18,13 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
+use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::{Router, ServiceExt as _};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use raft_meta::client::MetaClient;
 use serde_json::json;
@@ -50,7 +53,37 @@ pub struct Ctx {
     pub forwarder: Forwarder,
     pub limiter: Arc<Limiter>,
     pub metrics: PrometheusHandle,
+    request_metrics: RequestMetrics,
     body_timeout: Duration,
+}
+
+/// The per-request metrics' handles, registered once per label set and reused: looking them
+/// up in the recorder on every request (building, hashing and comparing the labels) cost
+/// more than the rest of the router's bookkeeping.
+#[derive(Default)]
+struct RequestMetrics {
+    handles: std::sync::Mutex<HashMap<LabelSet, (Counter, Histogram)>>,
+}
+
+/// Route, cell, status.
+type LabelSet = (&'static str, String, u16);
+
+impl RequestMetrics {
+    /// `router_requests_total` and `router_request_duration_seconds` for one route, cell
+    /// and status.
+    fn handles(&self, flow: &'static str, cell: String, status: u16) -> (Counter, Histogram) {
+        let mut handles = self.handles.lock().expect("metrics handles poisoned");
+        let key = (flow, cell, status);
+        if let Some(h) = handles.get(&key) {
+            return h.clone();
+        }
+        let h = (
+            metrics::counter!("router_requests_total", "route" => flow, "cell" => key.1.clone(), "status" => status.to_string()),
+            metrics::histogram!("router_request_duration_seconds", "route" => flow, "cell" => key.1.clone()),
+        );
+        handles.insert(key, h.clone());
+        h
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +169,7 @@ impl App {
             ),
             limiter: Arc::new(limiter),
             metrics: metrics_handle(),
+            request_metrics: RequestMetrics::default(),
             body_timeout: Duration::from_millis(settings.body_timeout_ms),
         });
         let listener = TcpListener::bind(settings.listen)
@@ -309,10 +343,11 @@ async fn handle_public(ctx: Arc<Ctx>, req: Request) -> Response {
         }
     };
     span.record("status", resp.status().as_u16());
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("router_requests_total", "route" => labels.flow, "cell" => labels.cell.clone(), "status" => status).increment(1);
-    metrics::histogram!("router_request_duration_seconds", "route" => labels.flow, "cell" => labels.cell)
-        .record(started.elapsed().as_secs_f64());
+    let (count, duration) =
+        ctx.request_metrics
+            .handles(labels.flow, labels.cell, resp.status().as_u16());
+    count.increment(1);
+    duration.record(started.elapsed().as_secs_f64());
     resp
 }
 
@@ -388,8 +423,8 @@ async fn serve(
         path_and_query: parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into()),
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
         headers: parts.headers,
         body,
         traceparent,

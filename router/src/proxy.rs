@@ -6,10 +6,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::str::FromStr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -76,7 +78,7 @@ impl From<ForwardError> for RouterError {
 pub struct Outgoing {
     pub method: Method,
     /// Path and query, as received.
-    pub path_and_query: String,
+    pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub traceparent: String,
@@ -111,9 +113,19 @@ impl Forwarder {
         target: &Target,
         out: &Outgoing,
     ) -> Result<Response<hyper::body::Incoming>, ForwardError> {
-        let uri: Uri = format!("{}{}", target.url.trim_end_matches('/'), out.path_and_query)
-            .parse()
-            .map_err(|e| ForwardError::BadUrl(target.cell.clone(), format!("{e}")))?;
+        let bad_url =
+            |e: &dyn std::fmt::Display| ForwardError::BadUrl(target.cell.clone(), e.to_string());
+        // The cell's scheme and authority, the request's own path and query (not re-parsed).
+        let mut uri = Uri::from_str(&target.url)
+            .map_err(|e| bad_url(&e))?
+            .into_parts();
+        let host = uri
+            .authority
+            .as_ref()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .ok_or_else(|| bad_url(&"no host"))?;
+        uri.path_and_query = Some(out.path_and_query.clone());
+        let uri = Uri::from_parts(uri).map_err(|e| bad_url(&e))?;
         let mut req = Request::builder()
             .method(out.method.clone())
             .uri(uri)
@@ -125,6 +137,8 @@ impl Forwarder {
                 headers.append(name.clone(), value.clone());
             }
         }
+        // Set here, the client does not format one for every request.
+        headers.insert(header::HOST, host);
         if let Some((slot, epoch)) = target.route {
             headers.insert(SLOT_HEADER, HeaderValue::from(slot.get()));
             headers.insert(EPOCH_HEADER, HeaderValue::from(epoch.0));

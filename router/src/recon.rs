@@ -3,6 +3,7 @@
 //! finding is tagged with the cell that reported it. A cell that cannot answer makes the
 //! whole answer 503 `cell_unavailable`: a partial sum would look like lost money.
 
+use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -42,7 +43,7 @@ pub async fn handle(
         };
         let out = Outgoing {
             method: Method::GET,
-            path_and_query: PATH.to_owned(),
+            path_and_query: PathAndQuery::from_static(PATH),
             headers: headers.clone(),
             body: Bytes::new(),
             traceparent: traceparent.clone(),
