@@ -215,11 +215,11 @@ impl App {
                     .iter()
                     .map(|n| n.trim_start_matches("http://").to_owned())
                     .collect(),
-                topology::auth::mint(
+                topology::auth::Credential::minted(
                     secret.as_bytes(),
                     &format!("svc:cell-{me}"),
                     Some("internal"),
-                    10 * 365 * 86_400,
+                    topology::auth::SERVICE_TOKEN_TTL_S,
                 ),
             ),
             ownership: ownership.clone(),

@@ -13,7 +13,7 @@ use openraft::{BasicNode, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use topology::auth::Verifier;
+use topology::auth::{Credential, Verifier, SERVICE_TOKEN_TTL_S};
 use topology::CellId;
 
 use crate::api::{self, ApiError, Problem};
@@ -23,9 +23,6 @@ use crate::settings::Settings;
 use crate::state::{Command, MapView, Outcome, Rejected};
 use crate::store::{self, MapHandle, StoreError};
 use crate::{NodeId, Raft};
-
-/// Lifetime of the `internal` token this node mints for its own calls to peers, seconds.
-const INTERNAL_TOKEN_TTL_S: u64 = 10 * 365 * 24 * 3600;
 
 /// An operation only the leader can carry out. Forwarded as-is to the leader when this node
 /// is not it. Every command is idempotent (setting a value, not adding to it), so a forward
@@ -76,7 +73,7 @@ pub struct Node {
     pub map: MapHandle,
     pub verifier: Verifier,
     pub http: reqwest::Client,
-    pub internal_token: Arc<str>,
+    pub internal_token: Arc<Credential>,
     /// Test-only network cut (`--fault-hooks`): read by the network and the Raft routes.
     pub partitioned: Arc<AtomicBool>,
     pub fault_hooks: bool,
@@ -178,7 +175,7 @@ impl Node {
         let resp = self
             .http
             .post(format!("http://{addr}/internal/leader-op"))
-            .bearer_auth(&*self.internal_token)
+            .bearer_auth(&*self.internal_token.token())
             .json(op)
             .timeout(left.max(Duration::from_millis(50)))
             .send()
@@ -324,13 +321,12 @@ impl App {
         .map_err(|e| AppError::Raft(e.to_string()))?;
 
         let secret = settings.auth_secret.as_bytes();
-        let internal_token: Arc<str> = topology::auth::mint(
+        let internal_token = Arc::new(Credential::minted(
             secret,
             &format!("svc:raft-meta-{}", settings.id),
             Some("internal"),
-            INTERNAL_TOKEN_TTL_S,
-        )
-        .into();
+            SERVICE_TOKEN_TTL_S,
+        ));
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)

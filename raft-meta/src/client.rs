@@ -17,6 +17,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
+use topology::auth::Credential;
 use topology::{CellId, CellStatus, Region};
 
 use crate::api::Problem;
@@ -57,7 +58,7 @@ pub struct MetaClient {
 
 struct Inner {
     nodes: Vec<String>,
-    token: String,
+    token: Arc<Credential>,
     http: reqwest::Client,
     /// Index of the node to try first: the last that answered, or the leader for writes.
     preferred: AtomicUsize,
@@ -68,8 +69,9 @@ struct Inner {
 }
 
 impl MetaClient {
-    /// `nodes` are `host:port` addresses of raft-meta nodes; `token` an admin or internal JWT.
-    pub fn new(nodes: Vec<String>, token: String) -> MetaClient {
+    /// `nodes` are `host:port` addresses of raft-meta nodes; `token` an admin or internal JWT,
+    /// or a [`Credential`] that renews its own.
+    pub fn new(nodes: Vec<String>, token: impl Into<Credential>) -> MetaClient {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))
@@ -78,7 +80,7 @@ impl MetaClient {
         MetaClient {
             inner: Arc::new(Inner {
                 nodes,
-                token,
+                token: Arc::new(token.into()),
                 http,
                 preferred: AtomicUsize::new(0),
                 leader_sought: AtomicBool::new(false),
@@ -118,7 +120,7 @@ impl MetaClient {
             .inner
             .http
             .request(method, format!("http://{node}{path}"))
-            .bearer_auth(&self.inner.token)
+            .bearer_auth(&*self.inner.token.token())
             .timeout(timeout);
         if let Some(b) = body {
             req = req.json(b);

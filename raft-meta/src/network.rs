@@ -19,6 +19,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use topology::auth::Credential;
 
 use crate::{NodeId, TypeConfig};
 
@@ -40,13 +41,17 @@ pub enum TransportError {
 #[derive(Clone)]
 pub struct Network {
     http: reqwest::Client,
-    token: Arc<str>,
+    token: Arc<Credential>,
     /// Test-only fault: when set, every outgoing RPC fails as if the network were cut.
     partitioned: Arc<AtomicBool>,
 }
 
 impl Network {
-    pub fn new(http: reqwest::Client, token: Arc<str>, partitioned: Arc<AtomicBool>) -> Network {
+    pub fn new(
+        http: reqwest::Client,
+        token: Arc<Credential>,
+        partitioned: Arc<AtomicBool>,
+    ) -> Network {
         Network {
             http,
             token,
@@ -98,7 +103,7 @@ impl PeerClient {
             .net
             .http
             .post(url)
-            .bearer_auth(&*self.net.token)
+            .bearer_auth(&*self.net.token.token())
             .json(req)
             .timeout(option.hard_ttl())
             .send()

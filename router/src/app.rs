@@ -30,7 +30,7 @@ use raft_meta::client::MetaClient;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use topology::auth::Principal;
+use topology::auth::{Credential, Principal};
 use topology::Slot;
 use tower::ServiceExt as _;
 use tracing::Instrument;
@@ -144,8 +144,12 @@ impl App {
         let nodes = settings.meta_nodes();
         let meta = (!nodes.is_empty()).then(|| {
             // The router's own credential towards raft-meta: reads only (scope internal).
-            let token =
-                topology::auth::mint(secret, "svc:router", Some("internal"), 10 * 365 * 86_400);
+            let token = Credential::minted(
+                secret,
+                "svc:router",
+                Some("internal"),
+                topology::auth::SERVICE_TOKEN_TTL_S,
+            );
             MetaClient::new(nodes, token)
         });
         let maps = Arc::new(MapState::load(

@@ -133,12 +133,114 @@ pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
     Ok(token.trim())
 }
 
-/// Mints a token for `sub` valid for `ttl_s` seconds (cellctl token, tests, internal calls).
-pub fn mint(secret: &[u8], sub: &str, scope: Option<&str>, ttl_s: u64) -> String {
-    let now = SystemTime::now()
+/// A service's own credential for its calls to other processes: a token minted from the
+/// deployment secret with a short life, and minted again once half of that life has passed.
+/// A token that leaks from a log or a capture is good for an hour at most, not for years.
+/// Cheap to share (`Arc` it); [`Credential::token`] takes a read lock and clones an `Arc`.
+pub struct Credential {
+    kind: CredentialKind,
+}
+
+enum CredentialKind {
+    /// A token given as is (an operator's, a test's); never renewed.
+    Fixed(std::sync::Arc<str>),
+    Minted {
+        secret: Vec<u8>,
+        sub: String,
+        scope: Option<String>,
+        ttl_s: u64,
+        /// The current token and the Unix second after which it is renewed.
+        current: std::sync::RwLock<(std::sync::Arc<str>, u64)>,
+    },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            CredentialKind::Fixed(_) => f.write_str("Credential::Fixed(<token>)"),
+            CredentialKind::Minted { sub, ttl_s, .. } => {
+                write!(f, "Credential::Minted {{ sub: {sub}, ttl_s: {ttl_s} }}")
+            }
+        }
+    }
+}
+
+/// Lifetime of the tokens a [`Credential::minted`] mints for a process's own calls, seconds.
+pub const SERVICE_TOKEN_TTL_S: u64 = 3600;
+
+impl Credential {
+    pub fn fixed(token: impl Into<std::sync::Arc<str>>) -> Credential {
+        Credential {
+            kind: CredentialKind::Fixed(token.into()),
+        }
+    }
+
+    /// Tokens for `sub` with `scope`, each valid `ttl_s` seconds (at least 2), renewed at half
+    /// of that.
+    pub fn minted(secret: &[u8], sub: &str, scope: Option<&str>, ttl_s: u64) -> Credential {
+        let ttl_s = ttl_s.max(2);
+        let token = mint(secret, sub, scope, ttl_s);
+        Credential {
+            kind: CredentialKind::Minted {
+                secret: secret.to_vec(),
+                sub: sub.to_owned(),
+                scope: scope.map(str::to_owned),
+                ttl_s,
+                current: std::sync::RwLock::new((token.into(), unix_now() + ttl_s / 2)),
+            },
+        }
+    }
+
+    /// The token to send now.
+    pub fn token(&self) -> std::sync::Arc<str> {
+        self.token_at(unix_now())
+    }
+
+    fn token_at(&self, now: u64) -> std::sync::Arc<str> {
+        match &self.kind {
+            CredentialKind::Fixed(t) => t.clone(),
+            CredentialKind::Minted {
+                secret,
+                sub,
+                scope,
+                ttl_s,
+                current,
+            } => {
+                {
+                    let cur = current.read().unwrap_or_else(|p| p.into_inner());
+                    if now < cur.1 {
+                        return cur.0.clone();
+                    }
+                }
+                let mut cur = current.write().unwrap_or_else(|p| p.into_inner());
+                if now >= cur.1 {
+                    *cur = (
+                        mint(secret, sub, scope.as_deref(), *ttl_s).into(),
+                        now + ttl_s / 2,
+                    );
+                }
+                cur.0.clone()
+            }
+        }
+    }
+}
+
+impl From<String> for Credential {
+    fn from(token: String) -> Credential {
+        Credential::fixed(token)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Mints a token for `sub` valid for `ttl_s` seconds (cellctl token, tests, internal calls).
+pub fn mint(secret: &[u8], sub: &str, scope: Option<&str>, ttl_s: u64) -> String {
+    let now = unix_now();
     let claims = Claims {
         sub: sub.to_owned(),
         exp: now + ttl_s,
@@ -164,6 +266,28 @@ mod tests {
         let svc = mint(b"s3cret", "svc:ops", Some("admin internal"), 60);
         let p = v.verify_header(Some(&format!("Bearer {svc}"))).unwrap();
         assert!(p.is_admin() && p.has_scope("internal") && !p.has_scope("subsidy:grant"));
+    }
+
+    #[test]
+    fn a_minted_credential_is_renewed_at_half_its_life() {
+        let v = Verifier::new(b"s3cret");
+        let c = Credential::minted(b"s3cret", "svc:router", Some("internal"), 60);
+        let now = unix_now();
+        let first = c.token_at(now);
+        assert!(v.verify(&first).unwrap().has_scope("internal"));
+        assert_eq!(c.token_at(now + 29), first, "kept until half its life");
+        let (_, until) = v.verify_until(&first).unwrap();
+        assert!(until <= now + 60 + LEEWAY_S + 1, "valid for its ttl only");
+        // Past half its life a new token is minted (its expiry is later than the first's,
+        // once a second has passed; the renewal itself is what is checked here).
+        let renewed = c.token_at(now + 31);
+        assert!(v.verify(&renewed).unwrap().has_scope("internal"));
+        if let CredentialKind::Minted { current, .. } = &c.kind {
+            assert_eq!(current.read().unwrap().1, now + 31 + 30);
+        }
+        let fixed = Credential::from("abc".to_owned());
+        assert_eq!(&*fixed.token(), "abc");
+        assert!(!format!("{c:?} {fixed:?}").contains("s3cret"));
     }
 
     #[test]
