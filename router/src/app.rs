@@ -120,21 +120,21 @@ fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Only the first App of a process installs the recorder; later ones share it.
             let _ = metrics::set_global_recorder(recorder);
+            // A recorder built by hand does not drain its latency samples into the histograms
+            // by itself: without this every request's sample would stay in memory until the
+            // next scrape. On a thread of its own: draining 5 s of samples would hold up one
+            // of the runtime's workers, and the requests queued on it.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .expect("spawning the metrics upkeep thread");
             handle
         })
         .clone()
-}
-
-/// Drains the latency samples the recorder buffers into its histograms every 5 s. A recorder
-/// built by hand (`build_recorder`) does not do this by itself, and without it every request's
-/// sample would stay in memory until the next scrape of `/metrics`, or for ever.
-async fn metrics_upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
-        }
-    }
 }
 
 impl App {
@@ -180,7 +180,6 @@ impl App {
             .await
             .map_err(|e| StartError::Bind(settings.listen, e))?;
         let follower = Some(tokio::spawn(maps.follow(cancel.clone())));
-        tokio::spawn(metrics_upkeep(ctx.metrics.clone(), cancel.clone()));
         Ok(App {
             listener,
             ctx,

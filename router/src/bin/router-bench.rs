@@ -487,7 +487,7 @@ async fn open_loop(
             tasks.push(handle.spawn(async move {
                 let _connection = pool.acquire_owned().await.expect("never closed");
                 let r = send(&http, req, expected).await;
-                (scheduled.elapsed().as_micros() as u64, r)
+                (scheduled - start, scheduled.elapsed().as_micros() as u64, r)
             }));
         }
         (start, tasks, lag)
@@ -497,14 +497,32 @@ async fn open_loop(
         .expect("pacer joined")
         .expect("pacer did not panic");
     let mut tally = Tally::new();
+    // Requests slower than 10 ms, by the 100 ms window they were due in: where the tail comes
+    // from (a few stalls, or a steady share).
+    let mut slow: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for t in tasks {
         match t.await {
-            Ok((us, Ok(()))) => {
+            Ok((due, us, Ok(()))) => {
                 let _ = tally.hist.record(us.max(1));
+                if us > 10_000 {
+                    let w = slow.entry(due.as_millis() as u64 / 100).or_default();
+                    w.0 += 1;
+                    w.1 = w.1.max(us);
+                }
             }
-            Ok((_, Err(e))) => *tally.errors.entry(e).or_default() += 1,
+            Ok((_, _, Err(e))) => *tally.errors.entry(e).or_default() += 1,
             Err(_) => *tally.errors.entry("task".into()).or_default() += 1,
         }
+    }
+    if !slow.is_empty() {
+        let windows: Vec<String> = slow
+            .iter()
+            .map(|(w, (n, max))| format!("{:.1}s:{n}(max {}ms)", *w as f64 / 10.0, max / 1000))
+            .collect();
+        eprintln!(
+            "  requests over 10 ms by when they were due: {}",
+            windows.join(" ")
+        );
     }
     let elapsed = start.elapsed().as_secs_f64();
     Outcome {
