@@ -14,9 +14,10 @@
 //! stall shows in the percentiles (coordinated omission accounted for). Targets run one after
 //! another, their order rotated every round (`--rounds`), and the bench waits for the cell to
 //! go idle before each measurement, so background work (claim transfers) and machine noise do
-//! not all land on one target. Results of all rounds are merged per target. Phase A also
-//! prints the CPU time the cell and the proxy (router or nginx, workers included) spent per answered request (from `/proc`),
-//! which the machine's noise disturbs less than throughput.
+//! not all land on one target. Results of all rounds are merged per target. Both phases also
+//! print the CPU time the cell and the proxy (router or nginx, workers included) spent per
+//! answered request (from `/proc`), which the machine's noise disturbs less than throughput.
+//! Phase B names, on stderr, the 100 ms windows in which requests took over 10 ms.
 //!
 //! Build in release and run from the target dir:
 //! `cargo build --release -p router -p cell --bins && target/release/router-bench --nginx`.
@@ -229,6 +230,35 @@ fn children_of(parent: u32) -> Vec<u32> {
                 == Some(parent)
         })
         .collect()
+}
+
+/// CPU time of the cell and of a target's proxy at the start of a measurement.
+struct CpuMark {
+    cell_pid: u32,
+    proxy: Vec<u32>,
+    at: (Option<f64>, Option<f64>),
+}
+
+impl CpuMark {
+    fn now(cell_pid: u32, proxy: &[u32]) -> CpuMark {
+        CpuMark {
+            cell_pid,
+            proxy: proxy.to_vec(),
+            at: (cpu_seconds(cell_pid), cpu_seconds_of(proxy)),
+        }
+    }
+
+    /// Adds the CPU time used since the mark to the target's total.
+    fn charge(self, m: &mut Merged) {
+        if let ((Some(c0), Some(p0)), Some(c1), Some(p1)) = (
+            self.at,
+            cpu_seconds(self.cell_pid),
+            cpu_seconds_of(&self.proxy),
+        ) {
+            m.cpu.0 += c1 - c0;
+            m.cpu.1 += p1 - p0;
+        }
+    }
 }
 
 /// Waits (at most 15 s) until the cell uses under 5% of a core over 300 ms: the claims of
@@ -761,15 +791,9 @@ async fn main() -> anyhow::Result<()> {
                 let i = (k + round) % n;
                 let w = work_for(kind, &setup, &cell_url, &get_packet, cli.packets, "c").await?;
                 settle(cell_pid).await;
-                let proxy = &targets[i].proxy_pids;
-                let cpu_before = (cpu_seconds(cell_pid), cpu_seconds_of(proxy));
+                let cpu = CpuMark::now(cell_pid, &targets[i].proxy_pids);
                 let o = closed_loop(&http, &targets[i].base, &w, cli.clients, cli.seconds).await;
-                if let ((Some(c0), Some(r0)), Some(c1), Some(r1)) =
-                    (cpu_before, cpu_seconds(cell_pid), cpu_seconds_of(proxy))
-                {
-                    closed[i].cpu.0 += c1 - c0;
-                    closed[i].cpu.1 += r1 - r0;
-                }
+                cpu.charge(&mut closed[i]);
                 eprintln!(
                     "{kind} closed round {round} {}: {:.0}/s ({} answered) errors {}",
                     targets[i].name,
@@ -832,6 +856,7 @@ async fn main() -> anyhow::Result<()> {
                 let i = (k + round) % n;
                 let w = work_for(kind, &setup, &cell_url, &get_packet, cli.packets, "o").await?;
                 settle(cell_pid).await;
+                let cpu = CpuMark::now(cell_pid, &targets[i].proxy_pids);
                 let o = open_loop(
                     &http,
                     &targets[i].base,
@@ -841,6 +866,7 @@ async fn main() -> anyhow::Result<()> {
                     cli.open_connections,
                 )
                 .await;
+                cpu.charge(&mut open[i]);
                 eprintln!(
                     "{kind} open round {round} {}: p50 {} p99 {} errors {}",
                     targets[i].name,
@@ -855,9 +881,9 @@ async fn main() -> anyhow::Result<()> {
             "\n### {kind}: phase B, open loop at {rate} req/s (µs from the scheduled start)\n"
         );
         println!(
-            "| target | answered/s | p50 | p99 | p99.9 | max | errors | added p50 | added p99 | pacer lag p99 |"
+            "| target | answered/s | cell CPU µs/req | proxy CPU µs/req | p50 | p99 | p99.9 | max | errors | added p50 | added p99 | pacer lag p99 |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         let (d50, d99) = (open[0].q(0.5) as i64, open[0].q(0.99) as i64);
         for (t, m) in targets.iter().zip(&open) {
             let added = |v: u64, base: i64| {
@@ -867,8 +893,9 @@ async fn main() -> anyhow::Result<()> {
                     format!("{:+}", v as i64 - base)
                 }
             };
+            let (cell_cpu, proxy_cpu) = m.cpu_per_request();
             println!(
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {cell_cpu:.1} | {proxy_cpu:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 t.name,
                 m.rps(),
                 m.q(0.5),
