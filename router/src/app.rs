@@ -508,7 +508,7 @@ async fn forward(
 }
 
 fn finish(
-    resp: axum::http::Response<hyper::body::Incoming>,
+    resp: proxy::CellResponse,
     target: &Target,
     idle: Duration,
 ) -> Result<Response, RouterError> {
