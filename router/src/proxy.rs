@@ -368,10 +368,15 @@ impl hyper::body::Body for PooledBody {
 
 /// A cell's response body, streamed, that fails when the cell pauses longer than `idle`
 /// between frames: a cell that stalls mid-body must not hold the client for ever.
+///
+/// The timer starts only when the body has to wait: most responses arrive whole with their
+/// head, and arming a timer for each of them cost more than the rest of the response's
+/// handling in the router.
 pub struct IdleTimeoutBody {
     inner: PooledBody,
     idle: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Armed while the body waits for the cell; dropped when a frame comes.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl hyper::body::Body for IdleTimeoutBody {
@@ -385,14 +390,19 @@ impl hyper::body::Body for IdleTimeoutBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.sleep.as_mut().reset(next);
+                this.sleep = None;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err("the cell stalled mid-body".into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = this.idle;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err("the cell stalled mid-body".into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -424,7 +434,7 @@ pub fn into_client_response(resp: CellResponse, cell: &CellId, idle: Duration) -
     let body = IdleTimeoutBody {
         inner: body,
         idle,
-        sleep: Box::pin(tokio::time::sleep(idle)),
+        sleep: None,
     };
     Response::from_parts(parts, Body::new(body))
 }
