@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::uri::PathAndQuery;
+use axum::http::uri::{Authority, PathAndQuery};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -165,14 +165,18 @@ impl Forwarder {
         }
     }
 
-    /// A new connection to the cell at `authority` (`host:port`), its driver task spawned.
-    async fn connect(&self, target: &Target, authority: &str) -> Result<Sender, ForwardError> {
+    /// A new connection to the cell at `authority` (`host[:port]`), its driver task spawned.
+    async fn connect(
+        &self,
+        target: &Target,
+        authority: &Authority,
+    ) -> Result<Sender, ForwardError> {
         let unreachable = |e: &dyn std::error::Error| {
             ForwardError::Unreachable(target.cell.clone(), error_chain(e))
         };
         let tcp = tokio::time::timeout(
             self.connect_timeout,
-            tokio::net::TcpStream::connect(authority),
+            tokio::net::TcpStream::connect((authority.host(), authority.port_u16().unwrap_or(80))),
         )
         .await
         .map_err(|_| {
@@ -201,7 +205,7 @@ impl Forwarder {
     async fn round_trip(
         &self,
         target: &Target,
-        authority: &str,
+        authority: &Authority,
         mut req: Request<Full<Bytes>>,
     ) -> Result<(Response<hyper::body::Incoming>, Sender), ForwardError> {
         while let Some(mut sender) = self.pool.take(&target.url) {
@@ -241,6 +245,9 @@ impl Forwarder {
         if cell.scheme_str() != Some("http") {
             return Err(bad_url(&"only http:// cells are supported"));
         }
+        if !matches!(cell.path(), "" | "/") || cell.query().is_some() {
+            return Err(bad_url(&"a cell URL is http://host:port, without a path"));
+        }
         let authority = cell.authority().ok_or_else(|| bad_url(&"no host"))?;
         let host = HeaderValue::from_str(authority.as_str()).map_err(|e| bad_url(&e))?;
         // Origin form on the wire: the request's own path and query (not re-parsed).
@@ -264,7 +271,7 @@ impl Forwarder {
         if let Ok(v) = HeaderValue::from_str(&out.traceparent) {
             headers.insert(HeaderName::from_static("traceparent"), v);
         }
-        let attempt = self.round_trip(target, authority.as_str(), req);
+        let attempt = self.round_trip(target, authority, req);
         let (resp, sender) = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(r) => r?,
             Err(_) => return Err(ForwardError::Timeout(target.cell.clone(), self.timeout)),
@@ -590,6 +597,12 @@ mod tests {
             ..gone
         };
         let err = fwd.send(&bad, &get("/keep")).await.map(|_| ()).unwrap_err();
+        assert!(matches!(err, ForwardError::BadUrl(..)), "{err}");
+        let with_path = Target {
+            url: "http://127.0.0.1:1/prefix".into(),
+            ..bad
+        };
+        let err = fwd.send(&with_path, &get("/keep")).await.map(|_| ()).unwrap_err();
         assert!(matches!(err, ForwardError::BadUrl(..)), "{err}");
     }
 
