@@ -602,7 +602,11 @@ mod tests {
             url: "http://127.0.0.1:1/prefix".into(),
             ..bad
         };
-        let err = fwd.send(&with_path, &get("/keep")).await.map(|_| ()).unwrap_err();
+        let err = fwd
+            .send(&with_path, &get("/keep"))
+            .await
+            .map(|_| ())
+            .unwrap_err();
         assert!(matches!(err, ForwardError::BadUrl(..)), "{err}");
     }
 
