@@ -6,7 +6,7 @@
 //! longer than [`CALL_BUDGET`], the request is judged by the in-process limits instead.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Script;
@@ -74,10 +74,7 @@ impl RedisLimiter {
         let Some(mut conn) = self.conn.read().expect("redis slot poisoned").clone() else {
             return Verdict::Unknown;
         };
-        let sec = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let sec = topology::auth::unix_now();
         let mut keys: Vec<(String, u32, &'static str)> = Vec::new();
         if global > 0 {
             keys.push((format!("redcell:rl:g:{sec}"), global, "global"));

@@ -9,10 +9,8 @@
 //! leeway, the moment [`Verifier::verify`] would start refusing the same bytes, so the memory
 //! never accepts what a fresh verification would refuse. Failures are never remembered.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use quick_cache::sync::Cache;
-use topology::auth::{AuthError, Principal, Verifier};
+use topology::auth::{unix_now, AuthError, Principal, Verifier};
 
 /// Tokens longer than this are verified every time, never remembered (ours are about 150
 /// bytes; the limit bounds the memory one entry can take).
@@ -55,13 +53,6 @@ impl Tokens {
         }
         Ok(who)
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

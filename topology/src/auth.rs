@@ -231,7 +231,8 @@ impl From<String> for Credential {
     }
 }
 
-fn unix_now() -> u64 {
+/// The current Unix second, the clock token expiries are counted in.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
