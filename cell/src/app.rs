@@ -180,8 +180,12 @@ impl App {
             .map_err(|e| StartError::Settings(format!("http client: {e}")))?;
         let peers = Peers {
             http: http.clone(),
-            secret: Arc::from(secret.as_bytes()),
-            me: me.clone(),
+            credential: Arc::new(topology::auth::Credential::minted(
+                secret.as_bytes(),
+                &format!("svc:cell-{me}"),
+                Some("internal"),
+                300,
+            )),
         };
         let grants = Arc::new(Grants {
             store: store.clone(),

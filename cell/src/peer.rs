@@ -1,11 +1,12 @@
 //! Calls from this cell to another cell's internal routes, signed with an `internal` token
-//! minted from the deployment secret. Used by transfer delivery and by grants.
+//! minted from the deployment secret (short-lived, renewed at half life). Used by transfer
+//! delivery and by grants.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use topology::CellId;
+use topology::auth::Credential;
 
 /// Every internal call ends within this.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -14,9 +15,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Peers {
     /// Pooled connections to the other cells.
     pub http: reqwest::Client,
-    pub secret: Arc<[u8]>,
-    /// This cell, the `sub` of its tokens (`svc:cell-ID`).
-    pub me: CellId,
+    /// This cell's `internal` credential (`sub` = `svc:cell-ID`).
+    pub credential: Arc<Credential>,
 }
 
 impl Peers {
@@ -27,16 +27,10 @@ impl Peers {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<T, String> {
-        let token = topology::auth::mint(
-            &self.secret,
-            &format!("svc:cell-{}", self.me),
-            Some("internal"),
-            300,
-        );
         let res = self
             .http
             .post(format!("{url}{path}"))
-            .bearer_auth(token)
+            .bearer_auth(&*self.credential.token())
             .json(body)
             .timeout(TIMEOUT)
             .send()
