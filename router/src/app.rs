@@ -45,8 +45,8 @@ use crate::settings::Settings;
 use crate::tokens::Tokens;
 use crate::{recon, BODY_LIMIT};
 
-/// Shared by every request (behind one `Arc`: axum clones the state for every request, and
-/// the token verifier alone would cost allocations to clone).
+/// Shared by every request (behind one `Arc`, which the `Edge` service and axum clone for
+/// every request; the token cache alone could not be cloned cheaply).
 pub struct Ctx {
     pub maps: Arc<MapState>,
     pub tokens: Tokens,
