@@ -23,6 +23,7 @@ use crate::meta::Follower;
 use crate::ownership::Ownership;
 use crate::payments::HttpProvider;
 use crate::peer::Peers;
+use crate::replication::{ReplicaHome, Replicas, Shipping};
 use crate::store::{redact, Store, StoreError, StoreOptions};
 use crate::workers::Workers;
 
@@ -48,6 +49,10 @@ pub struct CtxInner {
     pub wake: Arc<Notify>,
     /// Fired when shutdown begins: `/readyz` turns 503 so balancers stop sending.
     pub shutting_down: CancellationToken,
+    /// What this shard's backup has acknowledged.
+    pub shipping: Arc<Shipping>,
+    /// The replicas this cell hosts for other shards.
+    pub replicas: Replicas,
 }
 
 impl std::ops::Deref for Ctx {
@@ -154,6 +159,7 @@ impl App {
             &url,
             &StoreOptions {
                 max_connections: settings.db_max_connections,
+                fsync_commits: false,
             },
         )
         .await?;
@@ -194,6 +200,15 @@ impl App {
             peers: peers.clone(),
             fault: settings.test_fault,
         });
+        let replicas = Replicas::new(
+            match &settings.database_url {
+                Some(url) => ReplicaHome::Postgres(url.clone()),
+                None => ReplicaHome::Sqlite(settings.data_dir.join("replicas")),
+            },
+            ownership.clone(),
+            peers.clone(),
+            cancel.clone(),
+        );
         let ctx = Ctx(Arc::new(CtxInner {
             store: store.clone(),
             claims,
@@ -211,6 +226,8 @@ impl App {
             test_clock: settings.test_clock,
             wake: wake.clone(),
             shutting_down: cancel.clone(),
+            shipping: Arc::default(),
+            replicas,
         }));
         let follower = (!settings.meta.is_empty()).then(|| Follower {
             client: MetaClient::new(
@@ -281,6 +298,7 @@ impl App {
         } = self;
         let cancel = workers.cancel.clone();
         let mut handles = workers.spawn();
+        handles.push(ctx.replicas.clone().spawn(ctx.store.clone()));
         if let Some(f) = follower {
             handles.extend(f.spawn());
         }

@@ -25,3 +25,12 @@ impl Clock {
         self.offset_ms.fetch_add(ms.max(0), Ordering::Relaxed);
     }
 }
+
+/// The system clock in milliseconds since the Unix epoch, never moved by tests: journal
+/// commit times, from which replication lag is measured.
+pub fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -18,10 +18,12 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod grants;
+pub mod journal;
 pub mod meta;
 pub mod ownership;
 pub mod payments;
 pub mod peer;
+pub mod replication;
 pub mod store;
 pub mod workers;
 

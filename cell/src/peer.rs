@@ -45,4 +45,29 @@ impl Peers {
         }
         res.json().await.map_err(|e| e.to_string())
     }
+
+    /// GETs `{url}{path}` within `timeout` and decodes the answer; `Err` carries a reason.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, String> {
+        let res = self
+            .http
+            .get(format!("{url}{path}"))
+            .bearer_auth(&*self.credential.token())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = res.status();
+        if !status.is_success() {
+            return Err(format!(
+                "HTTP {status}: {}",
+                res.text().await.unwrap_or_default()
+            ));
+        }
+        res.json().await.map_err(|e| e.to_string())
+    }
 }

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod internal;
 pub mod packets;
+pub mod replication;
 pub mod subsidies;
 pub mod users;
 
@@ -59,6 +60,18 @@ pub fn router(ctx: Ctx) -> Router {
         .route(
             "/v1/internal/grants/resolve",
             post(internal::handle_resolve_grant),
+        )
+        .route("/v1/internal/journal", get(replication::handle_journal))
+        .route("/v1/internal/snapshot", get(replication::handle_snapshot))
+        .route("/v1/internal/digest", get(replication::handle_digest))
+        .route("/v1/internal/replication", get(replication::handle_status))
+        .route(
+            "/v1/internal/replicas/{shard}/hold",
+            post(replication::handle_hold).delete(replication::handle_release),
+        )
+        .route(
+            "/v1/internal/replicas/{shard}/digest",
+            get(replication::handle_replica_digest),
         )
         .route(
             "/v1/admin/reconciliation",

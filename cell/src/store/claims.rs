@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use serde_json::json;
 use topology::{IdKind, MintedId, Uid};
 
+use super::journal::{append_events, EventEntry};
 use super::rows::{self, Claim, ClaimListItem, CLAIM_COLS};
-use super::{get, journal_many, placeholders, values_list, Entry, Store, StoreError};
+use super::{get, placeholders, values_list, Store, StoreError, WriteTx};
 use crate::domain::split::next_share;
 use crate::domain::PacketStatus;
+use crate::journal::Event;
 
 /// What the claim path needs to know of a packet without a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +199,7 @@ impl Store {
     /// Earlier claims of `uids` on the packet, into `known`.
     async fn load_claims(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut WriteTx,
         packet_id: &str,
         uids: &[Uid],
         known: &mut HashMap<String, Claim>,
@@ -223,7 +225,7 @@ impl Store {
     /// already claimed this packet (nothing usable was written; the caller rolls back).
     async fn insert_claims(
         &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        tx: &mut WriteTx,
         slot: i64,
         created: &[NewClaim],
     ) -> Result<bool, StoreError> {
@@ -268,17 +270,17 @@ impl Store {
         }
         q.execute(&mut **tx).await?;
 
-        let entries: Vec<Entry<'_>> = created
+        let entries: Vec<EventEntry<'_>> = created
             .iter()
-            .map(|n| Entry {
+            .map(|n| EventEntry {
                 slot,
-                kind: "transfer_created",
+                event: Event::TransferCreated,
                 entity_id: &n.claim.transfer_id,
                 payload: json!({"claim_id": n.claim.claim_id, "packet_id": n.claim.packet_id, "uid": n.claim.uid, "amount": n.claim.amount}),
             })
             .collect();
         // Every claim of a batch is stamped with the batch's time.
-        journal_many(tx, &entries, created[0].claim.claimed_at).await?;
+        append_events(tx, &entries, created[0].claim.claimed_at).await?;
         Ok(true)
     }
 

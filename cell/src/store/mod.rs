@@ -10,9 +10,11 @@
 //! Money is `i64` cents; times are `i64` milliseconds since the Unix epoch.
 
 mod claims;
+mod journal;
 mod packets;
 mod payments;
 mod recon;
+mod replica;
 mod rows;
 mod subsidies;
 mod workers;
@@ -21,12 +23,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::{Any, AnyPool};
+use tokio::sync::watch;
 
 pub use claims::{ClaimBatch, ClaimOutcome, PacketSummary};
+pub use journal::WriteTx;
 pub use packets::{CallbackOutcome, HistoryPage, NewPacket, SendOutcome};
 pub use payments::PendingPayment;
 pub use recon::{Finding, Reconciliation, Totals};
+pub use replica::{digest_of, Applied, ApplyError, Digest, Snapshot};
 pub use rows::{Claim, ClaimListItem, Packet, Payment, Subsidy};
 pub use subsidies::{GrantOutcome, Reservation};
 pub use workers::{Backlog, DueTransfer};
@@ -54,12 +59,16 @@ pub enum Dialect {
 pub struct StoreOptions {
     /// Postgres connections (SQLite always uses one writer and a few readers).
     pub max_connections: u32,
+    /// SQLite: fsync every commit (`synchronous = FULL`), as a replica must before it
+    /// acknowledges. Otherwise a commit survives a process crash but not a power loss.
+    pub fsync_commits: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             max_connections: 16,
+            fsync_commits: false,
         }
     }
 }
@@ -74,6 +83,8 @@ pub struct Store {
     /// Reads outside transactions. On SQLite, WAL lets these run beside the writer.
     read: AnyPool,
     dialect: Dialect,
+    /// The last position this process committed, for long-polls (the database is the truth).
+    head: std::sync::Arc<watch::Sender<journal::Position>>,
 }
 
 impl Store {
@@ -81,23 +92,20 @@ impl Store {
     pub async fn open(url: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
+            let synchronous = if opts.fsync_commits { "FULL" } else { "NORMAL" };
             let write = AnyPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(30))
-                .after_connect(sqlite_pragmas)
+                .after_connect(move |c, m| sqlite_pragmas(c, m, synchronous))
                 .connect(url)
                 .await?;
             Self::migrate(&write, Dialect::Sqlite).await?;
             let read = AnyPoolOptions::new()
                 .max_connections(4)
-                .after_connect(sqlite_pragmas)
+                .after_connect(move |c, m| sqlite_pragmas(c, m, synchronous))
                 .connect(url)
                 .await?;
-            Ok(Store {
-                write,
-                read,
-                dialect: Dialect::Sqlite,
-            })
+            Store::with_head(write, read, Dialect::Sqlite).await
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = AnyPoolOptions::new()
                 .max_connections(opts.max_connections)
@@ -106,11 +114,7 @@ impl Store {
                 .connect(url)
                 .await?;
             Self::migrate(&pool, Dialect::Postgres).await?;
-            Ok(Store {
-                write: pool.clone(),
-                read: pool,
-                dialect: Dialect::Postgres,
-            })
+            Store::with_head(pool.clone(), pool, Dialect::Postgres).await
         } else {
             Err(StoreError::BadUrl(redact(url)))
         }
@@ -122,6 +126,22 @@ impl Store {
             "sqlite://{}?mode=rwc",
             data_dir.join("cell.sqlite").display()
         )
+    }
+
+    async fn with_head(
+        write: AnyPool,
+        read: AnyPool,
+        dialect: Dialect,
+    ) -> Result<Store, StoreError> {
+        let store = Store {
+            write,
+            read,
+            dialect,
+            head: std::sync::Arc::new(watch::Sender::new(0)),
+        };
+        let head = store.journal_head().await?;
+        store.head.send_replace(head);
+        Ok(store)
     }
 
     async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), StoreError> {
@@ -144,10 +164,6 @@ impl Store {
         }
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        Ok(self.write.begin().await?)
-    }
-
     /// Is the database reachable? Used by `/readyz`.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").fetch_one(&self.read).await.is_ok()
@@ -160,15 +176,18 @@ impl Store {
 }
 
 /// Durable against a process crash (SIGKILL) with WAL + synchronous=NORMAL: a committed
-/// transaction is in the WAL file before COMMIT returns.
-fn sqlite_pragmas(
-    conn: &mut sqlx::AnyConnection,
+/// transaction is in the WAL file before COMMIT returns. With FULL the WAL is also fsync'd
+/// at every commit, so a commit survives the machine's crash too.
+fn sqlite_pragmas<'c>(
+    conn: &'c mut sqlx::AnyConnection,
     _meta: sqlx::pool::PoolConnectionMetadata,
-) -> futures_core::future::BoxFuture<'_, Result<(), sqlx::Error>> {
+    synchronous: &'static str,
+) -> futures_core::future::BoxFuture<'c, Result<(), sqlx::Error>> {
     Box::pin(async move {
         use sqlx::Executor;
         conn.execute("PRAGMA journal_mode = WAL").await?;
-        conn.execute("PRAGMA synchronous = NORMAL").await?;
+        conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str())
+            .await?;
         conn.execute("PRAGMA busy_timeout = 10000").await?;
         Ok(())
     })
@@ -187,57 +206,6 @@ fn postgres_session(
             .await?;
         Ok(())
     })
-}
-
-/// One journal entry to append.
-struct Entry<'a> {
-    slot: i64,
-    kind: &'a str,
-    entity_id: &'a str,
-    payload: serde_json::Value,
-}
-
-/// Appends one journal entry inside the caller's transaction.
-async fn journal(
-    tx: &mut Transaction<'static, Any>,
-    slot: i64,
-    kind: &str,
-    entity_id: &str,
-    payload: &serde_json::Value,
-    now: i64,
-) -> Result<(), StoreError> {
-    let entry = Entry {
-        slot,
-        kind,
-        entity_id,
-        payload: payload.clone(),
-    };
-    journal_many(tx, &[entry], now).await
-}
-
-/// Appends journal entries inside the caller's transaction, a few hundred per statement.
-async fn journal_many(
-    tx: &mut Transaction<'static, Any>,
-    entries: &[Entry<'_>],
-    now: i64,
-) -> Result<(), StoreError> {
-    for chunk in entries.chunks(512) {
-        let sql = format!(
-            "INSERT INTO journal (slot, kind, entity_id, payload, created_at) VALUES {}",
-            values_list(chunk.len(), 5, 1)
-        );
-        let mut q = sqlx::query(&sql);
-        for e in chunk {
-            q = q
-                .bind(e.slot)
-                .bind(e.kind)
-                .bind(e.entity_id)
-                .bind(e.payload.to_string())
-                .bind(now);
-        }
-        q.execute(&mut **tx).await?;
-    }
-    Ok(())
 }
 
 /// `($1, $2, …), (…)` for a multi-row insert of `rows` rows of `cols` columns, numbering
@@ -276,6 +244,37 @@ where
     use sqlx::Row;
     row.try_get(col)
         .map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+/// The URL of the replica database of `shard` on the Postgres server of `own` (this cell's
+/// own database URL): `<own database>_replica_<shard>`, created when missing.
+pub async fn replica_database(own: &str, shard: &str) -> Result<String, StoreError> {
+    use sqlx::Connection;
+    let mut url = url::Url::parse(own).map_err(|_| StoreError::BadUrl(redact(own)))?;
+    let own_db = url.path().trim_start_matches('/').to_owned();
+    if own_db.is_empty() {
+        return Err(StoreError::BadUrl(redact(own)));
+    }
+    // Shard names are 1-32 of a-z 0-9 - (topology::CellId); '-' is not an identifier char.
+    let name = format!("{own_db}_replica_{}", shard.replace('-', "_"));
+    let mut conn = sqlx::postgres::PgConnection::connect(own).await?;
+    let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut conn)
+        .await?
+        .is_some();
+    if !exists {
+        // Two cells racing to create it: the loser's error is harmless, the database exists.
+        if let Err(e) = sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+        {
+            tracing::debug!(error = %e, "CREATE DATABASE {name} (it may exist already)");
+        }
+    }
+    let _ = conn.close().await;
+    url.set_path(&format!("/{name}"));
+    Ok(url.to_string())
 }
 
 /// A URL safe to log: the password, if any, replaced.

@@ -1,13 +1,14 @@
 //! Sending packets (with their `idem_uid` row), payment callbacks, reads and history.
 
 use serde_json::json;
-use sqlx::{Any, Transaction};
 use topology::Uid;
 
+use super::journal::append_event;
 use super::rows::{self, Packet, Payment, PACKET_COLS};
-use super::{get, journal, Store, StoreError};
+use super::{get, Store, StoreError, WriteTx};
 use crate::domain::validate::{Funding, History, PaymentOutcome, Role, SendPacket};
 use crate::domain::{PacketKind, PacketStatus};
+use crate::journal::Event;
 
 /// What `send_packet` did.
 #[derive(Debug)]
@@ -136,12 +137,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let payload = json!({"packet_id": n.packet_id, "amount": total});
-            journal(
+            append_event(
                 &mut tx,
                 n.slot,
-                "payment_created",
+                Event::PaymentCreated,
                 n.payment_id,
-                &payload,
+                payload,
                 n.now,
             )
             .await?;
@@ -181,12 +182,12 @@ impl Store {
         .await?;
         let payload =
             json!({"sender": n.sender, "kind": kind, "total": total, "count": n.cmd.count});
-        journal(
+        append_event(
             &mut tx,
             n.slot,
-            "packet_created",
+            Event::PacketCreated,
             n.packet_id,
-            &payload,
+            payload,
             n.now,
         )
         .await?;
@@ -197,7 +198,7 @@ impl Store {
     /// Marks the sender's subsidy used by this packet; `Ok(amount)` or the refusal.
     async fn use_subsidy(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut WriteTx,
         n: &NewPacket<'_>,
         subsidy_id: &str,
         total: Option<i64>,
@@ -334,7 +335,15 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let payload = json!({"payment_id": payment_id, "status": outcome.as_str()});
-        journal(&mut tx, slot, "payment_settled", &packet_id, &payload, now).await?;
+        append_event(
+            &mut tx,
+            slot,
+            Event::PaymentSettled,
+            &packet_id,
+            payload,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(CallbackOutcome::Done {
             status: outcome.as_str().to_owned(),

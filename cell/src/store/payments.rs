@@ -67,10 +67,12 @@ impl Store {
 
     /// The provider knows the payment now. `registered` then counts the re-checks (≥ 1).
     pub async fn mark_registered(&self, payment_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE payments SET registered = 1 WHERE payment_id = $1 AND registered = 0")
             .bind(payment_id)
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -123,14 +125,16 @@ impl Store {
 
     /// The provider had no answer yet: ask again at `at`.
     pub async fn reschedule_check(&self, payment_id: &str, at: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE payments SET next_check_at = $1, registered = registered + 1 \
              WHERE payment_id = $2 AND status = 'pending'",
         )
         .bind(at)
         .bind(payment_id)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

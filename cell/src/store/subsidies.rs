@@ -6,9 +6,11 @@
 use serde_json::json;
 use topology::Uid;
 
+use super::journal::append_event;
 use super::rows::{self, Subsidy, SUBSIDY_COLS};
-use super::{get, journal, Store, StoreError};
+use super::{get, Store, StoreError, WriteTx};
 use crate::domain::validate::Grant;
+use crate::journal::Event;
 
 /// The order cell's reservation of a grant id: who holds it, with which subsidy id.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -75,27 +77,31 @@ impl Store {
 
     /// Order cell: the home cell committed this reservation.
     pub async fn confirm_grant(&self, grant_id: &str, subsidy_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE idem_order SET state = 'committed' \
              WHERE order_id = $1 AND operation = 'grant' AND result = $2",
         )
         .bind(grant_id)
         .bind(subsidy_id)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Order cell: forgets a reservation the home cell settled as not granted.
     pub async fn release_grant(&self, grant_id: &str, subsidy_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
         sqlx::query(
             "DELETE FROM idem_order WHERE order_id = $1 AND operation = 'grant' \
              AND result = $2 AND state = 'pending'",
         )
         .bind(grant_id)
         .bind(subsidy_id)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -189,7 +195,15 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let payload = json!({"uid": grant.uid, "grant_id": grant.grant_id, "amount": grant.amount});
-        journal(&mut tx, slot, "subsidy_granted", subsidy_id, &payload, now).await?;
+        append_event(
+            &mut tx,
+            slot,
+            Event::SubsidyGranted,
+            subsidy_id,
+            payload,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(GrantOutcome::Created(subsidy))
     }
@@ -221,11 +235,7 @@ impl Store {
         Ok(decision)
     }
 
-    async fn decision(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        subsidy_id: &str,
-    ) -> Result<String, StoreError> {
+    async fn decision(&self, tx: &mut WriteTx, subsidy_id: &str) -> Result<String, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT state FROM idem_order WHERE order_id = $1 AND operation = '{DECISION}'"
         ))

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde_json::json;
-use sqlx::{Any, Transaction};
 
-use super::{get, journal, journal_many, placeholders, values_list, Entry, Store, StoreError};
+use super::journal::{append_event, append_events, EventEntry};
+use super::{get, placeholders, values_list, Store, StoreError, WriteTx};
+use crate::journal::Event;
 
 /// A transfer still to be credited to its claimer's wallet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,27 +30,6 @@ impl Store {
         row.map(|r| get(&r, "seq"))
             .transpose()
             .map(Option::unwrap_or_default)
-    }
-
-    /// Journal entries of `kind` after `after`, oldest first: `(seq, entity_id)`.
-    pub async fn journal_after(
-        &self,
-        kind: &str,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
-        let found = sqlx::query(
-            "SELECT seq, entity_id FROM journal WHERE seq > $1 AND kind = $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(after)
-        .bind(kind)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
-        found
-            .iter()
-            .map(|r| Ok((get(r, "seq")?, get(r, "entity_id")?)))
-            .collect()
     }
 
     /// Transfers still pending that were created at or before `created_before` and whose
@@ -123,17 +103,17 @@ impl Store {
                 let payload = json!({"delivered_to": cell, "amount": get::<i64>(&row, "amount")?});
                 rest.push((get::<i64>(&row, "slot")?, payload));
             }
-            let entries: Vec<Entry<'_>> = ids
+            let entries: Vec<EventEntry<'_>> = ids
                 .iter()
                 .zip(rest)
-                .map(|(id, (slot, payload))| Entry {
+                .map(|(id, (slot, payload))| EventEntry {
                     slot,
-                    kind: "transfer_completed",
+                    event: Event::TransferCompleted,
                     entity_id: id,
                     payload,
                 })
                 .collect();
-            journal_many(&mut tx, &entries, now).await?;
+            append_events(&mut tx, &entries, now).await?;
             done += entries.len();
         }
         tx.commit().await?;
@@ -142,6 +122,7 @@ impl Store {
 
     /// Pushes the next delivery attempt of `ids` to `next_at` and counts the failed attempt.
     pub async fn defer_transfers(&self, ids: &[String], next_at: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
         for chunk in ids.chunks(256) {
             let sql = format!(
                 "UPDATE transfers SET attempts = attempts + 1, next_attempt_at = $1 \
@@ -152,8 +133,9 @@ impl Store {
             for id in chunk {
                 q = q.bind(id);
             }
-            q.execute(&self.write).await?;
+            q.execute(&mut *tx).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -169,16 +151,16 @@ impl Store {
         for chunk in credits.chunks(256) {
             credit_many(&mut tx, chunk, "transfer_in", now).await?;
         }
-        let entries: Vec<Entry<'_>> = items
+        let entries: Vec<EventEntry<'_>> = items
             .iter()
-            .map(|t| Entry {
+            .map(|t| EventEntry {
                 slot: t.slot,
-                kind: "transfer_received",
+                event: Event::TransferReceived,
                 entity_id: &t.transfer_id,
                 payload: json!({"uid": t.to_uid, "amount": t.amount, "packet_id": t.packet_id}),
             })
             .collect();
-        journal_many(&mut tx, &entries, now).await?;
+        append_events(&mut tx, &entries, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -233,16 +215,16 @@ impl Store {
             }
             let credits: Vec<Credit<'_>> = due.iter().map(DueTransfer::credit).collect();
             credit_many(&mut tx, &credits, "claim", now).await?;
-            let entries: Vec<Entry<'_>> = due
+            let entries: Vec<EventEntry<'_>> = due
                 .iter()
-                .map(|t| Entry {
+                .map(|t| EventEntry {
                     slot: t.slot,
-                    kind: "transfer_completed",
+                    event: Event::TransferCompleted,
                     entity_id: &t.transfer_id,
                     payload: json!({"to_uid": t.to_uid, "amount": t.amount}),
                 })
                 .collect();
-            journal_many(&mut tx, &entries, now).await?;
+            append_events(&mut tx, &entries, now).await?;
             done += due.len();
         }
         if let Some((worker, seq)) = cursor {
@@ -276,12 +258,12 @@ impl Store {
             if let Some(row) = changed {
                 let slot: i64 = get(&row, "slot")?;
                 let rest: i64 = get(&row, "remaining_amount")?;
-                journal(
+                append_event(
                     &mut tx,
                     slot,
-                    "packet_expired",
+                    Event::PacketExpired,
                     &packet_id,
-                    &json!({"remaining_amount": rest}),
+                    json!({"remaining_amount": rest}),
                     now,
                 )
                 .await?;
@@ -344,12 +326,12 @@ impl Store {
             .bind(&packet_id)
             .execute(&mut *tx)
             .await?;
-            journal(
+            append_event(
                 &mut tx,
                 slot,
-                "packet_refunded",
+                Event::PacketRefunded,
                 &packet_id,
-                &json!({"amount": rest}),
+                json!({"amount": rest}),
                 now,
             )
             .await?;
@@ -384,12 +366,12 @@ impl Store {
                 let (slot, amount): (i64, i64) = (get(&row, "slot")?, get(&row, "amount")?);
                 return_to_pool(&mut tx, &format!("subsidy:{subsidy_id}"), slot, amount, now)
                     .await?;
-                journal(
+                append_event(
                     &mut tx,
                     slot,
-                    "subsidy_expired",
+                    Event::SubsidyExpired,
                     &subsidy_id,
-                    &json!({"amount": amount}),
+                    json!({"amount": amount}),
                     now,
                 )
                 .await?;
@@ -426,7 +408,7 @@ impl DueTransfer {
 
 /// Credits `uid` once per `source_id`; a repeat is a no-op.
 pub(super) async fn credit(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     credit: Credit<'_>,
     kind: &str,
     now: i64,
@@ -436,7 +418,7 @@ pub(super) async fn credit(
 
 /// Applies credits that were never applied before (by source id) to their wallets.
 pub(super) async fn credit_many(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     credits: &[Credit<'_>],
     kind: &str,
     now: i64,
@@ -487,7 +469,7 @@ pub(super) async fn credit_many(
 }
 
 async fn return_to_pool(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     source_id: &str,
     slot: i64,
     amount: i64,
@@ -505,11 +487,7 @@ async fn return_to_pool(
     Ok(())
 }
 
-async fn set_cursor(
-    tx: &mut Transaction<'static, Any>,
-    worker: &str,
-    seq: i64,
-) -> Result<(), StoreError> {
+async fn set_cursor(tx: &mut WriteTx, worker: &str, seq: i64) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO worker_cursors (worker, seq) VALUES ($1, $2) \
          ON CONFLICT (worker) DO UPDATE SET seq = excluded.seq",

@@ -13,6 +13,7 @@
 
 use super::Workers;
 use crate::domain::validate::PaymentOutcome;
+use crate::journal::Event;
 use crate::payments::{ProviderError, ProviderStatus};
 use crate::store::{PendingPayment, StoreError};
 
@@ -43,7 +44,7 @@ impl Workers {
         let cursor = self.store.cursor(CURSOR).await?;
         let entries = self
             .store
-            .journal_after("payment_created", cursor, BATCH)
+            .events_after(Event::PaymentCreated, cursor, BATCH)
             .await?;
         let last_seq = entries.last().map(|(seq, _)| *seq);
         let ids: Vec<String> = entries.into_iter().map(|(_, id)| id).collect();

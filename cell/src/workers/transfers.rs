@@ -11,6 +11,7 @@ use serde_json::json;
 use topology::{CellId, Slot};
 
 use super::Workers;
+use crate::journal::Event;
 use crate::store::{DueTransfer, StoreError};
 
 /// Transfers pending longer than this are picked up by the sweep.
@@ -59,7 +60,7 @@ impl Workers {
         let cursor = self.store.cursor(CURSOR).await?;
         let entries = self
             .store
-            .journal_after("transfer_created", cursor, BATCH)
+            .events_after(Event::TransferCreated, cursor, BATCH)
             .await?;
         let now = self.clock.now_ms();
         let last_seq = entries.last().map(|(seq, _)| *seq);

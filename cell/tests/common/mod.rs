@@ -51,7 +51,7 @@ pub struct TestCell {
     restarts: u32,
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}_{:x}_{:x}",
         std::process::id(),
@@ -59,7 +59,7 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-async fn create_database(admin: &str, name: &str) -> String {
+pub async fn create_database(admin: &str, name: &str) -> String {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(admin)
         .await
@@ -124,6 +124,28 @@ impl TestCell {
         };
         cell.start().await;
         cell
+    }
+
+    /// The cell's own Postgres database, when the suite runs on Postgres.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
+    }
+
+    /// The URL of the replica of `shard` this cell hosts (see `cell::replication`).
+    pub fn replica_url(&self, shard: &str) -> String {
+        match &self.database_url {
+            Some(url) => {
+                let (base, name) = url.rsplit_once('/').expect("database url");
+                format!("{base}/{name}_replica_{shard}")
+            }
+            None => format!(
+                "sqlite://{}?mode=rw",
+                self.data_dir()
+                    .join("replicas")
+                    .join(format!("{shard}.sqlite"))
+                    .display()
+            ),
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -323,13 +345,31 @@ impl Drop for TestCell {
         }
         self.kill9();
         if let (Some(admin), Some(name)) = (&self.admin_url, &self.database_name) {
-            let _ = Command::new("psql")
+            // Its own database and the replicas it hosted (`NAME_replica_SHARD`).
+            let mut names = vec![name.clone()];
+            if let Ok(out) = Command::new("psql")
                 .arg(admin)
-                .arg("-qc")
-                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+                .arg("-tAc")
+                .arg(format!(
+                    "SELECT datname FROM pg_database WHERE datname LIKE '{name}_replica_%'"
+                ))
+                .output()
+            {
+                names.extend(
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .map(str::to_owned),
+                );
+            }
+            for n in names.iter().filter(|n| !n.is_empty()) {
+                let _ = Command::new("psql")
+                    .arg(admin)
+                    .arg("-qc")
+                    .arg(format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
         let _ = &self.database_url;
     }

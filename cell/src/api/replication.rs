@@ -1,0 +1,211 @@
+//! Replication routes (DESIGN §6.3): the primary serves its journal and snapshots to its
+//! backup (scope `internal`); both sides answer `cellctl verify` and `status` (scope
+//! `internal` or `admin`).
+//!
+//! | route | side |
+//! |---|---|
+//! | `GET /v1/internal/journal?after=P&max=N&wait_ms=W` | primary: commits after P (long-poll up to W ms); P is the caller's durable position |
+//! | `GET /v1/internal/snapshot` | primary: every replicated row at one position |
+//! | `GET /v1/internal/digest` | primary: per-slot digests at one position |
+//! | `GET /v1/internal/replication` | both: journal head, backup's acknowledged position, hosted replicas |
+//! | `POST /v1/internal/replicas/{shard}/hold` `{"at": P or null}` | backup: stop applying past P (30 s lease) |
+//! | `DELETE /v1/internal/replicas/{shard}/hold` | backup: resume |
+//! | `GET /v1/internal/replicas/{shard}/digest?at=P` | backup: digests once exactly at P |
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::extract::{Caller, Json, PathText, QueryOf};
+use crate::app::Ctx;
+use crate::journal::{Position, WireCommit};
+use crate::replication::Replica;
+
+/// Most commits one pull may ask for.
+const MAX_COMMITS: i64 = 1_000;
+/// Longest a pull may wait for news.
+const MAX_WAIT_MS: u64 = 10_000;
+
+fn caller_name(caller: &Caller) -> String {
+    match &caller.0 {
+        topology::auth::Principal::Service { name, .. } => name.clone(),
+        topology::auth::Principal::User(uid) => uid.to_string(),
+    }
+}
+
+fn require_internal_or_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.0.has_scope("internal") || caller.0.has_scope("admin") {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("requires scope internal or admin"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalQuery {
+    after: Position,
+    max: Option<i64>,
+    wait_ms: Option<u64>,
+}
+
+pub async fn handle_journal(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    QueryOf(q): QueryOf<JournalQuery>,
+) -> Result<Response, ApiError> {
+    caller.require_scope("internal")?;
+    if q.after < 0 {
+        return Err(ApiError::invalid("after", "must be a position (0 or more)"));
+    }
+    let max = q.max.unwrap_or(256);
+    if !(1..=MAX_COMMITS).contains(&max) {
+        return Err(ApiError::invalid(
+            "max",
+            format!("must be 1..={MAX_COMMITS}"),
+        ));
+    }
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
+    // `after` is what the backup has durably applied: its acknowledgement.
+    ctx.shipping.record_ack(q.after, &caller_name(&caller));
+    let mut head = ctx.store.watch_head();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        head.mark_unchanged();
+        let commits = ctx.store.commits_after(q.after, max).await?;
+        if !commits.is_empty() || tokio::time::Instant::now() >= deadline {
+            let head = ctx.store.journal_head().await?;
+            let wire: Vec<WireCommit> = commits.iter().map(WireCommit::from).collect();
+            return Ok(axum::Json(json!({"head": head, "commits": wire})).into_response());
+        }
+        // Woken by this process's next commit; the deadline bounds the wait.
+        let _ = tokio::time::timeout_at(deadline, head.changed()).await;
+    }
+}
+
+pub async fn handle_snapshot(State(ctx): State<Ctx>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require_scope("internal")?;
+    let snap = ctx.store.snapshot().await?;
+    tracing::info!(pos = snap.pos, by = %caller_name(&caller), "serving a snapshot of the shard");
+    Ok(axum::Json(snap).into_response())
+}
+
+pub async fn handle_digest(State(ctx): State<Ctx>, caller: Caller) -> Result<Response, ApiError> {
+    require_internal_or_admin(&caller)?;
+    Ok(axum::Json(ctx.store.digest().await?).into_response())
+}
+
+pub async fn handle_status(State(ctx): State<Ctx>, caller: Caller) -> Result<Response, ApiError> {
+    require_internal_or_admin(&caller)?;
+    let head = ctx.store.journal_head().await?;
+    let (oldest, commits, records) = ctx.store.journal_size().await?;
+    let me = ctx.ownership.cell_id().clone();
+    let backup = ctx
+        .ownership
+        .map()
+        .and_then(|m| m.cell(&me).and_then(|c| c.backup.clone()));
+    let acked = ctx.shipping.acked.load(Ordering::Relaxed);
+    let acked_at = ctx.shipping.acked_at.load(Ordering::Relaxed);
+    Ok(axum::Json(json!({
+        "shard": me,
+        "head": head,
+        "journal": {"oldest": oldest, "commits": commits, "records": records},
+        "backup": backup.map(|b| json!({
+            "cell": b,
+            "acked": acked,
+            "lag_records": (head - acked).max(0),
+            "last_contact_ms": acked_at,
+        })),
+        "replicas": ctx.replicas.statuses(),
+    }))
+    .into_response())
+}
+
+fn replica(ctx: &Ctx, shard: &PathText) -> Result<std::sync::Arc<Replica>, ApiError> {
+    ctx.replicas.get(&shard.0).ok_or_else(|| {
+        ApiError::not_found(
+            "not_a_replica",
+            format!("this cell hosts no replica of shard {:?}", shard.0),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldBody {
+    at: Option<Position>,
+}
+
+pub async fn handle_hold(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    shard: PathText,
+    body: Json<HoldBody>,
+) -> Result<Response, ApiError> {
+    require_internal_or_admin(&caller)?;
+    let r = replica(&ctx, &shard)?;
+    if body.value.at.is_some_and(|p| p < r.applied()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "replica_ahead",
+            format!("the replica has applied {} already", r.applied()),
+        ));
+    }
+    let at = r.hold(body.value.at);
+    Ok(
+        axum::Json(json!({"shard": r.shard, "held_at": at, "applied": r.applied()}))
+            .into_response(),
+    )
+}
+
+pub async fn handle_release(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    shard: PathText,
+) -> Result<Response, ApiError> {
+    require_internal_or_admin(&caller)?;
+    let r = replica(&ctx, &shard)?;
+    r.release();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestAt {
+    at: Position,
+}
+
+pub async fn handle_replica_digest(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    shard: PathText,
+    QueryOf(q): QueryOf<DigestAt>,
+) -> Result<Response, ApiError> {
+    require_internal_or_admin(&caller)?;
+    let r = replica(&ctx, &shard)?;
+    if r.applied() > q.at {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "replica_ahead",
+            format!("the replica has applied {} already", r.applied()),
+        ));
+    }
+    r.hold(Some(q.at));
+    let now = r.wait_applied(q.at, Duration::from_secs(15)).await;
+    if now != q.at {
+        return Err(ApiError::unavailable(format!(
+            "the replica reached {now}, not {}, in time",
+            q.at
+        ))
+        .retry_after(1));
+    }
+    let digest = r.store.digest().await?;
+    r.release();
+    Ok(axum::Json(digest).into_response())
+}

@@ -1,0 +1,157 @@
+//! One replica's loop: bootstrap from a snapshot when new, then pull, apply, repeat.
+//!
+//! The position sent as `after` is what this replica has durably applied (the store
+//! commits each batch before the next request), so the primary may count it as
+//! acknowledged. Errors back off (100 ms doubling to 2 s) and never skip anything: the next
+//! pull starts again from the applied position.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Replica;
+use crate::journal::{Commit, Position, WireCommit};
+use crate::ownership::Ownership;
+use crate::peer::Peers;
+use crate::store::{ApplyError, Snapshot};
+
+/// Commits asked for per pull.
+const BATCH: i64 = 256;
+/// How long the primary may hold a pull open when it has nothing new.
+const WAIT_MS: u64 = 2_000;
+
+#[derive(Deserialize)]
+struct JournalPage {
+    head: Position,
+    commits: Vec<WireCommit>,
+}
+
+pub(super) async fn run(replica: Arc<Replica>, ownership: Arc<Ownership>, peers: Peers) {
+    let mut failures = 0u32;
+    loop {
+        let outcome = tokio::select! {
+            _ = replica.cancel.cancelled() => return,
+            r = step(&replica, &ownership, &peers) => r,
+        };
+        match outcome {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(shard = %replica.shard, failures, error = %e, "replication pull failed; retrying");
+                }
+                set_status(&replica, |s| {
+                    s.state = "error".into();
+                    s.last_error = Some(e.clone());
+                });
+                let backoff = Duration::from_millis(100 * 2u64.pow(failures.min(5)))
+                    .min(Duration::from_secs(2));
+                tokio::select! {
+                    _ = replica.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+}
+
+fn set_status(replica: &Replica, f: impl FnOnce(&mut super::ReplicaStatus)) {
+    f(&mut replica.status.lock().expect("status lock poisoned"));
+}
+
+/// One pull (or the bootstrap). `Err` is a reason for the log.
+async fn step(replica: &Replica, ownership: &Ownership, peers: &Peers) -> Result<(), String> {
+    let primary = ownership
+        .map()
+        .and_then(|m| m.cell(&replica.shard).map(|c| c.url.clone()))
+        .ok_or_else(|| format!("shard {} is not in the map", replica.shard))?;
+    set_status(replica, |s| s.primary_url = primary.clone());
+
+    let is_replica = replica
+        .store
+        .replica_of()
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some();
+    if !is_replica {
+        return bootstrap(replica, &primary, peers).await;
+    }
+
+    let applied = replica.applied();
+    if let Some(limit) = replica.hold_limit() {
+        if applied >= limit {
+            set_status(replica, |s| s.state = "held".into());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return Ok(());
+        }
+    }
+    let path = format!("/v1/internal/journal?after={applied}&max={BATCH}&wait_ms={WAIT_MS}");
+    let page: JournalPage = peers
+        .get(&primary, &path, Duration::from_millis(WAIT_MS + 5_000))
+        .await?;
+    let mut commits: Vec<Commit> = page
+        .commits
+        .into_iter()
+        .map(Commit::try_from)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("undecodable commit from {primary}: {e}"))?;
+    if let Some(limit) = replica.hold_limit() {
+        commits.retain(|c| c.pos <= limit);
+    }
+    let oldest_unapplied_at = commits.first().map(|c| c.committed_at);
+    if !commits.is_empty() {
+        match replica.store.apply_commits(&commits).await {
+            Ok(done) => {
+                replica.applied.send_replace(done.pos);
+            }
+            Err(ApplyError::Gap { expected, got }) => {
+                // The primary no longer has what we need (pruned, or a new shard under the
+                // same name): start over from a snapshot rather than skip anything.
+                tracing::warn!(shard = %replica.shard, expected, got, "gap in the primary's log: re-bootstrapping from a snapshot");
+                return bootstrap(replica, &primary, peers).await;
+            }
+            Err(e) => return Err(format!("apply: {e}")),
+        }
+    }
+    let applied = replica.applied();
+    let now = crate::clock::wall_ms();
+    let lag_records = (page.head - applied).max(0);
+    set_status(replica, |s| {
+        s.state = "tailing".into();
+        s.applied = applied;
+        s.primary_head = page.head;
+        s.lag_records = lag_records;
+        s.lag_ms = if lag_records == 0 {
+            0
+        } else {
+            oldest_unapplied_at.map(|t| (now - t).max(0)).unwrap_or(0)
+        };
+        s.last_error = None;
+        s.last_contact_ms = now;
+    });
+    let shard = replica.shard.to_string();
+    metrics::gauge!("redcell_replica_applied_position", "shard" => shard.clone())
+        .set(applied as f64);
+    metrics::gauge!("redcell_replica_lag_records", "shard" => shard).set(lag_records as f64);
+    Ok(())
+}
+
+async fn bootstrap(replica: &Replica, primary: &str, peers: &Peers) -> Result<(), String> {
+    set_status(replica, |s| s.state = "bootstrapping".into());
+    let snap: Snapshot = peers
+        .get(primary, "/v1/internal/snapshot", Duration::from_secs(120))
+        .await?;
+    replica
+        .store
+        .install_snapshot(replica.shard.as_str(), &snap)
+        .await
+        .map_err(|e| format!("install snapshot: {e}"))?;
+    replica.applied.send_replace(snap.pos);
+    tracing::info!(shard = %replica.shard, pos = snap.pos, "replica bootstrapped from a snapshot");
+    set_status(replica, |s| {
+        s.applied = snap.pos;
+        s.state = "tailing".into();
+    });
+    Ok(())
+}

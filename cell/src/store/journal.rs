@@ -1,0 +1,386 @@
+//! The journal's SQL: the write transaction that takes its commit position last, the worker
+//! events, reading commits for shipping and for the workers, epochs, pruning.
+//!
+//! Invariant (DESIGN §6.2): positions are handed out in commit order and without gaps. Every
+//! write transaction of a shard is a [`WriteTx`]; its records (row changes written by the
+//! triggers of migration 0006, events by [`append_events`]) share its `txn`, and
+//! [`WriteTx::commit`] gives it the next position as its last statement before COMMIT, under
+//! the row lock of `journal_head` (Postgres) or the single writer (SQLite). A reader that
+//! sees position p therefore sees every position below p, and no record is ever skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyConnection, Transaction};
+use tokio::sync::watch;
+
+use super::{get, placeholders, values_list, Dialect, Store, StoreError};
+pub use crate::journal::Position;
+use crate::journal::{Commit, Event, Record};
+
+/// A write transaction of the shard. The only way to write (the pools are private to
+/// `store`), so every change is journaled and positioned. Derefs to the connection, so
+/// statements run on `&mut *tx`. Dropped without [`commit`](Self::commit), it rolls back.
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    dialect: Dialect,
+    head: Arc<watch::Sender<Position>>,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
+/// The expression for the current transaction's `txn` in SQL.
+fn txn_expr(dialect: Dialect) -> &'static str {
+    match dialect {
+        // SQLite has one writer: the txn is the position this transaction will take.
+        Dialect::Sqlite => "(SELECT pos + 1 FROM journal_head WHERE id = 1)",
+        Dialect::Postgres => "pg_current_xact_id()::text::bigint",
+    }
+}
+
+impl WriteTx {
+    /// Takes the next position if this transaction wrote any record, then commits. Returns
+    /// the position (`None` when nothing was journaled, e.g. only a worker cursor moved).
+    pub async fn commit(mut self) -> Result<Option<Position>, StoreError> {
+        let now = crate::clock::wall_ms();
+        let pos: Option<Position> = match self.dialect {
+            Dialect::Postgres => {
+                // One statement: the head row's lock is taken here and held until COMMIT.
+                let row = sqlx::query(
+                    "WITH h AS (UPDATE journal_head SET pos = pos + 1 WHERE id = 1 AND EXISTS \
+                     (SELECT 1 FROM journal WHERE txn = pg_current_xact_id_if_assigned()::text::bigint) \
+                     RETURNING pos) \
+                     INSERT INTO journal_commits (pos, txn, created_at) \
+                     SELECT pos, pg_current_xact_id()::text::bigint, $1 FROM h RETURNING pos",
+                )
+                .bind(now)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                row.map(|r| get(&r, "pos")).transpose()?
+            }
+            Dialect::Sqlite => {
+                let row = sqlx::query(
+                    "INSERT INTO journal_commits (pos, txn, created_at) \
+                     SELECT pos + 1, pos + 1, $1 FROM journal_head WHERE id = 1 \
+                     AND EXISTS (SELECT 1 FROM journal WHERE txn = journal_head.pos + 1) \
+                     RETURNING pos",
+                )
+                .bind(now)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+                let pos = row.map(|r| get(&r, "pos")).transpose()?;
+                if pos.is_some() {
+                    sqlx::query("UPDATE journal_head SET pos = pos + 1 WHERE id = 1")
+                        .execute(&mut *self.tx)
+                        .await?;
+                }
+                pos
+            }
+        };
+        self.tx.commit().await?;
+        if let Some(p) = pos {
+            self.head.send_if_modified(|h| {
+                let newer = p > *h;
+                if newer {
+                    *h = p;
+                }
+                newer
+            });
+        }
+        Ok(pos)
+    }
+}
+
+/// One worker event to append.
+pub(super) struct EventEntry<'a> {
+    pub slot: i64,
+    pub event: Event,
+    pub entity_id: &'a str,
+    pub payload: serde_json::Value,
+}
+
+/// Appends worker events inside the caller's transaction, a few hundred per statement.
+pub(super) async fn append_events(
+    tx: &mut WriteTx,
+    entries: &[EventEntry<'_>],
+    now: i64,
+) -> Result<(), StoreError> {
+    let txn = txn_expr(tx.dialect);
+    for chunk in entries.chunks(512) {
+        // (slot, kind, entity_id, payload, created_at) bound; txn and epoch computed.
+        let mut values = String::new();
+        for i in 0..chunk.len() {
+            if i > 0 {
+                values.push_str(", ");
+            }
+            let b = i * 5;
+            values.push_str(&format!(
+                "({txn}, ${s}, COALESCE((SELECT epoch FROM slot_epochs WHERE slot = ${s}), 0), \
+                 ${k}, ${e}, ${p}, ${c})",
+                s = b + 1,
+                k = b + 2,
+                e = b + 3,
+                p = b + 4,
+                c = b + 5
+            ));
+        }
+        let sql = format!(
+            "INSERT INTO journal (txn, slot, epoch, kind, entity_id, payload, created_at) VALUES {values}"
+        );
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            q = q
+                .bind(e.slot)
+                .bind(e.event.as_str())
+                .bind(e.entity_id)
+                .bind(e.payload.to_string())
+                .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Appends one worker event inside the caller's transaction.
+pub(super) async fn append_event(
+    tx: &mut WriteTx,
+    slot: i64,
+    event: Event,
+    entity_id: &str,
+    payload: serde_json::Value,
+    now: i64,
+) -> Result<(), StoreError> {
+    let entry = EventEntry {
+        slot,
+        event,
+        entity_id,
+        payload,
+    };
+    append_events(tx, &[entry], now).await
+}
+
+impl Store {
+    /// Starts a write transaction (see [`WriteTx`]). Outside `store`, only tests use it.
+    pub async fn begin(&self) -> Result<WriteTx, StoreError> {
+        Ok(WriteTx {
+            tx: self.write.begin().await?,
+            dialect: self.dialect,
+            head: self.head.clone(),
+        })
+    }
+
+    /// The last committed position.
+    pub async fn journal_head(&self) -> Result<Position, StoreError> {
+        let row = sqlx::query("SELECT pos FROM journal_head WHERE id = 1")
+            .fetch_one(&self.read)
+            .await?;
+        get(&row, "pos")
+    }
+
+    /// Follows the last position committed by this process (for long-polls).
+    pub fn watch_head(&self) -> watch::Receiver<Position> {
+        self.head.subscribe()
+    }
+
+    /// Up to `max` commits after `after`, oldest first, with their records in order.
+    pub async fn commits_after(
+        &self,
+        after: Position,
+        max: i64,
+    ) -> Result<Vec<Commit>, StoreError> {
+        let heads = sqlx::query(
+            "SELECT pos, txn, created_at FROM journal_commits WHERE pos > $1 ORDER BY pos LIMIT $2",
+        )
+        .bind(after)
+        .bind(max)
+        .fetch_all(&self.read)
+        .await?;
+        if heads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut commits = Vec::with_capacity(heads.len());
+        let mut by_txn: HashMap<i64, usize> = HashMap::with_capacity(heads.len());
+        for (i, h) in heads.iter().enumerate() {
+            by_txn.insert(get(h, "txn")?, i);
+            commits.push(Commit {
+                pos: get(h, "pos")?,
+                committed_at: get(h, "created_at")?,
+                records: Vec::new(),
+            });
+        }
+        let txns: Vec<i64> = by_txn.keys().copied().collect();
+        for chunk in txns.chunks(500) {
+            let sql = format!(
+                "SELECT txn, slot, epoch, kind, entity_id, payload, created_at FROM journal \
+                 WHERE txn IN ({}) ORDER BY seq",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for t in chunk {
+                q = q.bind(*t);
+            }
+            for row in q.fetch_all(&self.read).await? {
+                let i = by_txn[&get::<i64>(&row, "txn")?];
+                commits[i].records.push(decode_record(&row)?);
+            }
+        }
+        Ok(commits)
+    }
+
+    /// Events of `event` in commits after `after`, oldest first: `(position, entity_id)`.
+    /// Never ends inside a commit: a worker that moves its cursor to the last position it
+    /// was given has seen every event of that commit.
+    pub async fn events_after(
+        &self,
+        event: Event,
+        after: Position,
+        limit: i64,
+    ) -> Result<Vec<(Position, String)>, StoreError> {
+        let read = |limit: Option<i64>| {
+            let sql = format!(
+                "SELECT c.pos, j.entity_id FROM journal_commits c JOIN journal j ON j.txn = c.txn \
+                 WHERE c.pos > $1 AND j.kind = $2 ORDER BY c.pos, j.seq{}",
+                if limit.is_some() { " LIMIT $3" } else { "" }
+            );
+            async move {
+                let mut q = sqlx::query(&sql).bind(after).bind(event.as_str());
+                if let Some(l) = limit {
+                    q = q.bind(l);
+                }
+                let rows = q.fetch_all(&self.read).await?;
+                rows.iter()
+                    .map(|r| Ok((get(r, "pos")?, get(r, "entity_id")?)))
+                    .collect::<Result<Vec<(Position, String)>, StoreError>>()
+            }
+        };
+        let mut found = read(Some(limit.max(1))).await?;
+        if found.len() as i64 >= limit.max(1) {
+            let last = found.last().map(|(p, _)| *p).unwrap_or_default();
+            let first = found.first().map(|(p, _)| *p).unwrap_or_default();
+            if first == last {
+                // One commit holds more events than the limit: read that commit whole.
+                found = read(None)
+                    .await?
+                    .into_iter()
+                    .take_while(|(p, _)| *p == first)
+                    .collect();
+            } else {
+                found.retain(|(p, _)| *p != last);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Raises the epochs this shard holds its slots at to at least `epochs` (`(slot, epoch)`);
+    /// an epoch never goes down. Records written afterwards carry them.
+    pub async fn raise_epochs(&self, epochs: &[(i64, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        raise_epochs_in(&mut tx, epochs).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The epoch this shard holds each slot at (slots never given one are absent).
+    pub async fn epochs(&self) -> Result<HashMap<i64, i64>, StoreError> {
+        let rows = sqlx::query("SELECT slot, epoch FROM slot_epochs")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((get(r, "slot")?, get(r, "epoch")?)))
+            .collect()
+    }
+
+    /// Deletes the commits at or below `upto` (and their records). Returns how many commits
+    /// went. The caller decides what is safe to prune (backup and workers past it).
+    pub async fn prune_journal(&self, upto: Position) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "DELETE FROM journal WHERE txn IN (SELECT txn FROM journal_commits WHERE pos <= $1)",
+        )
+        .bind(upto)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM journal_commits WHERE pos <= $1")
+            .bind(upto)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// The oldest position still in the journal, and how many commits and records it holds.
+    pub async fn journal_size(&self) -> Result<(Position, i64, i64), StoreError> {
+        let c =
+            sqlx::query("SELECT COALESCE(MIN(pos), 0) AS lo, COUNT(*) AS n FROM journal_commits")
+                .fetch_one(&self.read)
+                .await?;
+        let r = sqlx::query("SELECT COUNT(*) AS n FROM journal")
+            .fetch_one(&self.read)
+            .await?;
+        Ok((get(&c, "lo")?, get(&c, "n")?, get(&r, "n")?))
+    }
+
+    /// The lowest cursor of the journal-driven workers (0 when one has never run).
+    pub async fn min_worker_cursor(&self, workers: &[&str]) -> Result<Position, StoreError> {
+        let mut lowest = i64::MAX;
+        for w in workers {
+            lowest = lowest.min(self.cursor(w).await?);
+        }
+        Ok(if lowest == i64::MAX { 0 } else { lowest })
+    }
+}
+
+pub(super) async fn raise_epochs_in(
+    tx: &mut WriteTx,
+    epochs: &[(i64, i64)],
+) -> Result<(), StoreError> {
+    let greatest = match tx.dialect {
+        Dialect::Postgres => "GREATEST",
+        Dialect::Sqlite => "MAX",
+    };
+    for chunk in epochs.chunks(256) {
+        let sql = format!(
+            "INSERT INTO slot_epochs (slot, epoch) VALUES {} ON CONFLICT (slot) DO UPDATE \
+             SET epoch = {greatest}(slot_epochs.epoch, excluded.epoch)",
+            values_list(chunk.len(), 2, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for (slot, epoch) in chunk {
+            q = q.bind(*slot).bind(*epoch);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+fn decode_record(row: &AnyRow) -> Result<Record, StoreError> {
+    Record::decode(
+        get(row, "slot")?,
+        get(row, "epoch")?,
+        &get::<String>(row, "kind")?,
+        &get::<String>(row, "entity_id")?,
+        &get::<String>(row, "payload")?,
+        get(row, "created_at")?,
+    )
+    .map_err(|e| StoreError::Corrupt(format!("journal record: {e}")))
+}
+
+impl WriteTx {
+    /// Rolls back (as dropping does, but waits for it).
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        Ok(self.tx.rollback().await?)
+    }
+}
