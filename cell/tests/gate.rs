@@ -42,6 +42,35 @@ async fn redis_gate_holds_the_limit_across_connections() {
         .is_some());
 }
 
+/// A Redis permit dropped without `release` (its claim's future was dropped) is given back by
+/// a task its `Drop` spawns, long before it would age out.
+#[tokio::test]
+async fn a_dropped_redis_permit_is_given_back() {
+    let Ok(url) = std::env::var("REDCELL_TEST_REDIS_URL") else {
+        eprintln!("redis gate test runs in the Redis pass (REDCELL_TEST_REDIS_URL unset here)");
+        return;
+    };
+    let cell_id = format!("t{:x}", rand::random::<u32>());
+    let gate = Gate::redis(&url, &cell_id).await.expect("redis");
+    let packet = "pk_000bbbbbbbbbbbbbbbbbbbb";
+    let now = 1_000_000;
+    let permit = gate.try_acquire(packet, 1, now).await.unwrap();
+    assert!(permit.is_some(), "first permit");
+    assert!(gate.try_acquire(packet, 1, now).await.unwrap().is_none());
+
+    drop(permit);
+
+    // Same `now`: only the release can free the place, not the TTL.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while gate.try_acquire(packet, 1, now).await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a dropped permit was never given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// A cell whose Redis cannot be reached refuses to start, at once and saying why, so its
 /// supervisor restarts it; it never sits there without a port.
 #[test]

@@ -24,6 +24,7 @@ use crate::clock::Clock;
 use crate::domain::PacketStatus;
 use crate::store::{ClaimOutcome, PacketSummary, Store, StoreError};
 pub use gate::Gate;
+use gate::Permit;
 use queue::Queues;
 
 /// What a claim request gets.
@@ -114,7 +115,7 @@ impl ClaimService {
         }
         let limit = gate::limit_for(summary.remaining_count);
         let permit = match self.inner.gate.try_acquire(packet_id, limit, now).await {
-            Ok(Some(p)) => p,
+            Ok(Some(p)) => Some(p),
             Ok(None) => {
                 metrics::counter!("redcell_claims_total", "outcome" => "busy").increment(1);
                 return Ok(ClaimReply::Busy);
@@ -122,18 +123,28 @@ impl ClaimService {
             Err(e) => {
                 // Redis down: admit, and let the row lock keep money right.
                 tracing::warn!(error = %e, "admission gate unavailable; admitting the claim");
-                return self.run(packet_id, uid).await.map(ClaimReply::Outcome);
+                None
             }
         };
-        let result = self.run(packet_id, uid).await;
-        self.inner.gate.release(permit).await;
-        result.map(ClaimReply::Outcome)
+        self.run(packet_id, uid, permit)
+            .await
+            .map(ClaimReply::Outcome)
     }
 
-    async fn run(&self, packet_id: &str, uid: Uid) -> Result<ClaimOutcome, ClaimError> {
+    /// Runs one admitted attempt. `permit` is given back when the attempt ends, by dropping
+    /// it: with the queue, when its batch has committed (even if the caller stopped waiting,
+    /// the job still runs and holds its place until then); without, when this future ends
+    /// or is dropped (which rolls its transaction back).
+    async fn run(
+        &self,
+        packet_id: &str,
+        uid: Uid,
+        permit: Option<Permit>,
+    ) -> Result<ClaimOutcome, ClaimError> {
         match &self.queues {
-            Some(q) => q.submit(packet_id, uid).await,
+            Some(q) => q.submit(packet_id, uid, permit).await,
             None => {
+                let _permit = permit;
                 let mut outcomes = self.inner.commit(packet_id, vec![uid]).await?;
                 Ok(outcomes.pop().expect("one outcome per uid"))
             }

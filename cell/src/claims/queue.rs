@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use topology::Uid;
 
-use super::{ClaimError, Inner};
+use super::{ClaimError, Inner, Permit};
 use crate::store::{ClaimOutcome, StoreError};
 
 /// A queue whose task saw nothing for this long goes away.
@@ -22,6 +22,10 @@ type Reply = oneshot::Sender<Result<ClaimOutcome, Arc<StoreError>>>;
 struct Job {
     uid: Uid,
     reply: Reply,
+    /// The attempt's admission, given back when the job is dropped: after its batch has
+    /// replied, or with the queue if the task ends. Never before its commit is done, so the
+    /// gate counts a claim whose client hung up until its work is really over.
+    permit: Option<Permit>,
 }
 
 pub(super) struct Queues {
@@ -45,19 +49,19 @@ impl Queues {
         &self,
         packet_id: &str,
         uid: Uid,
+        mut permit: Option<Permit>,
     ) -> Result<ClaimOutcome, ClaimError> {
         // A task may retire between our lookup and our send; the second try starts a new one.
         for _ in 0..2 {
             let (reply, answer) = oneshot::channel();
             let tx = self.sender(packet_id);
-            if tx
-                .send(Job {
-                    uid: uid.clone(),
-                    reply,
-                })
-                .await
-                .is_err()
-            {
+            let job = Job {
+                uid: uid.clone(),
+                reply,
+                permit: permit.take(),
+            };
+            if let Err(mpsc::error::SendError(job)) = tx.send(job).await {
+                permit = job.permit;
                 self.senders
                     .lock()
                     .expect("queues lock poisoned")
