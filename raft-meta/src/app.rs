@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::header::AUTHORIZATION;
 use axum::serve::ListenerExt;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use topology::auth::{Credential, Verifier, SERVICE_TOKEN_TTL_S};
 use topology::CellId;
 
-use crate::api::{self, ApiError, Problem};
+use crate::api::{self, ApiError, Caller, Need, Problem};
 use crate::detector::{self, Detector, LivenessReport};
 use crate::network::Network;
 use crate::settings::Settings;
@@ -24,8 +25,8 @@ use crate::state::{Command, MapView, Outcome, Rejected};
 use crate::store::{self, MapHandle, StoreError};
 use crate::{NodeId, Raft};
 
-/// An operation only the leader can carry out. Forwarded as-is to the leader when this node
-/// is not it. Every command is idempotent (setting a value, not adding to it), so a forward
+/// An operation only the leader can carry out. Forwarded as-is to the leader, with the
+/// caller's own token, when this node is not it. Every command is idempotent (setting a value, not adding to it), so a forward
 /// retried after a lost answer cannot apply an effect twice.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -46,6 +47,30 @@ pub enum LeaderOp {
         cell: CellId,
     },
     Liveness,
+}
+
+impl LeaderOp {
+    /// The scope a caller needs for this operation: the one rule for the public routes and
+    /// for `/internal/leader-op` alike. **Invariant:** every operation that changes the map
+    /// or the membership needs `admin`; `internal` (held by every cell and router) may only
+    /// read and heartbeat. Exhaustive, so a new operation or command must choose.
+    pub fn need(&self) -> Need {
+        match self {
+            LeaderOp::Write { command } => match command {
+                Command::RegisterCell { .. }
+                | Command::SetBackup { .. }
+                | Command::MoveSlots { .. }
+                | Command::SetSwitch { .. }
+                | Command::SetPolicy { .. }
+                // Only the leader's own detector writes liveness, in process; no route asks
+                // for it, so from outside it is an operator's override at most.
+                | Command::SetLiveness { .. } => Need::Admin,
+            },
+            LeaderOp::AddLearner { .. } | LeaderOp::ChangeMembership { .. } => Need::Admin,
+            LeaderOp::ReadMap | LeaderOp::Liveness => Need::Read,
+            LeaderOp::Heartbeat { .. } => Need::Internal,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -73,7 +98,6 @@ pub struct Node {
     pub map: MapHandle,
     pub verifier: Verifier,
     pub http: reqwest::Client,
-    pub internal_token: Arc<Credential>,
     /// Test-only network cut (`--fault-hooks`): read by the network and the Raft routes.
     pub partitioned: Arc<AtomicBool>,
     pub fault_hooks: bool,
@@ -137,14 +161,18 @@ impl Node {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
-    /// Runs `op` on the leader: here if this node leads, else forwarded. Retries while no
-    /// leader is known or the node it forwarded to is not the leader, up to the write timeout.
-    pub async fn leader_op(&self, op: LeaderOp) -> Result<LeaderReply, ApiError> {
+    /// Runs `op` on the leader for `caller`: here if this node leads, else forwarded. Retries
+    /// while no leader is known or the node it forwarded to is not the leader, up to the write
+    /// timeout. **Invariant:** `op` runs only if `caller` may do it (`op.need()`), checked
+    /// here and again by the leader on a forward, which carries the caller's own token and
+    /// never this node's.
+    pub async fn leader_op(&self, caller: &Caller, op: LeaderOp) -> Result<LeaderReply, ApiError> {
+        caller.require(op.need())?;
         let deadline = tokio::time::Instant::now() + self.write_timeout;
         loop {
             let attempt = match self.leader() {
                 Some((id, _)) if id == self.id => self.execute_as_leader(op.clone()).await,
-                Some((id, addr)) => self.forward(id, &addr, &op, deadline).await,
+                Some((id, addr)) => self.forward(caller, id, &addr, &op, deadline).await,
                 None => Err(ApiError::NoLeader("no leader elected yet".into())),
             };
             let last_err = match attempt {
@@ -163,8 +191,12 @@ impl Node {
         }
     }
 
+    /// Sends `op` to the leader as `caller`: with the caller's `Authorization` header, so the
+    /// leader grants exactly what the caller may do (this node's own `internal` token would
+    /// let any caller's operation through).
     async fn forward(
         &self,
+        caller: &Caller,
         leader: NodeId,
         addr: &str,
         op: &LeaderOp,
@@ -175,7 +207,7 @@ impl Node {
         let resp = self
             .http
             .post(format!("http://{addr}/internal/leader-op"))
-            .bearer_auth(&*self.internal_token.token())
+            .header(AUTHORIZATION, caller.authorization())
             .json(op)
             .timeout(left.max(Duration::from_millis(50)))
             .send()
@@ -199,7 +231,9 @@ impl Node {
         }
     }
 
-    /// Carries out `op` on this node, which must be the leader. Never forwards.
+    /// Carries out `op` on this node, which must be the leader. Never forwards. Checks no
+    /// authority: callers have checked `op.need()` against whoever asked (the HTTP routes), or
+    /// are this node itself (the failure detector).
     pub async fn execute_as_leader(&self, op: LeaderOp) -> Result<LeaderReply, ApiError> {
         if !self.is_leader() {
             return Err(ApiError::Relayed(Problem {
@@ -333,7 +367,9 @@ impl App {
             .build()
             .map_err(|e| AppError::Raft(format!("http client: {e}")))?;
         let partitioned = Arc::new(AtomicBool::new(false));
-        let network = Network::new(http.clone(), internal_token.clone(), partitioned.clone());
+        // This node's own `internal` credential is for Raft RPCs only; a forwarded leader
+        // operation carries its caller's token instead.
+        let network = Network::new(http.clone(), internal_token, partitioned.clone());
         let raft = Raft::new(settings.id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| AppError::Raft(e.to_string()))?;
@@ -360,7 +396,6 @@ impl App {
             map,
             verifier: Verifier::new(secret),
             http,
-            internal_token,
             partitioned,
             fault_hooks: settings.fault_hooks,
             write_timeout: Duration::from_millis(settings.write_timeout_ms),

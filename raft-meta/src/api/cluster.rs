@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::{authorize, body_bytes, parse_json, ApiError, Need};
+use super::{authenticate, authorize, body_bytes, parse_json, ApiError, Need};
 use crate::app::{LeaderOp, Node};
 use crate::NodeId;
 
@@ -79,18 +79,18 @@ pub async fn add_learner(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, Need::Admin)?;
+    let caller = authenticate(&node, &headers)?;
     let b: AddLearner = parse_json(&body_bytes(body)?)?;
     if b.id == 0 || b.addr.is_empty() || b.addr.len() > 256 {
         return Err(ApiError::BadRequest(
             "id must be positive and addr 1-256 characters".into(),
         ));
     }
-    node.leader_op(LeaderOp::AddLearner {
+    let op = LeaderOp::AddLearner {
         id: b.id,
         addr: b.addr,
-    })
-    .await?;
+    };
+    node.leader_op(&caller, op).await?;
     Ok(Json(cluster_view(&node)).into_response())
 }
 
@@ -107,12 +107,12 @@ pub async fn change_membership(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, Need::Admin)?;
+    let caller = authenticate(&node, &headers)?;
     let b: ChangeMembership = parse_json(&body_bytes(body)?)?;
     if b.voters.is_empty() {
         return Err(ApiError::BadRequest("voters: must not be empty".into()));
     }
-    node.leader_op(LeaderOp::ChangeMembership { voters: b.voters })
-        .await?;
+    let op = LeaderOp::ChangeMembership { voters: b.voters };
+    node.leader_op(&caller, op).await?;
     Ok(Json(cluster_view(&node)).into_response())
 }

@@ -12,7 +12,7 @@ use axum::Json;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Deserialize;
 
-use super::{authorize, body_bytes, parse_json, ApiError, Need};
+use super::{authenticate, authorize, body_bytes, parse_json, ApiError, Need};
 use crate::app::{LeaderOp, Node};
 use crate::TypeConfig;
 
@@ -56,15 +56,19 @@ pub async fn snapshot(
     Ok(Json(node.raft.install_snapshot(rpc).await).into_response())
 }
 
-/// A leader-only operation forwarded by a peer. Never forwarded again: if this node is not
-/// the leader (any more) it says so and the sender retries with its fresher view.
+/// A leader-only operation forwarded by a peer, with its caller's own token. Never forwarded
+/// again: if this node is not the leader (any more) it says so and the sender retries with its
+/// fresher view. **Invariant:** the operation runs only if the token grants `op.need()`, the
+/// same rule as the public route it came from; holding `internal` (every cell and router
+/// does) is not enough to write the map.
 pub async fn leader_op(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, Need::Internal)?;
+    let caller = authenticate(&node, &headers)?;
     let op: LeaderOp = parse_json(&body_bytes(body)?)?;
+    caller.require(op.need())?;
     let reply = node.execute_as_leader(op).await?;
     Ok(Json(reply).into_response())
 }

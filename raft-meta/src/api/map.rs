@@ -14,7 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 use topology::{CellId, CellStatus, Region};
 
-use super::{authorize, body_bytes, parse_json, path_param, ApiError, Need};
+use super::{authenticate, authorize, body_bytes, parse_json, path_param, ApiError, Caller, Need};
 use crate::app::{LeaderOp, LeaderReply, Node};
 use crate::state::{BackupUnreachable, Command, FailoverPolicy};
 
@@ -118,10 +118,10 @@ pub async fn get_map(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, Need::Read)?;
+    let caller = authorize(&node, &headers, Need::Read)?;
     let q: MapQuery = parse_query(raw)?;
     if q.consistent {
-        match node.leader_op(LeaderOp::ReadMap).await? {
+        match node.leader_op(&caller, LeaderOp::ReadMap).await? {
             LeaderReply::Map(view) => return Ok(Json(view).into_response()),
             other => {
                 return Err(ApiError::Unavailable(format!(
@@ -170,9 +170,10 @@ fn cell_id(raw: &str) -> Result<CellId, ApiError> {
     CellId::parse(raw).map_err(|e| ApiError::BadRequest(format!("cell id: {e}")))
 }
 
-async fn write(node: &Node, command: Command) -> Result<Response, ApiError> {
+/// Commits `command` for `caller`; whether the caller may is `LeaderOp::need`'s to say.
+async fn write(node: &Node, caller: &Caller, command: Command) -> Result<Response, ApiError> {
     command.check_shape().map_err(ApiError::Rejected)?;
-    match node.leader_op(LeaderOp::Write { command }).await? {
+    match node.leader_op(caller, LeaderOp::Write { command }).await? {
         LeaderReply::Written { version } => {
             Ok(Json(serde_json::json!({ "version": version })).into_response())
         }
@@ -200,11 +201,12 @@ pub async fn put_cell(
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, Need::Admin)?;
+    let caller = authenticate(&node, &headers)?;
     let id = cell_id(&path_param(id)?)?;
     let b: PutCell = parse_json(&body_bytes(body)?)?;
     write(
         &node,
+        &caller,
         Command::RegisterCell {
             id,
             region: b.region,
@@ -229,11 +231,12 @@ pub async fn put_backup(
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, Need::Admin)?;
+    let caller = authenticate(&node, &headers)?;
     let cell = cell_id(&path_param(id)?)?;
     let b: PutBackup = parse_json(&body_bytes(body)?)?;
     write(
         &node,
+        &caller,
         Command::SetBackup {
             cell,
             backup: b.backup,
@@ -258,11 +261,12 @@ pub async fn put_policy(
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, Need::Admin)?;
+    let caller = authenticate(&node, &headers)?;
     let cell = cell_id(&path_param(id)?)?;
     let b: PutPolicy = parse_json(&body_bytes(body)?)?;
     write(
         &node,
+        &caller,
         Command::SetPolicy {
             cell,
             policy: FailoverPolicy {
@@ -287,10 +291,11 @@ pub async fn move_slots(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, Need::Admin)?;
+    let caller = authenticate(&node, &headers)?;
     let b: MoveSlots = parse_json(&body_bytes(body)?)?;
     write(
         &node,
+        &caller,
         Command::MoveSlots {
             slots: b.slots,
             to: b.to,
@@ -314,10 +319,11 @@ pub async fn put_switch(
     name: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, Need::Admin)?;
+    let caller = authenticate(&node, &headers)?;
     let b: PutSwitch = parse_json(&body_bytes(body)?)?;
     write(
         &node,
+        &caller,
         Command::SetSwitch {
             name: path_param(name)?,
             on: b.on,
@@ -347,15 +353,18 @@ pub async fn post_heartbeat(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, Need::Internal)?;
+    let caller = authenticate(&node, &headers)?;
     let cell = cell_id(&path_param(id)?)?;
+    let op = LeaderOp::Heartbeat { cell: cell.clone() };
+    // Before the lookup, so that whether a cell exists is told only to who may heartbeat.
+    caller.require(op.need())?;
     if !node.map.current().cells.contains_key(&cell) {
         return Err(ApiError::Rejected(crate::state::Rejected {
             code: "cell_not_found".into(),
             detail: format!("no cell {cell}"),
         }));
     }
-    node.leader_op(LeaderOp::Heartbeat { cell }).await?;
+    node.leader_op(&caller, op).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -364,8 +373,8 @@ pub async fn get_liveness(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers, Need::Read)?;
-    match node.leader_op(LeaderOp::Liveness).await? {
+    let caller = authenticate(&node, &headers)?;
+    match node.leader_op(&caller, LeaderOp::Liveness).await? {
         LeaderReply::Liveness(l) => Ok(Json(l).into_response()),
         other => Err(ApiError::Unavailable(format!(
             "unexpected leader reply {other:?}"

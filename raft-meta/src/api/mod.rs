@@ -20,7 +20,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use topology::auth::Principal;
+use topology::auth::{AuthError, Principal};
 
 use crate::app::Node;
 use crate::state::Rejected;
@@ -169,8 +169,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// What a route needs from the caller's token.
-#[derive(Clone, Copy, Debug)]
+/// What a route or a leader operation needs from the caller's token. Which leader operation
+/// needs what is decided in one place, [`LeaderOp::need`](crate::app::LeaderOp::need).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
     /// `admin` or `internal`.
     Read,
@@ -180,29 +181,76 @@ pub enum Need {
     Internal,
 }
 
-pub fn authorize(node: &Node, headers: &HeaderMap, need: Need) -> Result<Principal, ApiError> {
-    let header = headers
+/// A caller whose token verified: who it is, and the `Authorization` header it proved that
+/// with, which a follower forwards to the leader so that the leader judges the caller's own
+/// authority, never the follower's.
+#[derive(Clone)]
+pub struct Caller {
+    principal: Principal,
+    authorization: String,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("principal", &self.principal)
+            .field("authorization", &"<token>")
+            .finish()
+    }
+}
+
+impl Caller {
+    /// The verified `Authorization` header value (`Bearer <jwt>`). A credential: never log it.
+    pub fn authorization(&self) -> &str {
+        &self.authorization
+    }
+
+    /// Ok if this caller's scopes grant `need`, else 403.
+    pub fn require(&self, need: Need) -> Result<(), ApiError> {
+        let p = &self.principal;
+        let ok = match need {
+            Need::Read | Need::Internal => p.is_admin() || p.has_scope("internal"),
+            Need::Admin => p.is_admin(),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this needs the {} scope",
+                match need {
+                    Need::Admin => "admin",
+                    Need::Read | Need::Internal => "admin or internal",
+                }
+            )))
+        }
+    }
+}
+
+/// Verifies the caller's token (401 without a valid one); what it may do is checked later,
+/// with [`Caller::require`].
+pub fn authenticate(node: &Node, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(header) = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(ApiError::Unauthorized(AuthError::Missing.to_string()));
+    };
     let principal = node
         .verifier
-        .verify_header(header)
+        .verify_header(Some(header))
         .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    let ok = match need {
-        Need::Read | Need::Internal => principal.is_admin() || principal.has_scope("internal"),
-        Need::Admin => principal.is_admin(),
-    };
-    if ok {
-        Ok(principal)
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "this route needs the {} scope",
-            match need {
-                Need::Admin => "admin",
-                _ => "admin or internal",
-            }
-        )))
-    }
+    Ok(Caller {
+        principal,
+        authorization: header.to_owned(),
+    })
+}
+
+/// [`authenticate`], then [`Caller::require`] `need`: for routes that are not a leader
+/// operation (leader operations check [`LeaderOp::need`](crate::app::LeaderOp::need)).
+pub fn authorize(node: &Node, headers: &HeaderMap, need: Need) -> Result<Caller, ApiError> {
+    let caller = authenticate(node, headers)?;
+    caller.require(need)?;
+    Ok(caller)
 }
 
 /// The request body, or the problem that replaces axum's plain-text rejection.
