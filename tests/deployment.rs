@@ -345,6 +345,27 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
         "one claim per claimer, as acknowledged ({during} answered before the restart)"
     );
     assert_eq!(listed.values().sum::<i64>(), 6000);
+
+    // After all of this mixed traffic and the crash, every backup replica holds exactly its
+    // primary's rows, both idempotency tables included, compared at one position.
+    let report = eventually(
+        "every replica equals its primary",
+        Duration::from_secs(60),
+        || async {
+            let (code, out) = up.cellctl(&["verify", "--json"]);
+            let report: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+            (code == 0).then_some(report)
+        },
+    )
+    .await;
+    let shards = report["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 4, "{report}");
+    assert!(
+        shards
+            .iter()
+            .all(|s| s["equal"] == true && s["position"].as_i64() > Some(0)),
+        "{report}"
+    );
     let record = up.record();
     assert!(
         record["restarts"]["cell-c1"].as_u64() >= Some(1),

@@ -351,13 +351,27 @@ impl Drop for Backend {
         let Some((url, prefix)) = &self.postgres else {
             return;
         };
-        for n in 1..=8 {
+        // Each cell's database, and the replicas the cells hosted (`NAME_replica_SHARD`).
+        let mut names: Vec<String> = (1..=8).map(|n| format!("{prefix}_c{n}")).collect();
+        if let Ok(out) = Command::new("psql")
+            .arg(url)
+            .arg("-tAc")
+            .arg(format!(
+                "SELECT datname FROM pg_database WHERE datname LIKE '{prefix}\\_c%\\_replica\\_%'"
+            ))
+            .output()
+        {
+            names.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+        for name in names.iter().filter(|n| !n.is_empty()) {
             let _ = Command::new("psql")
                 .arg(url)
                 .arg("-qc")
-                .arg(format!(
-                    "DROP DATABASE IF EXISTS {prefix}_c{n} WITH (FORCE)"
-                ))
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

@@ -18,13 +18,33 @@ use sqlx::Row;
 struct Shard {
     store: Store,
     _dir: tempfile::TempDir,
+    /// `(admin url, database)` to drop afterwards, on Postgres.
+    pg: Option<(String, String)>,
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = &self.pg {
+            let _ = std::process::Command::new("psql")
+                .arg(admin)
+                .arg("-qc")
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
 }
 
 async fn shard() -> Shard {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = match common::Backend::from_env().postgres {
-        Some(admin) => common::create_database(&admin, &common::unique("redcell_j")).await,
-        None => Store::sqlite_url(dir.path()),
+    let (url, pg) = match common::Backend::from_env().postgres {
+        Some(admin) => {
+            let name = common::unique("redcell_j");
+            let url = common::create_database(&admin, &name).await;
+            (url, Some((admin, name)))
+        }
+        None => (Store::sqlite_url(dir.path()), None),
     };
     let store = Store::open(
         &url,
@@ -35,7 +55,11 @@ async fn shard() -> Shard {
     )
     .await
     .expect("open shard");
-    Shard { store, _dir: dir }
+    Shard {
+        store,
+        _dir: dir,
+        pg,
+    }
 }
 
 fn wallet_commit(pos: i64, slot: i64, epoch: i64, uid: &str, balance: i64) -> Commit {

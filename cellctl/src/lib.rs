@@ -11,3 +11,4 @@ pub mod deployment;
 pub mod load;
 pub mod status;
 pub mod up;
+pub mod verify;
