@@ -215,6 +215,18 @@ impl CellMap {
         Slot::all().filter(move |s| &self.owner(*s).cell == cell)
     }
 
+    /// The epoch of a cell's shard: the highest epoch among the slots it owns (0 when it
+    /// owns none). Any takeover or move of one of its slots raises it, so a grant made at one
+    /// shard epoch (raft-meta's "run alone" grant, DESIGN §6.3) lapses when ownership moves.
+    pub fn shard_epoch(&self, cell: &CellId) -> Epoch {
+        self.slots
+            .iter()
+            .filter(|o| &o.cell == cell)
+            .map(|o| o.epoch)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Checks the invariants every map must hold; a map that fails is never served.
     pub fn validate(&self) -> Result<(), MapError> {
         if self.slots.len() != usize::from(SLOT_COUNT) {
