@@ -23,7 +23,7 @@ use crate::meta::Follower;
 use crate::ownership::Ownership;
 use crate::payments::HttpProvider;
 use crate::peer::Peers;
-use crate::replication::{ReplicaHome, Replicas, Shipping};
+use crate::replication::{Durability, ReplicaHome, Replicas};
 use crate::store::{redact, Store, StoreError, StoreOptions};
 use crate::workers::Workers;
 
@@ -49,8 +49,8 @@ pub struct CtxInner {
     pub wake: Arc<Notify>,
     /// Fired when shutdown begins: `/readyz` turns 503 so balancers stop sending.
     pub shutting_down: CancellationToken,
-    /// What this shard's backup has acknowledged.
-    pub shipping: Arc<Shipping>,
+    /// What this shard's backup has acknowledged, and the gate money answers wait at.
+    pub durability: Arc<Durability>,
     /// The replicas this cell hosts for other shards.
     pub replicas: Replicas,
 }
@@ -86,6 +86,8 @@ pub struct App {
     grant_settle_after: Duration,
     /// Follows raft-meta, when the cell was started with `--meta`.
     follower: Option<Follower>,
+    journal_retention: Duration,
+    journal_prune_every: Duration,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -200,6 +202,12 @@ impl App {
             peers: peers.clone(),
             fault: settings.test_fault,
         });
+        let durability = Arc::new(Durability::new(
+            store.clone(),
+            ownership.clone(),
+            Duration::from_millis(settings.ack_timeout_ms),
+            None,
+        ));
         let replicas = Replicas::new(
             match &settings.database_url {
                 Some(url) => ReplicaHome::Postgres(url.clone()),
@@ -226,7 +234,7 @@ impl App {
             test_clock: settings.test_clock,
             wake: wake.clone(),
             shutting_down: cancel.clone(),
-            shipping: Arc::default(),
+            durability: durability.clone(),
             replicas,
         }));
         let follower = (!settings.meta.is_empty()).then(|| Follower {
@@ -247,6 +255,7 @@ impl App {
             path: map_file,
             heartbeat: Duration::from_millis(settings.heartbeat_ms.max(50)),
             cancel: cancel.clone(),
+            durability: durability.clone(),
         });
         let workers = Workers {
             store,
@@ -277,6 +286,8 @@ impl App {
             workers,
             grant_settle_after: Duration::from_millis(settings.grant_settle_after_ms),
             follower,
+            journal_retention: Duration::from_secs(settings.journal_retention_s),
+            journal_prune_every: Duration::from_millis(settings.journal_prune_every_ms.max(100)),
         })
     }
 
@@ -295,10 +306,26 @@ impl App {
             workers,
             grant_settle_after,
             follower,
+            journal_retention,
+            journal_prune_every,
         } = self;
         let cancel = workers.cancel.clone();
         let mut handles = workers.spawn();
         handles.push(ctx.replicas.clone().spawn(ctx.store.clone()));
+        handles.push(tokio::spawn(
+            ctx.durability.clone().run_withdrawals(cancel.clone()),
+        ));
+        handles.push(
+            crate::replication::Pruner {
+                store: ctx.store.clone(),
+                durability: ctx.durability.clone(),
+                replicas: ctx.replicas.clone(),
+                retention: journal_retention,
+                every: journal_prune_every,
+                cancel: cancel.clone(),
+            }
+            .spawn(),
+        );
         if let Some(f) = follower {
             handles.extend(f.spawn());
         }

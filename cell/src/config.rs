@@ -98,6 +98,21 @@ pub struct Settings {
     #[arg(long, env = "REDCELL_GRANT_SETTLE_AFTER_MS", default_value_t = 30_000)]
     pub grant_settle_after_ms: u64,
 
+    /// How long a money-moving write waits for the backup cell to confirm it before the
+    /// shard's policy decides (raft-meta's `refuse_writes`: 503; `go_async`: ask raft-meta to
+    /// run alone), in milliseconds. Only with a backup in the map.
+    #[arg(long, env = "REDCELL_ACK_TIMEOUT_MS", default_value_t = 1_000)]
+    pub ack_timeout_ms: u64,
+
+    /// How long a journal commit is kept after the backup and the workers are past it, in
+    /// seconds (the journal is pruned every `--journal-prune-every-ms`).
+    #[arg(long, env = "REDCELL_JOURNAL_RETENTION_S", default_value_t = 60)]
+    pub journal_retention_s: u64,
+
+    /// How often the journal is pruned, in milliseconds.
+    #[arg(long, env = "REDCELL_JOURNAL_PRUNE_EVERY_MS", default_value_t = 5_000)]
+    pub journal_prune_every_ms: u64,
+
     /// Test-only crash point (never in production).
     #[arg(long, hide = true, value_enum)]
     pub test_fault: Option<crate::grants::Fault>,
@@ -116,6 +131,9 @@ impl Settings {
         }
         if !(1..=1_000_000).contains(&self.max_count) {
             return Err("--max-count must be 1..=1000000".into());
+        }
+        if !(10..=60_000).contains(&self.ack_timeout_ms) {
+            return Err("--ack-timeout-ms must be 10..=60000".into());
         }
         if !(1..=1024).contains(&self.claim_batch_max) {
             return Err("--claim-batch-max must be 1..=1024".into());

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft_meta::client::MetaClient;
+use raft_meta::state::BackupUnreachable;
 use tokio_util::sync::CancellationToken;
 
 use crate::ownership::Ownership;
+use crate::replication::{Control, Durability};
 
 pub struct Follower {
     pub client: MetaClient,
@@ -18,6 +20,8 @@ pub struct Follower {
     pub path: PathBuf,
     pub heartbeat: Duration,
     pub cancel: CancellationToken,
+    /// Takes raft-meta's word on this shard's durability (policy, run-alone grant).
+    pub durability: Arc<Durability>,
 }
 
 impl Follower {
@@ -37,6 +41,12 @@ impl Follower {
                 _ = self.cancel.cancelled() => return,
                 view = watch.next() => view,
             };
+            let me = self.ownership.cell_id();
+            let policy = view.policies.get(me).copied().unwrap_or_default();
+            self.durability.set_control(Control {
+                may_go_alone: policy.on_backup_unreachable == BackupUnreachable::GoAsync,
+                alone_at: None,
+            });
             let Some(map) = view.map else { continue };
             if map.cell(self.ownership.cell_id()).is_none() {
                 tracing::warn!(cell = %self.ownership.cell_id(), version = map.version,

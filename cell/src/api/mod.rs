@@ -27,39 +27,49 @@ use error::ApiError;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(ctx: Ctx) -> Router {
+    // Money-moving routes: a 2xx answer waits for the backup (see `durable`).
+    let durable = || middleware::from_fn_with_state(ctx.clone(), durable);
     Router::new()
-        .route("/v1/subsidies", post(subsidies::handle_grant))
+        .route(
+            "/v1/subsidies",
+            post(subsidies::handle_grant).route_layer(durable()),
+        )
         .route(
             "/v1/users/{uid}/subsidies",
             get(subsidies::handle_list_subsidies),
         )
-        .route("/v1/packets", post(packets::handle_send))
+        .route(
+            "/v1/packets",
+            post(packets::handle_send).route_layer(durable()),
+        )
         .route("/v1/packets/{packet_id}", get(packets::handle_get_packet))
         .route(
             "/v1/packets/{packet_id}/claims",
-            post(claims::handle_claim).get(claims::handle_list_claims),
+            post(claims::handle_claim)
+                .route_layer(durable())
+                .get(claims::handle_list_claims),
         )
         .route(
             "/v1/payments/{payment_id}/callback",
-            post(packets::handle_payment_callback),
+            post(packets::handle_payment_callback).route_layer(durable()),
         )
         .route("/v1/users/{uid}/wallet", get(users::handle_wallet))
         .route("/v1/users/{uid}/packets", get(users::handle_history))
         .route(
             "/v1/internal/transfers",
-            post(internal::handle_receive_transfers),
+            post(internal::handle_receive_transfers).route_layer(durable()),
         )
         .route(
             "/v1/internal/grants/reserve",
-            post(internal::handle_reserve_grant),
+            post(internal::handle_reserve_grant).route_layer(durable()),
         )
         .route(
             "/v1/internal/grants/confirm",
-            post(internal::handle_confirm_grant),
+            post(internal::handle_confirm_grant).route_layer(durable()),
         )
         .route(
             "/v1/internal/grants/resolve",
-            post(internal::handle_resolve_grant),
+            post(internal::handle_resolve_grant).route_layer(durable()),
         )
         .route("/v1/internal/journal", get(replication::handle_journal))
         .route("/v1/internal/snapshot", get(replication::handle_snapshot))
@@ -129,6 +139,26 @@ async fn fence(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     match ctx.ownership.check_at(slot, Some(epoch)) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
+    }
+}
+
+/// Semi-synchronous acknowledgement at the edge of every money-moving route: a 2xx answer
+/// leaves only once the shard's backup has durably applied everything up to this process's
+/// journal head after the handler ran (which covers the handler's own commit, or the
+/// earlier commit a replay answers from), or as raft-meta's policy allows
+/// (`replication::Durability` holds the invariant). Otherwise 503 + Retry-After: the write
+/// is committed here, and a retry with the same key is answered from it. One place, so no
+/// money route can forget it; a client that hangs up drops only this wait.
+async fn durable(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    if !res.status().is_success() {
+        return res;
+    }
+    match ctx.durability.settle().await {
+        Ok(()) => res,
+        Err(e) => ApiError::unavailable(e.to_string())
+            .retry_after(1)
+            .into_response(),
     }
 }
 

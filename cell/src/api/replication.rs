@@ -12,7 +12,6 @@
 //! | `DELETE /v1/internal/replicas/{shard}/hold` | backup: resume |
 //! | `GET /v1/internal/replicas/{shard}/digest?at=P` | backup: digests once exactly at P |
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -73,7 +72,7 @@ pub async fn handle_journal(
     }
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
     // `after` is what the backup has durably applied: its acknowledgement.
-    ctx.shipping.record_ack(q.after, &caller_name(&caller));
+    ctx.durability.record_ack(q.after, &caller_name(&caller));
     let mut head = ctx.store.watch_head();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -110,18 +109,19 @@ pub async fn handle_status(State(ctx): State<Ctx>, caller: Caller) -> Result<Res
         .ownership
         .map()
         .and_then(|m| m.cell(&me).and_then(|c| c.backup.clone()));
-    let acked = ctx.shipping.acked.load(Ordering::Relaxed);
-    let acked_at = ctx.shipping.acked_at.load(Ordering::Relaxed);
+    let ack = ctx.durability.ack();
+    let durability = ctx.durability.status();
     Ok(axum::Json(json!({
         "shard": me,
         "head": head,
         "journal": {"oldest": oldest, "commits": commits, "records": records},
         "backup": backup.map(|b| json!({
             "cell": b,
-            "acked": acked,
-            "lag_records": (head - acked).max(0),
-            "last_contact_ms": acked_at,
+            "acked": durability.acked,
+            "lag_records": (head - durability.acked).max(0),
+            "last_contact_ms": ack.at_ms,
         })),
+        "durability": durability,
         "replicas": ctx.replicas.statuses(),
     }))
     .into_response())

@@ -3,7 +3,8 @@
 //!
 //! - Shipping (primary side): the backup pulls `GET /v1/internal/journal?after=P` (long-poll,
 //!   batched); `after` is the position the backup has durably applied, which the primary
-//!   records as the backup's acknowledged position ([`Shipping`]).
+//!   records as the backup's acknowledgement; money-moving answers wait for it
+//!   ([`Durability`], `durability.rs`, which holds the invariant).
 //! - Replicas (backup side): [`Replicas`] follows the map and runs one puller per shard it
 //!   backs up (`puller.rs`): a replica database of its own (`DATA_DIR/replicas/SHARD.sqlite`,
 //!   or the database `<own database>_replica_<shard>` on the cell's Postgres server),
@@ -12,14 +13,17 @@
 //! - Verification: a replica can be held at a position, so `cellctl verify` compares the
 //!   primary's and the replica's per-slot digests at exactly one position.
 //!
-//! Not here yet: acknowledgement of client writes after the backup (semi-synchronous), the
-//! `refuse`/`async` policy and re-protection. A replica never decides ownership: promotion
-//! is raft-meta's (failover).
+//! A replica never decides ownership: promotion is raft-meta's (failover), and so are the
+//! run-alone grant and re-protection (a new backup named in the map is followed here).
 
+mod durability;
 mod puller;
 
+pub use durability::{
+    AloneGrants, BoxFuture, Control, Durability, DurabilityError, DurabilityStatus,
+};
+
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,27 +36,6 @@ use crate::journal::Position;
 use crate::ownership::Ownership;
 use crate::peer::Peers;
 use crate::store::Store;
-
-/// The primary side: what the backup last acknowledged.
-#[derive(Debug, Default)]
-pub struct Shipping {
-    /// The position the backup reported durable (its last `after`), 0 before it asked.
-    pub acked: AtomicI64,
-    /// When it last asked (wall clock ms), 0 before.
-    pub acked_at: AtomicI64,
-    /// Who asked last (the backup's principal).
-    pub by: Mutex<Option<String>>,
-}
-
-impl Shipping {
-    pub fn record_ack(&self, pos: Position, by: &str) {
-        self.acked.fetch_max(pos, Ordering::Relaxed);
-        self.acked_at
-            .store(crate::clock::wall_ms(), Ordering::Relaxed);
-        *self.by.lock().expect("shipping lock poisoned") = Some(by.to_owned());
-        metrics::gauge!("redcell_backup_acked_position").set(pos as f64);
-    }
-}
 
 /// Where a replica database lives.
 #[derive(Clone, Debug)]
@@ -168,6 +151,15 @@ impl Replicas {
             .iter()
             .find(|(id, _)| id.as_str() == shard)
             .map(|(_, r)| r.clone())
+    }
+
+    pub fn all(&self) -> Vec<Arc<Replica>> {
+        self.inner
+            .lock()
+            .expect("replicas lock poisoned")
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn statuses(&self) -> Vec<ReplicaStatus> {
@@ -309,5 +301,77 @@ impl Replicas {
             applied: watch::Sender::new(applied),
             cancel: self.cancel.child_token(),
         }))
+    }
+}
+
+/// Journal retention (DESIGN §6.2): a commit is pruned once the backup has applied it, every
+/// journal-driven worker is past it, and it is older than the retention window. A replica's
+/// copy of its primary's log is pruned by the window alone (below what it has applied).
+#[derive(Clone)]
+pub struct Pruner {
+    pub store: Store,
+    pub durability: Arc<Durability>,
+    pub replicas: Replicas,
+    pub retention: Duration,
+    pub every: Duration,
+    pub cancel: CancellationToken,
+}
+
+impl Pruner {
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(self.every) => {}
+                }
+                if let Err(e) = self.pass().await {
+                    tracing::warn!(error = %e, "journal pruning failed; will retry");
+                }
+            }
+        })
+    }
+
+    async fn pass(&self) -> Result<(), crate::store::StoreError> {
+        use crate::journal::Event;
+        let old_enough = self
+            .store
+            .position_at(crate::clock::wall_ms() - self.retention.as_millis() as i64)
+            .await?;
+        let status = self.durability.status();
+        let backup_has = if status.state == "unprotected" {
+            i64::MAX
+        } else {
+            status.acked
+        };
+        let transfers = self
+            .store
+            .worker_done_upto("transfers", Event::TransferCreated)
+            .await?;
+        let payments = self
+            .store
+            .worker_done_upto("payments", Event::PaymentCreated)
+            .await?;
+        let upto = old_enough.min(backup_has).min(transfers).min(payments);
+        if upto > 0 {
+            let n = self.store.prune_journal(upto).await?;
+            if n > 0 {
+                tracing::debug!(upto, commits = n, "pruned the journal");
+            }
+        }
+        let (_, commits, records) = self.store.journal_size().await?;
+        metrics::gauge!("redcell_journal_commits").set(commits as f64);
+        metrics::gauge!("redcell_journal_records").set(records as f64);
+        for r in self.replicas.all() {
+            let keep_from = r
+                .store
+                .position_at(crate::clock::wall_ms() - self.retention.as_millis() as i64)
+                .await?
+                .min(r.applied());
+            if keep_from > 0 {
+                r.store.prune_journal(keep_from).await?;
+            }
+        }
+        Ok(())
     }
 }

@@ -333,13 +333,37 @@ impl Store {
         Ok((get(&c, "lo")?, get(&c, "n")?, get(&r, "n")?))
     }
 
-    /// The lowest cursor of the journal-driven workers (0 when one has never run).
-    pub async fn min_worker_cursor(&self, workers: &[&str]) -> Result<Position, StoreError> {
-        let mut lowest = i64::MAX;
-        for w in workers {
-            lowest = lowest.min(self.cursor(w).await?);
+    /// The highest position a journal-driven worker no longer needs: just below the first
+    /// event of its kind after its cursor (the head when there is none).
+    pub async fn worker_done_upto(
+        &self,
+        worker: &str,
+        event: Event,
+    ) -> Result<Position, StoreError> {
+        let cursor = self.cursor(worker).await?;
+        let row = sqlx::query(
+            "SELECT MIN(c.pos) AS first FROM journal_commits c JOIN journal j ON j.txn = c.txn \
+             WHERE c.pos > $1 AND j.kind = $2",
+        )
+        .bind(cursor)
+        .bind(event.as_str())
+        .fetch_one(&self.read)
+        .await?;
+        match get::<Option<i64>>(&row, "first")? {
+            Some(first) => Ok(first - 1),
+            None => self.journal_head().await,
         }
-        Ok(if lowest == i64::MAX { 0 } else { lowest })
+    }
+
+    /// The highest position committed at or before `at_ms` (wall clock), 0 if none.
+    pub async fn position_at(&self, at_ms: i64) -> Result<Position, StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(pos), 0) AS pos FROM journal_commits WHERE created_at <= $1",
+        )
+        .bind(at_ms)
+        .fetch_one(&self.read)
+        .await?;
+        get(&row, "pos")
     }
 }
 
