@@ -202,12 +202,16 @@ impl App {
             peers: peers.clone(),
             fault: settings.test_fault,
         });
-        let durability = Arc::new(Durability::new(
+        let durability = Durability::new(
             store.clone(),
             ownership.clone(),
             Duration::from_millis(settings.ack_timeout_ms),
             None,
-        ));
+        );
+        let durability = Arc::new(match settings.acknowledge {
+            config::Acknowledge::Backup => durability,
+            config::Acknowledge::Local => durability.local_only(),
+        });
         let replicas = Replicas::new(
             match &settings.database_url {
                 Some(url) => ReplicaHome::Postgres(url.clone()),

@@ -11,6 +11,17 @@ pub enum Switch {
     Off,
 }
 
+/// When a money-moving write is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Acknowledge {
+    /// After the backup cell has durably applied it (or as the shard's policy allows when
+    /// the backup is unreachable). RPO 0.
+    Backup,
+    /// As soon as it commits here, whatever the backup has: a lost cell loses what its
+    /// backup had not yet applied. For benchmarks (the baseline) and single-region tries.
+    Local,
+}
+
 /// How to run one cell. Every flag also reads the environment variable it names.
 #[derive(Clone, Debug, Args)]
 pub struct Settings {
@@ -97,6 +108,16 @@ pub struct Settings {
     /// asks the home cell to settle it, in milliseconds.
     #[arg(long, env = "REDCELL_GRANT_SETTLE_AFTER_MS", default_value_t = 30_000)]
     pub grant_settle_after_ms: u64,
+
+    /// When money-moving writes are answered: `backup` (semi-synchronous, the default) or
+    /// `local` (no wait; loses acknowledged writes with the cell; the benchmarks' baseline).
+    #[arg(
+        long,
+        env = "REDCELL_ACKNOWLEDGE",
+        value_enum,
+        default_value = "backup"
+    )]
+    pub acknowledge: Acknowledge,
 
     /// How long a money-moving write waits for the backup cell to confirm it before the
     /// shard's policy decides (raft-meta's `refuse_writes`: 503; `go_async`: ask raft-meta to

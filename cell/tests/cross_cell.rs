@@ -26,11 +26,7 @@ fn two_cell_map(c1: u16, c2: u16) -> CellMap {
     let owners = Slot::all()
         .map(|s| CellId::parse(if s.get() % 2 == 0 { "c1" } else { "c2" }).unwrap())
         .collect();
-    CellMap::from_assignment(
-        vec![info("c1", "east", c1), info("c2", "west", c2)],
-        owners,
-    )
-    .unwrap()
+    CellMap::from_assignment(vec![info("c1", "east", c1), info("c2", "west", c2)], owners).unwrap()
 }
 
 /// `n` uids whose home is the cell owning slots of parity `parity`.

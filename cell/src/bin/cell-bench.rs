@@ -5,6 +5,12 @@
 //! accounted for). Prints claims/s, p50/p99/p99.9/max, errors by status, and the ratios.
 //!
 //!     cargo run --release -p cell --bin cell-bench -- --clients 256 --duration-s 10
+//!
+//! With `--ack backup,local` the variants are instead how claims are acknowledged: each
+//! spawns a primary cell and its backup cell (a replica on its own database), the primary
+//! answering after the backup has the claim (`backup`) or at once (`local`, the baseline).
+//! It also prints the primary's acknowledgement-wait quantiles and the replication lag the
+//! backup reported, sampled every 100 ms during the open loop.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -48,6 +54,10 @@ struct Args {
     /// Variants to run, in order.
     #[arg(long, value_delimiter = ',', default_value = "on,off")]
     queue: Vec<String>,
+    /// Acknowledgement variants instead (`backup`, `local`), claim queue on, each with a
+    /// backup cell replicating the primary.
+    #[arg(long, value_delimiter = ',')]
+    ack: Vec<String>,
     /// Drive an already running cell (started with the bench's secret) instead of spawning
     /// one per variant; for profiling.
     #[arg(long)]
@@ -62,6 +72,8 @@ struct Cell {
     url: String,
     admin: String,
     db: String,
+    /// The backup cell of an acknowledgement variant.
+    backup: Option<Box<Cell>>,
 }
 
 impl Drop for Cell {
@@ -75,12 +87,93 @@ impl Drop for Cell {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        // A backup cell's replica of c1 (see cell::replication).
+        let _ = Command::new("psql")
+            .arg(&self.admin)
+            .arg("-qc")
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {}_replica_c1 WITH (FORCE)",
+                self.db
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A primary `c1` (east) backed up by `c2` (west) on a static map; `ack` is the primary's
+/// `--acknowledge`.
+async fn spawn_pair(args: &Args, ack: &str, logs: &std::path::Path) -> Result<Cell> {
+    let (p1, p2) = (free_port()?, free_port()?);
+    let map = json!({
+        "version": 1,
+        "cells": {
+            "c1": {"id": "c1", "region": "east", "url": format!("http://127.0.0.1:{p1}"), "backup": "c2"},
+            "c2": {"id": "c2", "region": "west", "url": format!("http://127.0.0.1:{p2}")},
+        },
+        "slots": vec![json!({"cell": "c1", "epoch": 1}); 1024],
+    });
+    let path = logs.join(format!("map-{ack}.json"));
+    std::fs::write(&path, map.to_string())?;
+    let map_arg = path.display().to_string();
+    let backup = spawn_cell_with(
+        args,
+        &format!("{ack}_backup"),
+        &logs.join(format!("cell-{ack}-backup.log")),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{p2}"),
+            "--cell-id",
+            "c2",
+            "--map",
+            &map_arg,
+        ],
+    )
+    .await?;
+    let mut primary = spawn_cell_with(
+        args,
+        ack,
+        &logs.join(format!("cell-{ack}.log")),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{p1}"),
+            "--cell-id",
+            "c1",
+            "--map",
+            &map_arg,
+            "--acknowledge",
+            ack,
+        ],
+    )
+    .await?;
+    primary.backup = Some(Box::new(backup));
+    Ok(primary)
+}
+
 async fn spawn_cell(args: &Args, queue: &str, log: &std::path::Path) -> Result<Cell> {
+    spawn_cell_with(
+        args,
+        queue,
+        log,
+        &["--listen", "127.0.0.1:0", "--claim-queue", queue],
+    )
+    .await
+}
+
+async fn spawn_cell_with(
+    args: &Args,
+    name: &str,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> Result<Cell> {
     use sqlx::Connection;
-    let db = format!("redcell_bench_{queue}_{:x}", rand::random::<u32>());
+    let db = format!("redcell_bench_{name}_{:x}", rand::random::<u32>());
     let mut conn = sqlx::PgConnection::connect(&args.database_url)
         .await
         .context("connect to Postgres")?;
@@ -98,24 +191,16 @@ async fn spawn_cell(args: &Args, queue: &str, log: &std::path::Path) -> Result<C
     };
     let data = tempfile::tempdir()?.keep();
     let mut cmd = Command::new(&bin);
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--claim-queue",
-        queue,
-        "--max-count",
-        "1000000",
-        "--max-total",
-        "1000000000",
-    ])
-    .arg("--data-dir")
-    .arg(&data)
-    .arg("--database-url")
-    .arg(format!("{base}/{db}"))
-    .env("REDCELL_AUTH_SECRET", SECRET)
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::from(std::fs::File::create(log)?));
+    cmd.args(extra)
+        .args(["--max-count", "1000000", "--max-total", "1000000000"])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--database-url")
+        .arg(format!("{base}/{db}"))
+        .env("REDCELL_AUTH_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(log)?));
     if let Some(r) = &args.redis_url {
         cmd.arg("--redis-url").arg(r);
     }
@@ -132,7 +217,64 @@ async fn spawn_cell(args: &Args, queue: &str, log: &std::path::Path) -> Result<C
         url: url.to_owned(),
         admin: args.database_url.clone(),
         db,
+        backup: None,
     })
+}
+
+/// The primary's acknowledgement-wait quantiles (seconds) from its `/metrics`.
+async fn ack_wait_quantiles(http: &reqwest::Client, url: &str) -> String {
+    let Ok(res) = http.get(format!("{url}/metrics")).send().await else {
+        return "metrics unavailable".into();
+    };
+    let text = res.text().await.unwrap_or_default();
+    let q: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("redcell_ack_wait_seconds"))
+        .filter_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            let v: f64 = v.parse().ok()?;
+            let label = name
+                .split("quantile=\"")
+                .nth(1)
+                .map(|q| format!("q{}", q.trim_end_matches("\"}")))
+                .unwrap_or_else(|| {
+                    name.trim_start_matches("redcell_ack_wait_seconds")
+                        .to_owned()
+                });
+            Some(if label.starts_with('q') {
+                format!("{label} {:.2} ms", v * 1000.0)
+            } else {
+                format!("{label} {v}")
+            })
+        })
+        .collect();
+    if q.is_empty() {
+        "no acknowledgement waits recorded".into()
+    } else {
+        q.join(", ")
+    }
+}
+
+/// Samples the backup's reported replication lag (ms) every 100 ms until `stop`.
+async fn sample_lag(http: reqwest::Client, backup: String, stop: Arc<AtomicBool>) -> Vec<u64> {
+    let mut out = Vec::new();
+    let admin = token("svc:bench", Some("admin"));
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(r) = http
+            .get(format!("{backup}/v1/internal/replication"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+        {
+            if let Ok(v) = r.json::<Value>().await {
+                if let Some(l) = v["replicas"][0]["lag_ms"].as_u64() {
+                    out.push(l);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    out
 }
 
 fn token(sub: &str, scope: Option<&str>) -> String {
@@ -341,14 +483,19 @@ async fn main() -> Result<()> {
         if args.redis_url.is_some() { "redis" } else { "in-process" }, logs.display());
     let mut closed = Vec::new();
     let mut open = Vec::new();
+    let by_ack = !args.ack.is_empty();
     let variants = if args.attach.is_some() {
         vec!["attached".to_owned()]
+    } else if by_ack {
+        args.ack.clone()
     } else {
         args.queue.clone()
     };
+    let mut ack_notes = Vec::new();
     for variant in &variants {
         let cell = match &args.attach {
             Some(_) => None,
+            None if by_ack => Some(spawn_pair(&args, variant, &logs).await?),
             None => {
                 Some(spawn_cell(&args, variant, &logs.join(format!("cell-{variant}.log"))).await?)
             }
@@ -373,6 +520,11 @@ async fn main() -> Result<()> {
         closed.push((variant.clone(), c));
         if args.rate > 0 {
             eprintln!("queue {variant}: open loop at {} claims/s…", args.rate);
+            let stop = Arc::new(AtomicBool::new(false));
+            let lag = cell
+                .as_ref()
+                .and_then(|c| c.backup.as_ref())
+                .map(|b| tokio::spawn(sample_lag(http.clone(), b.url.clone(), stop.clone())));
             let o = open_loop(
                 &http,
                 &url,
@@ -382,6 +534,25 @@ async fn main() -> Result<()> {
             )
             .await;
             open.push((variant.clone(), o));
+            stop.store(true, Ordering::Relaxed);
+            if let Some(lag) = lag {
+                let mut samples = lag.await.unwrap_or_default();
+                samples.sort_unstable();
+                let q = |f: f64| {
+                    samples
+                        .get(
+                            ((samples.len() as f64 * f) as usize)
+                                .min(samples.len().saturating_sub(1)),
+                        )
+                        .copied()
+                        .unwrap_or(0)
+                };
+                ack_notes.push(format!(
+                    "{variant}: backup lag during the open loop ({} samples): p50 {} ms, p99 {} ms, max {} ms; primary's acknowledgement wait: {}",
+                    samples.len(), q(0.5), q(0.99), samples.last().copied().unwrap_or(0),
+                    ack_wait_quantiles(&http, &url).await
+                ));
+            }
         }
         drop(cell);
     }
@@ -404,6 +575,37 @@ async fn main() -> Result<()> {
         for (v, o) in &open {
             println!("{}", row(v, o));
         }
+    }
+    for n in &ack_notes {
+        println!("\n{n}");
+    }
+    if let (Some((_, b)), Some((_, l))) = (
+        closed.iter().find(|(v, _)| v == "backup"),
+        closed.iter().find(|(v, _)| v == "local"),
+    ) {
+        println!(
+            "\nratio ack after backup / ack local (closed-loop throughput): {:.2}×",
+            b.rate / l.rate.max(1.0)
+        );
+    }
+    if let (Some((_, b)), Some((_, l))) = (
+        open.iter().find(|(v, _)| v == "backup"),
+        open.iter().find(|(v, _)| v == "local"),
+    ) {
+        let h = |o: &Outcome, q: f64| {
+            o.tally
+                .hist
+                .as_ref()
+                .expect("histogram")
+                .value_at_quantile(q) as f64
+                / 1000.0
+        };
+        println!(
+            "added latency of ack after backup at {} claims/s: p50 {:+.2} ms, p99 {:+.2} ms",
+            args.rate,
+            h(b, 0.5) - h(l, 0.5),
+            h(b, 0.99) - h(l, 0.99)
+        );
     }
     if let (Some((_, on)), Some((_, off))) = (
         closed.iter().find(|(v, _)| v == "on"),

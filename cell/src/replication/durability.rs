@@ -81,6 +81,12 @@ pub struct Durability {
     at_risk: AtomicU64,
     /// The last refusal, for status.
     last_refusal: Mutex<Option<Instant>>,
+    /// `--acknowledge local`: answer without waiting (the benchmarks' baseline).
+    local_only: bool,
+    /// Winding a grant down: the backup is confirming again, so new writes wait for it, and
+    /// the grant is given back once the backup has this position (the head when the wind
+    /// down began, which covers every write acknowledged alone; see `run_withdrawals`).
+    resume_at: Mutex<Option<Position>>,
 }
 
 /// The durability state as `/v1/internal/replication` shows it.
@@ -114,7 +120,15 @@ impl Durability {
             asking: Arc::default(),
             at_risk: AtomicU64::new(0),
             last_refusal: Mutex::new(None),
+            local_only: false,
+            resume_at: Mutex::new(None),
         }
+    }
+
+    /// Answers without waiting for the backup (`--acknowledge local`).
+    pub fn local_only(mut self) -> Durability {
+        self.local_only = true;
+        self
     }
 
     /// The backup this shard has now, per the map.
@@ -165,9 +179,21 @@ impl Durability {
         });
     }
 
-    fn alone_now(&self) -> bool {
+    /// A grant stands at this shard's epoch.
+    fn granted(&self) -> bool {
         let epoch = self.shard_epoch();
         self.control.borrow().alone_at == Some(epoch) && epoch.0 > 0
+    }
+
+    /// Writes may be acknowledged alone now: a grant stands and this cell is not winding it
+    /// down (see `run_withdrawals`).
+    fn alone_now(&self) -> bool {
+        let resuming = self
+            .resume_at
+            .lock()
+            .expect("resume lock poisoned")
+            .is_some();
+        !resuming && self.granted()
     }
 
     /// The acked position of the current backup (0 if it has not asked yet).
@@ -189,6 +215,9 @@ impl Durability {
     }
 
     pub async fn wait_for(&self, target: Position) -> Result<(), DurabilityError> {
+        if self.local_only {
+            return Ok(());
+        }
         let Some(backup) = self.backup() else {
             // No backup in the map (a lone cell): nothing to wait for.
             return Ok(());
@@ -225,6 +254,10 @@ impl Durability {
         };
         if !self.control.borrow().may_go_alone {
             return refuse("policy refuse");
+        }
+        if self.granted() {
+            // The backup failed again while the grant was being wound down: use it again.
+            *self.resume_at.lock().expect("resume lock poisoned") = None;
         }
         if self.alone_now() {
             self.count_at_risk();
@@ -295,12 +328,33 @@ impl Durability {
                 last_alarm = alone;
             }
             let Some(grants) = &self.grants else { continue };
-            let head = *self.store.watch_head().borrow();
-            if alone && self.backup().is_some() && self.acked_by_current() >= head {
-                let me = self.ownership.cell_id().clone();
-                tracing::info!(shard = %me, head, "the backup has caught up: giving back the run-alone grant");
-                if let Err(e) = grants.withdraw(me).await {
-                    tracing::warn!(error = %e, "cannot give back the run-alone grant yet");
+            if !alone {
+                *self.resume_at.lock().expect("resume lock poisoned") = None;
+                continue;
+            }
+            let recently = self.backup().is_some()
+                && self.ack.borrow().backup == self.backup()
+                && crate::clock::wall_ms() - self.ack.borrow().at_ms < 1_000;
+            // Wind down in two steps so no write acknowledged alone is left uncovered:
+            // 1. the backup confirms again: stop acknowledging alone. The head is read
+            //    under the same lock `alone_now` takes, so every write that still saw the
+            //    grant had read its target before, at or below this head.
+            // 2. once the backup has that head, give the grant back to raft-meta.
+            let resume_at = {
+                let mut r = self.resume_at.lock().expect("resume lock poisoned");
+                if r.is_none() && recently {
+                    *r = Some(*self.store.watch_head().borrow());
+                    tracing::info!(shard = %self.ownership.cell_id(), "the backup confirms writes again: acknowledging after it again");
+                }
+                *r
+            };
+            if let Some(p) = resume_at {
+                if self.acked_by_current() >= p {
+                    let me = self.ownership.cell_id().clone();
+                    tracing::info!(shard = %me, pos = p, "the backup has every write acknowledged alone: giving back the run-alone grant");
+                    if let Err(e) = grants.withdraw(me).await {
+                        tracing::warn!(error = %e, "cannot give back the run-alone grant yet");
+                    }
                 }
             }
         }
@@ -322,7 +376,9 @@ impl Durability {
             },
             alone,
             at_risk: self.at_risk.load(Ordering::Relaxed),
-            state: if self.backup().is_none() {
+            state: if self.local_only {
+                "local"
+            } else if self.backup().is_none() {
                 "unprotected"
             } else if alone {
                 "alone"
