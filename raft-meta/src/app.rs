@@ -20,6 +20,7 @@ use topology::CellId;
 use crate::api::{self, ApiError, Caller, Need, Problem};
 use crate::detector::{self, Detector, LivenessReport};
 use crate::network::Network;
+use crate::reprotect;
 use crate::settings::Settings;
 use crate::state::{Command, MapView, Outcome, Rejected};
 use crate::store::{self, MapHandle, StoreError};
@@ -447,6 +448,11 @@ impl App {
     pub async fn run_until_stopped(self) -> Result<(), AppError> {
         let stop = self.stop.clone();
         let detector = tokio::spawn(detector::run(self.node.clone(), stop.clone()));
+        let reprotect = tokio::spawn(reprotect::run(
+            self.node.clone(),
+            Duration::from_millis(self.settings.reprotect_after_ms),
+            stop.clone(),
+        ));
         let signal_stop = stop.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -466,6 +472,7 @@ impl App {
             .await;
         stop.cancel();
         let _ = detector.await;
+        let _ = reprotect.await;
         if let Err(e) = self.node.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
