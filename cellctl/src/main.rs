@@ -12,7 +12,8 @@ use cellctl::deployment::{self, Layout, Record};
 use cellctl::{load, policy, status, up, verify};
 
 /// Runs and operates a redcell deployment: the whole system on this machine with `up`, its
-/// health with `status`, tokens, degradation switches, reconciliation and load.
+/// health with `status`, tokens, degradation switches, backup policies, reconciliation and
+/// load.
 #[derive(Parser)]
 #[command(name = "cellctl", version)]
 struct Cli {
