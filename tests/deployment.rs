@@ -126,6 +126,27 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
         .map(|c| c["slots"].as_u64().unwrap())
         .sum();
     assert_eq!(slots, 1024, "{status}");
+    // One shard row per cell: backed up across regions, `async` by `up`'s default, green.
+    let shards = status["shards"].as_array().expect("a shard table");
+    assert_eq!(shards.len(), 4, "{status}");
+    for s in shards {
+        assert_eq!(s["policy"], "async", "{s}");
+        assert_eq!(s["alarm"], "green", "{s}");
+        assert!(
+            s["backup"].is_string() && s["head"].as_i64().is_some(),
+            "{s}"
+        );
+    }
+
+    // `cellctl policy` flips one shard's policy and back; an unknown shard is named.
+    let (code, out) = up.cellctl(&["policy", "c1", "refuse"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("async -> refuse"), "{out}");
+    let (code, _) = up.cellctl(&["policy", "c9", "refuse"]);
+    assert_eq!(code, 2, "an unknown shard is an error");
+    let (code, out) = up.cellctl(&["policy", "c1", "async"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("refuse -> async"), "{out}");
 
     // One `up` per data dir.
     let (code, _) = up.cellctl(&["up", "--base-port", "0"]);

@@ -9,10 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use cellctl::deployment::{self, Layout, Record};
-use cellctl::{load, status, up, verify};
+use cellctl::{load, policy, status, up, verify};
 
 /// Runs and operates a redcell deployment: the whole system on this machine with `up`, its
-/// health with `status`, tokens, degradation switches, reconciliation and load.
+/// health with `status`, tokens, degradation switches, backup policies, reconciliation and
+/// load.
 #[derive(Parser)]
 #[command(name = "cellctl", version)]
 struct Cli {
@@ -37,7 +38,11 @@ enum Cmd {
     /// Stop the deployment a `cellctl up` runs on --data-dir (as Ctrl-C there would).
     Down,
     /// Every process with its health (green / amber / red), the raft leader, the map
-    /// version, slots per cell and backup pairs. Exits 1 unless everything is green.
+    /// version, slots per cell, and a shard table: primary, backup, journal head, the
+    /// backup's acknowledged position, lag (records, ms), policy and alarm. A shard is amber
+    /// while it runs alone or its backup lags over 1,000 records or has not pulled for 5 s,
+    /// red when its backup is unreachable under the `refuse` policy. Exits 1 unless
+    /// everything is green.
     Status {
         /// Print JSON instead of the table.
         #[arg(long)]
@@ -64,6 +69,14 @@ enum Cmd {
         /// What callers are told while the switch is off.
         #[arg(long, default_value = "")]
         message: String,
+    },
+    /// What a shard's primary does when its backup is unreachable: `refuse` money writes
+    /// (503 until a backup acknowledges again), or `async`: run alone under a grant from
+    /// raft-meta, which then names another backup. Keeps the shard's auto-failover setting.
+    Policy {
+        /// The shard (its primary cell's id, e.g. c1).
+        shard: String,
+        policy: policy::BackupPolicy,
     },
     /// Reconcile every cell through the router: funded == wallets + escrow + in_flight.
     /// Prints the totals and any findings; exits 1 when not ok.
@@ -166,6 +179,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "switch {name} {} (map version {version})",
                 if on { "on" } else { "off" }
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy { shard, policy } => {
+            println!("{}", policy::run(&layout, &shard, policy).await?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Reconcile { json } => reconcile(&layout, json).await,

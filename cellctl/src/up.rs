@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use topology::{CellId, Region};
 
 use crate::deployment::{self, place_cells, Layout, Plan, PlannedCell, PlannedMeta, Record};
+use crate::policy::BackupPolicy;
 
 /// How long a stopping child has between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(10);
@@ -57,6 +58,13 @@ pub struct UpArgs {
     /// Default: in-process.
     #[arg(long, env = "CELLCTL_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
+    /// What every cell's primary does when its backup is unreachable: `async` (run alone
+    /// under a raft-meta grant, then re-protected) or `refuse` (refuse money writes). Default:
+    /// `async`, set on cells that have no policy yet; a resumed deployment keeps what the
+    /// operator set (`cellctl policy`) unless this flag is given, which then applies to every
+    /// cell.
+    #[arg(long, value_enum)]
+    pub backup_policy: Option<BackupPolicy>,
     /// A flag passed to every cell, e.g. `--cell-arg=--max-count=500` (repeatable).
     #[arg(long = "cell-arg", allow_hyphen_values = true)]
     pub cell_args: Vec<String>,
@@ -116,7 +124,7 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
             )
             .await?;
         }
-        register(&plan, &secret).await?;
+        register(&plan, &secret, args.backup_policy).await?;
         for c in &plan.cells {
             let mut cmd = Command::new(&bins.cell);
             cmd.args(["--listen", &c.listen, "--cell-id", &c.id])
@@ -220,9 +228,15 @@ async fn stop_signal() {
     }
 }
 
-/// Registers every cell (its slots are placed as it joins), then pairs the backups. Every
-/// call sets a value, so rerunning it on resume changes nothing but a moved URL.
-async fn register(plan: &Plan, secret: &str) -> anyhow::Result<()> {
+/// Registers every cell (its slots are placed as it joins), pairs the backups, and sets the
+/// backup policies. Every call sets a value, so rerunning it on resume changes nothing but a
+/// moved URL. On resume a cell keeps the backup raft-meta has (re-protection may have moved
+/// it) and the policy the operator set, unless `--backup-policy` was given.
+async fn register(
+    plan: &Plan,
+    secret: &str,
+    backup_policy: Option<BackupPolicy>,
+) -> anyhow::Result<()> {
     let meta = admin_client(plan.meta.iter().map(|m| m.listen.clone()).collect(), secret);
     let known = meta
         .map(true)
@@ -245,10 +259,34 @@ async fn register(plan: &Plan, secret: &str) -> anyhow::Result<()> {
     }
     for c in &plan.cells {
         let id = CellId::parse(&c.id)?;
+        let has_backup = known
+            .map
+            .as_ref()
+            .and_then(|m| m.cells.get(&id))
+            .is_some_and(|info| info.backup.is_some());
+        if has_backup {
+            continue;
+        }
         let backup = c.backup.as_deref().map(CellId::parse).transpose()?;
         meta.set_backup(&id, backup.as_ref())
             .await
             .with_context(|| format!("setting the backup of cell {}", c.id))?;
+    }
+    for c in &plan.cells {
+        let id = CellId::parse(&c.id)?;
+        let current = known.policies.get(&id).copied();
+        let wanted = match (backup_policy, current) {
+            (Some(p), _) => p,
+            (None, None) => BackupPolicy::Async,
+            (None, Some(_)) => continue,
+        };
+        let policy = raft_meta::state::FailoverPolicy {
+            auto_failover: current.is_some_and(|p| p.auto_failover),
+            on_backup_unreachable: wanted.as_state(),
+        };
+        meta.set_policy(&id, policy)
+            .await
+            .with_context(|| format!("setting the backup policy of cell {}", c.id))?;
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use topology::CellId;
 use crate::api::{self, ApiError, Caller, Need, Problem};
 use crate::detector::{self, Detector, LivenessReport};
 use crate::network::Network;
+use crate::reprotect;
 use crate::settings::Settings;
 use crate::state::{Command, MapView, Outcome, Rejected};
 use crate::store::{self, MapHandle, StoreError};
@@ -52,8 +53,10 @@ pub enum LeaderOp {
 impl LeaderOp {
     /// The scope a caller needs for this operation: the one rule for the public routes and
     /// for `/internal/leader-op` alike. **Invariant:** every operation that changes the map
-    /// or the membership needs `admin`; `internal` (held by every cell and router) may only
-    /// read and heartbeat. Exhaustive, so a new operation or command must choose.
+    /// or the membership needs `admin`, except a cell's own run-alone grant and its
+    /// withdrawal (cells hold `internal`, never `admin`); otherwise `internal` (held by
+    /// every cell and router) may only read and heartbeat. Exhaustive, so a new operation or
+    /// command must choose.
     pub fn need(&self) -> Need {
         match self {
             LeaderOp::Write { command } => match command {
@@ -64,7 +67,13 @@ impl LeaderOp {
                 | Command::SetPolicy { .. }
                 // Only the leader's own detector writes liveness, in process; no route asks
                 // for it, so from outside it is an operator's override at most.
-                | Command::SetLiveness { .. } => Need::Admin,
+                | Command::SetLiveness { .. }
+                // Only the leader's own re-protection loop writes it, in process, likewise.
+                | Command::Reprotect { .. } => Need::Admin,
+                // A primary asks for (and gives back) its grant with its own token. The
+                // grant cannot move slots or backups; apply admits it only under the cell's
+                // `go_async` policy (which only an admin sets) at the current epoch.
+                Command::GrantAlone { .. } | Command::WithdrawAlone { .. } => Need::Internal,
             },
             LeaderOp::AddLearner { .. } | LeaderOp::ChangeMembership { .. } => Need::Admin,
             LeaderOp::ReadMap | LeaderOp::Liveness => Need::Read,
@@ -439,6 +448,11 @@ impl App {
     pub async fn run_until_stopped(self) -> Result<(), AppError> {
         let stop = self.stop.clone();
         let detector = tokio::spawn(detector::run(self.node.clone(), stop.clone()));
+        let reprotect = tokio::spawn(reprotect::run(
+            self.node.clone(),
+            Duration::from_millis(self.settings.reprotect_after_ms),
+            stop.clone(),
+        ));
         let signal_stop = stop.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -458,6 +472,7 @@ impl App {
             .await;
         stop.cancel();
         let _ = detector.await;
+        let _ = reprotect.await;
         if let Err(e) = self.node.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 use topology::auth::Credential;
-use topology::{CellId, CellStatus, Region};
+use topology::{CellId, CellStatus, Epoch, Region};
 
 use crate::api::Problem;
 use crate::state::{FailoverPolicy, MapView};
@@ -29,7 +29,12 @@ pub use crate::api::ClusterView;
 /// How a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// A node answered with a problem that retrying elsewhere will not fix.
+    /// The leader refused the command (409): the state does not allow it, and retrying the
+    /// same call will not change that. `code` is the stable problem code (`stale_epoch`,
+    /// `policy_refuses`, `unknown_cell`, `backup_same_region`, …).
+    #[error("409 {code}: {detail}")]
+    Rejected { code: String, detail: String },
+    /// A node answered with another problem that retrying elsewhere will not fix.
     #[error("{} {}: {}", .0.status, .0.code, .0.detail)]
     Api(Problem),
     /// No node gave an answer before the deadline.
@@ -44,6 +49,7 @@ impl ClientError {
     pub fn retryable(&self) -> bool {
         match self {
             ClientError::Api(p) => p.status == 503,
+            ClientError::Rejected { .. } => false,
             ClientError::Unavailable(_) => true,
             ClientError::Decode(_) => false,
         }
@@ -143,6 +149,10 @@ impl MetaClient {
                 .map_err(|e| ClientError::Decode(e.to_string()));
         }
         match serde_json::from_slice::<Problem>(&bytes) {
+            Ok(p) if p.status == 409 => Err(ClientError::Rejected {
+                code: p.code,
+                detail: p.detail,
+            }),
             Ok(p) => Err(ClientError::Api(p)),
             Err(_) if status == StatusCode::SERVICE_UNAVAILABLE => Err(ClientError::Unavailable(
                 format!("{node}: answered {status}"),
@@ -344,6 +354,36 @@ impl MetaClient {
                 json!({"on": on, "message": message}),
             )
             .await?;
+        version(&v)
+    }
+
+    /// Asks raft-meta to let `cell`'s shard acknowledge money writes without its backup, at
+    /// shard epoch `epoch` (needs an `internal` or `admin` token). `Ok(version)` means the
+    /// grant is committed at that map version (a repeat at the same epoch answers the
+    /// current version). Refusals are [`ClientError::Rejected`] with `code` `policy_refuses`,
+    /// `stale_epoch` or `unknown_cell`; any other error (timeouts included) is **not** a grant.
+    pub async fn request_alone(&self, cell: &CellId, epoch: Epoch) -> Result<u64, ClientError> {
+        let v: serde_json::Value = self
+            .write(
+                Method::POST,
+                &format!("/v1/cells/{cell}/alone"),
+                json!({ "epoch": epoch }),
+            )
+            .await?;
+        version(&v)
+    }
+
+    /// Gives `cell`'s run-alone grant back (a no-op without one); the map version after it.
+    pub async fn withdraw_alone(&self, cell: &CellId) -> Result<u64, ClientError> {
+        let v: serde_json::Value = self
+            .call(
+                Method::DELETE,
+                &format!("/v1/cells/{cell}/alone"),
+                None,
+                Duration::from_secs(5),
+            )
+            .await?
+            .ok_or_else(|| ClientError::Decode("empty answer".into()))?;
         version(&v)
     }
 

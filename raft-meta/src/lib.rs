@@ -14,6 +14,7 @@
 //! - [`app`]: wiring: [`app::App::build`] binds the listener, [`app::App::run_until_stopped`]
 //!   serves until SIGTERM; forwarding of leader-only operations lives here.
 //! - [`detector`]: the failure detector (heartbeats in memory, state changes in the log).
+//! - [`reprotect`]: the leader's loop that names another backup for a shard running alone.
 //! - [`client`]: the client library for routers and cells (leader discovery, retries, watch).
 //! - [`settings`]: the binary's `Settings` (defaults, env, flags).
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod app;
 pub mod client;
 pub mod detector;
 pub mod network;
+pub mod reprotect;
 pub mod settings;
 pub mod state;
 pub mod store;

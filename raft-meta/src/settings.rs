@@ -56,6 +56,10 @@ pub struct Settings {
     /// A cell is `down` after this long without a heartbeat, milliseconds.
     #[arg(long, env = "REDCELL_META_DOWN_MS", default_value_t = 5000)]
     pub down_ms: u64,
+    /// A shard running alone (its backup unreachable, under a run-alone grant) is given
+    /// another backup once its grant has stood this long on the leader, milliseconds.
+    #[arg(long, env = "REDCELL_META_REPROTECT_AFTER_MS", default_value_t = 2000)]
+    pub reprotect_after_ms: u64,
     /// The deployment secret for HS256 tokens. Never printed.
     #[arg(long, env = "REDCELL_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: String,

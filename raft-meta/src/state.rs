@@ -14,6 +14,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use topology::{CellId, CellInfo, CellMap, CellStatus, Epoch, Region, SlotOwner, SLOT_COUNT};
 
+mod alone;
+
 /// A named on/off flag read by routers for degradation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Switch {
@@ -53,6 +55,32 @@ pub enum Liveness {
     Down,
 }
 
+/// A Raft-committed permission for a cell's shard to acknowledge money writes without its
+/// backup (DESIGN.md §6.3, "Going asynchronous" in FAILOVER-LESSONS.md).
+///
+/// **Invariants** (kept by every apply, see `state/alone.rs`): a grant exists only for a
+/// registered cell whose policy says `go_async`, and only at the cell's current shard epoch
+/// (`CellMap::shard_epoch`); the apply that moves the epoch on or sets the policy back to
+/// refuse drops it. While it stands, raft-meta does not fail the shard over automatically
+/// ([`MetaState::may_fail_over_automatically`]): the backup lacks acknowledged data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AloneGrant {
+    /// The shard epoch the grant was made at; the cell may acknowledge alone only for writes
+    /// at this epoch.
+    pub epoch: u64,
+    /// The map version that committed the grant (its identity: a later grant, even at the
+    /// same epoch after a withdrawal, has another).
+    pub since_version: u64,
+    /// The cell's backup when the grant was made: the one it could not reach. Re-protection
+    /// never chooses it again for this grant.
+    #[serde(default)]
+    pub backup_at_grant: Option<CellId>,
+    /// The backup re-protection named for this grant (`None` until it has). The grant stays
+    /// until the cell withdraws it, once that backup has caught up.
+    #[serde(default)]
+    pub reprotected_to: Option<CellId>,
+}
+
 /// A change to the map. The only way the map ever changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -87,6 +115,20 @@ pub enum Command {
     },
     /// Written by the failure detector on the leader when a cell's liveness changes.
     SetLiveness { cell: CellId, liveness: Liveness },
+    /// A cell whose backup is unreachable asks to run alone at its shard's current epoch.
+    /// Applied only under a `go_async` policy and at exactly the current epoch (codes
+    /// `unknown_cell`, `policy_refuses`, `stale_epoch`); a repeat at the same epoch is a no-op.
+    GrantAlone { cell: CellId, epoch: Epoch },
+    /// The cell gives its grant back (its backup, old or new, has caught up). No-op if none.
+    WithdrawAlone { cell: CellId },
+    /// Written by the leader's re-protection loop (`reprotect.rs`): makes `backup` the cell's
+    /// backup and records it in the grant at `epoch`, in one entry, so that a grant is never
+    /// seen re-protected without the backup having moved, or the reverse.
+    Reprotect {
+        cell: CellId,
+        epoch: Epoch,
+        backup: CellId,
+    },
 }
 
 /// Why a command was refused. `code` is the stable problem+json code.
@@ -98,7 +140,7 @@ pub struct Rejected {
 }
 
 impl Rejected {
-    fn new(code: &str, detail: impl Into<String>) -> Rejected {
+    pub(crate) fn new(code: &str, detail: impl Into<String>) -> Rejected {
         Rejected {
             code: code.to_owned(),
             detail: detail.into(),
@@ -124,6 +166,10 @@ pub struct MetaState {
     pub switches: Arc<BTreeMap<String, Switch>>,
     pub policies: Arc<BTreeMap<CellId, FailoverPolicy>>,
     pub liveness: Arc<BTreeMap<CellId, Liveness>>,
+    /// Run-alone grants by cell (see [`AloneGrant`] for the invariants). Absent from states
+    /// and snapshots written before grants existed, hence the default.
+    #[serde(default)]
+    pub alone: Arc<BTreeMap<CellId, AloneGrant>>,
 }
 
 /// The public JSON form of one version of the state (`GET /v1/map`, watch).
@@ -135,6 +181,9 @@ pub struct MapView {
     pub switches: BTreeMap<String, Switch>,
     pub policies: BTreeMap<CellId, FailoverPolicy>,
     pub liveness: BTreeMap<CellId, Liveness>,
+    /// Cells running alone under a grant (absent from older nodes' answers).
+    #[serde(default)]
+    pub alone: BTreeMap<CellId, AloneGrant>,
 }
 
 pub const MAX_SWITCH_NAME: usize = 64;
@@ -220,6 +269,7 @@ impl MetaState {
             switches: (*self.switches).clone(),
             policies: (*self.policies).clone(),
             liveness: (*self.liveness).clone(),
+            alone: (*self.alone).clone(),
         }
     }
 
@@ -227,6 +277,9 @@ impl MetaState {
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
         match self.try_apply(cmd) {
             Ok(true) => {
+                // In the same apply as whatever moved an epoch or changed a policy, so no
+                // version ever shows a grant at a stale epoch or under a refusing policy.
+                self.lapse_alone();
                 self.version += 1;
                 Outcome::Applied {
                     version: self.version,
@@ -311,6 +364,13 @@ impl MetaState {
                 Arc::make_mut(&mut self.policies).insert(cell.clone(), *policy);
                 Ok(true)
             }
+            Command::GrantAlone { cell, epoch } => self.grant_alone(cell, *epoch),
+            Command::WithdrawAlone { cell } => self.withdraw_alone(cell),
+            Command::Reprotect {
+                cell,
+                epoch,
+                backup,
+            } => self.reprotect(cell, *epoch, backup),
             Command::SetLiveness { cell, liveness } => {
                 if !self.cells.contains_key(cell) {
                     return Err(unknown_cell(cell));
@@ -408,7 +468,7 @@ impl MetaState {
     }
 
     /// Installs new cells (and slots) only if the resulting map passes `CellMap::validate`.
-    fn commit_cells(
+    pub(crate) fn commit_cells(
         &mut self,
         cells: BTreeMap<CellId, CellInfo>,
         slots: Option<Vec<SlotOwner>>,
@@ -449,7 +509,7 @@ impl MetaState {
     }
 }
 
-fn unknown_cell(cell: &CellId) -> Rejected {
+pub(crate) fn unknown_cell(cell: &CellId) -> Rejected {
     Rejected::new("cell_not_found", format!("no cell {cell}"))
 }
 

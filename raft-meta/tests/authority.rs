@@ -1,8 +1,8 @@
 //! Who may change the map, against real `raft-meta` processes: every leader operation with
 //! every kind of token, sent straight to `/internal/leader-op` (on the leader and on a
 //! follower) and through a follower's public routes (which forward to the leader). Map writes
-//! and membership changes need `admin`; heartbeats and reads may be `internal`; a user token
-//! may do none of them.
+//! and membership changes need `admin`; heartbeats, reads and a cell's run-alone grant and
+//! withdrawal may be `internal`; a user token may do none of them.
 
 mod support;
 
@@ -13,7 +13,7 @@ use raft_meta::state::{BackupUnreachable, Command, FailoverPolicy, Liveness};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::{admin_token, internal_token, serial, Cluster, SECRET};
-use topology::{CellId, Region};
+use topology::{CellId, Epoch, Region};
 
 fn cell(s: &str) -> CellId {
     CellId::parse(s).unwrap()
@@ -116,10 +116,35 @@ fn leader_ops(scope: &str, member: u64, member_addr: &str) -> Vec<(&'static str,
             },
             true,
         ),
+        // c1's policy refuses, so an allowed caller gets 409 policy_refuses: past the
+        // authority check, refused by apply (see `past_authority`).
+        (
+            "grant_alone",
+            write(Command::GrantAlone {
+                cell: cell("c1"),
+                epoch: Epoch(1),
+            }),
+            false,
+        ),
+        (
+            "withdraw_alone",
+            write(Command::WithdrawAlone { cell: cell("c1") }),
+            false,
+        ),
         ("read_map", LeaderOp::ReadMap, false),
         ("heartbeat", LeaderOp::Heartbeat { cell: cell("c1") }, false),
         ("liveness", LeaderOp::Liveness, false),
     ]
+}
+
+/// What an allowed caller gets from the leader for operation `name`: 200, but 409 for a
+/// grant under c1's refusing policy (it got past the authority check and reached apply).
+fn past_authority(name: &str) -> StatusCode {
+    if name == "grant_alone" {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::OK
+    }
 }
 
 async fn send(
@@ -180,7 +205,7 @@ async fn leader_op_endpoint_does_only_what_the_callers_scope_may() {
                 let (status, text) = send(&http, Method::POST, &url, &token, Some(body)).await;
                 let expected = match (allowed(scope, admin_only), role) {
                     (false, _) => StatusCode::FORBIDDEN,
-                    (true, "leader") => StatusCode::OK,
+                    (true, "leader") => past_authority(name),
                     (true, _) => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 if status != expected {
@@ -283,11 +308,30 @@ async fn a_follower_forwards_with_the_callers_own_authority() {
                 false,
             ),
             ("liveness", Method::GET, "/v1/liveness".into(), None, false),
+            (
+                "grant_alone",
+                Method::POST,
+                "/v1/cells/c1/alone".into(),
+                Some(json!({"epoch": 1})),
+                false,
+            ),
+            (
+                "withdraw_alone",
+                Method::DELETE,
+                "/v1/cells/c1/alone".into(),
+                None,
+                false,
+            ),
         ];
         for (name, method, path, body, admin_only) in routes {
             let (status, text) = send(&http, method, &format!("{base}{path}"), &token, body).await;
             let ok = if allowed(scope, admin_only) {
-                status.is_success()
+                // `past_authority` is the leader-op's answer; the routes answer 2xx.
+                if name == "grant_alone" {
+                    status == past_authority(name)
+                } else {
+                    status.is_success()
+                }
             } else {
                 status == StatusCode::FORBIDDEN
             };

@@ -77,7 +77,7 @@ async fn three_nodes_form_and_writes_through_any_node_succeed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ClientError::Api(p) if p.status == 409 && p.code == "backup_same_region"),
+        matches!(&err, ClientError::Rejected { code, .. } if code == "backup_same_region"),
         "{err:?}"
     );
     let cells = c1.map(true).await.unwrap().map.unwrap().cells;

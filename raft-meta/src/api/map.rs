@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use topology::{CellId, CellStatus, Region};
+use topology::{CellId, CellStatus, Epoch, Region};
 
 use super::{authenticate, authorize, body_bytes, parse_json, path_param, ApiError, Caller, Need};
 use crate::app::{LeaderOp, LeaderReply, Node};
@@ -276,6 +276,48 @@ pub async fn put_policy(
         },
     )
     .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostAlone {
+    epoch: Epoch,
+}
+
+/// `POST /v1/cells/{id}/alone` `{"epoch": N}`: the cell's primary asks to acknowledge money
+/// writes without its unreachable backup, at its shard's epoch N (scope `internal`; `admin`
+/// too). 200 `{"version"}` once committed; 409 `policy_refuses`, `stale_epoch` or
+/// `unknown_cell` otherwise. Only this committed answer is a grant: a timeout is not one.
+pub async fn post_alone(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&node, &headers)?;
+    let cell = cell_id(&path_param(id)?)?;
+    let b: PostAlone = parse_json(&body_bytes(body)?)?;
+    write(
+        &node,
+        &caller,
+        Command::GrantAlone {
+            cell,
+            epoch: b.epoch,
+        },
+    )
+    .await
+}
+
+/// `DELETE /v1/cells/{id}/alone`: the cell gives its grant back (scope `internal`; `admin`
+/// too). 200 `{"version"}`, also when there was none; 409 `unknown_cell`.
+pub async fn delete_alone(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&node, &headers)?;
+    let cell = cell_id(&path_param(id)?)?;
+    write(&node, &caller, Command::WithdrawAlone { cell }).await
 }
 
 #[derive(Deserialize)]

@@ -41,6 +41,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cells/{id}/backup", put(map::put_backup))
         .route("/v1/cells/{id}/policy", put(map::put_policy))
         .route("/v1/cells/{id}/heartbeat", post(map::post_heartbeat))
+        .route(
+            "/v1/cells/{id}/alone",
+            post(map::post_alone).delete(map::delete_alone),
+        )
         .route("/v1/liveness", get(map::get_liveness))
         .route("/v1/slots/move", post(map::move_slots))
         .route("/v1/switches", get(map::get_switches))
