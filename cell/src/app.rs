@@ -202,11 +202,31 @@ impl App {
             peers: peers.clone(),
             fault: settings.test_fault,
         });
+        let meta_client = (!settings.meta.is_empty()).then(|| {
+            MetaClient::new(
+                settings
+                    .meta
+                    .iter()
+                    .map(|n| n.trim_start_matches("http://").to_owned())
+                    .collect(),
+                topology::auth::Credential::minted(
+                    secret.as_bytes(),
+                    &format!("svc:cell-{me}"),
+                    Some("internal"),
+                    topology::auth::SERVICE_TOKEN_TTL_S,
+                ),
+            )
+        });
         let durability = Durability::new(
             store.clone(),
             ownership.clone(),
             Duration::from_millis(settings.ack_timeout_ms),
-            None,
+            meta_client.clone().map(|c| {
+                // A grant request must not outlive the writes waiting on it.
+                Arc::new(crate::meta::MetaGrants(
+                    c.with_deadline(Duration::from_millis(settings.ack_timeout_ms)),
+                )) as Arc<dyn crate::replication::AloneGrants>
+            }),
         );
         let durability = Arc::new(match settings.acknowledge {
             config::Acknowledge::Backup => durability,
@@ -241,20 +261,8 @@ impl App {
             durability: durability.clone(),
             replicas,
         }));
-        let follower = (!settings.meta.is_empty()).then(|| Follower {
-            client: MetaClient::new(
-                settings
-                    .meta
-                    .iter()
-                    .map(|n| n.trim_start_matches("http://").to_owned())
-                    .collect(),
-                topology::auth::Credential::minted(
-                    secret.as_bytes(),
-                    &format!("svc:cell-{me}"),
-                    Some("internal"),
-                    topology::auth::SERVICE_TOKEN_TTL_S,
-                ),
-            ),
+        let follower = meta_client.map(|client| Follower {
+            client,
             ownership: ownership.clone(),
             path: map_file,
             heartbeat: Duration::from_millis(settings.heartbeat_ms.max(50)),

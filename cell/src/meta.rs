@@ -11,7 +11,9 @@ use raft_meta::state::BackupUnreachable;
 use tokio_util::sync::CancellationToken;
 
 use crate::ownership::Ownership;
-use crate::replication::{Control, Durability};
+use topology::{CellId, Epoch};
+
+use crate::replication::{AloneGrants, BoxFuture, Control, Durability};
 
 pub struct Follower {
     pub client: MetaClient,
@@ -45,7 +47,8 @@ impl Follower {
             let policy = view.policies.get(me).copied().unwrap_or_default();
             self.durability.set_control(Control {
                 may_go_alone: policy.on_backup_unreachable == BackupUnreachable::GoAsync,
-                alone_at: None,
+                // A grant that lapsed (gone from the map, or at another epoch) stops at once.
+                alone_at: view.alone.get(me).map(|g| topology::Epoch(g.epoch)),
             });
             let Some(map) = view.map else { continue };
             if map.cell(self.ownership.cell_id()).is_none() {
@@ -79,5 +82,32 @@ impl Follower {
                 }
             }
         }
+    }
+}
+
+/// raft-meta's run-alone grants through the cell's client (see `replication::Durability`).
+pub struct MetaGrants(pub MetaClient);
+
+impl AloneGrants for MetaGrants {
+    fn request(&self, cell: CellId, epoch: Epoch) -> BoxFuture<Result<(), String>> {
+        let client = self.0.clone();
+        Box::pin(async move {
+            client
+                .request_alone(&cell, epoch)
+                .await
+                .map(|version| tracing::warn!(shard = %cell, %epoch, version, "raft-meta granted running alone"))
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn withdraw(&self, cell: CellId) -> BoxFuture<Result<(), String>> {
+        let client = self.0.clone();
+        Box::pin(async move {
+            client
+                .withdraw_alone(&cell)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
     }
 }

@@ -62,6 +62,27 @@ pub async fn run(layout: &Layout, only: Option<&str>) -> anyhow::Result<Report> 
                 .join(", ")
         );
     }
+    // Backups as raft-meta has them now (re-protection may have moved one); the plan's
+    // pairs when raft-meta cannot be reached.
+    let map = crate::up::admin_client(record.meta_nodes(), &secret)
+        .with_deadline(Duration::from_secs(3))
+        .map(false)
+        .await
+        .ok()
+        .and_then(|v| v.map);
+    let backup_of = |id: &str| -> Option<String> {
+        match &map {
+            Some(m) => topology::CellId::parse(id).ok().and_then(|c| {
+                m.cell(&c)
+                    .and_then(|i| i.backup.as_ref().map(|b| b.to_string()))
+            }),
+            None => record
+                .cells
+                .iter()
+                .find(|c| c.id == id)
+                .and_then(|c| c.backup.clone()),
+        }
+    };
     let mut shards = Vec::new();
     for cell in record
         .cells
@@ -71,13 +92,13 @@ pub async fn run(layout: &Layout, only: Option<&str>) -> anyhow::Result<Report> 
         let mut report = ShardReport {
             shard: cell.id.clone(),
             primary: cell.id.clone(),
-            backup: cell.backup.clone(),
+            backup: backup_of(&cell.id),
             position: None,
             equal: false,
             differences: Vec::new(),
             error: None,
         };
-        match &cell.backup {
+        match &report.backup.clone() {
             None => report.error = Some("this shard has no backup".into()),
             Some(backup) => {
                 let backup_url = record

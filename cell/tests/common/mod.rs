@@ -469,6 +469,10 @@ impl MetaNode {
         raft_meta::client::MetaClient::new(vec![addr], admin())
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -555,4 +559,16 @@ pub async fn claim_until_final(cell: &TestCell, packet: &str, uid: &str) -> (Sta
         return (status, body);
     }
     panic!("claim on {packet} by {uid} never got a final answer");
+}
+
+/// Sends `signal` (e.g. `STOP`, `CONT`) to `pid`: freezing a process leaves its sockets open
+/// but unanswered, as a partition or a stalled machine does.
+pub fn signal(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{signal} {pid} failed");
 }
