@@ -163,6 +163,13 @@ impl App {
             },
         )
         .await?;
+        // The fence reads a missing `slot_epochs` row as "not held by this shard", so the
+        // epochs of the slots our map gives us are recorded before anything is served (and
+        // the follower does the same before it installs a new map).
+        let owned = ownership.fence().owned_epochs();
+        if !owned.is_empty() {
+            store.raise_epochs(&owned).await?;
+        }
         let gate = match &settings.redis_url {
             Some(url) => Gate::redis(url, me.as_str()).await?,
             None => Gate::local(),
@@ -244,6 +251,7 @@ impl App {
                 ),
             ),
             ownership: ownership.clone(),
+            store: store.clone(),
             path: map_file,
             heartbeat: Duration::from_millis(settings.heartbeat_ms.max(50)),
             cancel: cancel.clone(),

@@ -24,8 +24,11 @@ use crate::journal::{Commit, Event, Record};
 /// statements run on `&mut *tx`. Dropped without [`commit`](Self::commit), it rolls back.
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
-    dialect: Dialect,
+    pub(super) dialect: Dialect,
     head: Arc<watch::Sender<Position>>,
+    /// The epochs this transaction may write under (`None`: an unfenced transaction, for
+    /// what is not a slot's data: epochs, cursors, pruning).
+    pub(super) fence: Option<super::fence::TxFence>,
 }
 
 impl std::ops::Deref for WriteTx {
@@ -172,12 +175,15 @@ pub(super) async fn append_event(
 }
 
 impl Store {
-    /// Starts a write transaction (see [`WriteTx`]). Outside `store`, only tests use it.
+    /// Starts an unfenced write transaction (see [`WriteTx`]): only for what is not a
+    /// slot's data (epochs, worker cursors, pruning). Writes of a slot's rows begin with
+    /// [`begin_fenced`](Self::begin_fenced). Outside `store`, only tests use it.
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
         Ok(WriteTx {
             tx: self.write.begin().await?,
             dialect: self.dialect,
             head: self.head.clone(),
+            fence: None,
         })
     }
 
