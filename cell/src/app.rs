@@ -180,6 +180,7 @@ impl App {
         let claims = ClaimService::new(
             store.clone(),
             clock.clone(),
+            ownership.clone(),
             gate,
             transfers_due.clone(),
             queue,
