@@ -291,9 +291,22 @@ impl Store {
 
     /// Raises the epochs this shard holds its slots at to at least `epochs` (`(slot, epoch)`);
     /// an epoch never goes down. Records written afterwards carry them.
+    ///
+    /// Only the rows that must rise are written: an upsert locks every row it meets, and
+    /// each fenced write holds its slot's row `FOR SHARE`, so raising a whole map's worth of
+    /// unchanged rows would make every map update wait for, and stall, the writes in flight.
     pub async fn raise_epochs(&self, epochs: &[(i64, i64)]) -> Result<(), StoreError> {
+        let held = self.epochs().await?;
+        let rising: Vec<(i64, i64)> = epochs
+            .iter()
+            .copied()
+            .filter(|(slot, epoch)| held.get(slot).is_none_or(|h| h < epoch))
+            .collect();
+        if rising.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.begin().await?;
-        raise_epochs_in(&mut tx, epochs).await?;
+        raise_epochs_in(&mut tx, &rising).await?;
         tx.commit().await?;
         Ok(())
     }
