@@ -319,3 +319,87 @@ async fn the_expiry_sweep_leaves_a_fenced_slot_alone_and_refunds_the_others() {
     assert!(w["balance"].as_i64().unwrap() > 0, "refunded: {w}");
     reconciles(&cell).await;
 }
+
+#[tokio::test]
+async fn a_slot_whose_epoch_row_is_missing_is_not_held_and_refused() {
+    // Arrange: the cell recorded its epochs at start-up; one slot's row goes away.
+    let cell = TestCell::spawn().await;
+    let db = shard(&cell).await;
+    let sender = "fen-lena";
+    let slot = slot_of(sender);
+    sqlx::query("DELETE FROM slot_epochs WHERE slot = $1")
+        .bind(i64::from(slot))
+        .execute(&db)
+        .await
+        .unwrap();
+
+    // Act
+    let body = json!({"kind": "c2c", "total": 500, "count": 2});
+    let (status, refusal) = send_c2c(&cell, sender, "k-1", body).await;
+
+    // Assert
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{refusal}");
+    assert_eq!(refusal["code"], "stale_epoch", "{refusal}");
+    assert_eq!(refusal["map_epoch"], 1, "{refusal}");
+    assert!(refusal["shard_epoch"].is_null(), "{refusal}");
+    assert_eq!(rows_of_slot(&db, slot).await, 0);
+}
+
+/// Postgres: the fence reads its slot's row `FOR SHARE`, so a write that starts while a bump
+/// is in flight waits for it, then sees the new epoch and is refused. (SQLite has one writer:
+/// there a bump and a write cannot overlap.)
+#[tokio::test]
+async fn on_postgres_a_write_waits_for_a_bump_in_flight_and_is_refused() {
+    // Arrange: a bump of the sender's slot, not yet committed.
+    let cell = TestCell::spawn().await;
+    if cell.database_url().is_none() {
+        return;
+    }
+    let db = shard(&cell).await;
+    let watcher = shard(&cell).await;
+    let sender = "fen-mona";
+    let slot = slot_of(sender);
+    let mut bump = db.begin().await.unwrap();
+    sqlx::query("UPDATE slot_epochs SET epoch = 2 WHERE slot = $1")
+        .bind(i64::from(slot))
+        .execute(&mut *bump)
+        .await
+        .unwrap();
+
+    // Act: the send starts; once it waits on the bump's lock (or has answered), the bump
+    // commits.
+    let (http, url) = (cell.http.clone(), cell.url.clone());
+    let send = tokio::spawn(async move {
+        let res = http
+            .post(format!("{url}/v1/packets"))
+            .bearer_auth(user("fen-mona"))
+            .header("idempotency-key", "k-1")
+            .json(&json!({"kind": "c2c", "total": 500, "count": 2}))
+            .send()
+            .await
+            .expect("send");
+        let status = res.status();
+        (status, res.json::<Value>().await.expect("json"))
+    });
+    wait_until(
+        "the send waits on the bump's row lock, or has answered",
+        || async {
+            let waiting: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&watcher)
+            .await
+            .unwrap()
+            .get(0);
+            waiting > 0 || send.is_finished()
+        },
+    )
+    .await;
+    bump.commit().await.unwrap();
+    let (status, refusal) = send.await.unwrap();
+
+    // Assert
+    assert_stale_epoch(status, &refusal, slot);
+    assert_eq!(rows_of_slot(&db, slot).await, 0);
+}
