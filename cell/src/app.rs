@@ -165,6 +165,13 @@ impl App {
             },
         )
         .await?;
+        // The fence reads a missing `slot_epochs` row as "not held by this shard", so the
+        // epochs of the slots our map gives us are recorded before anything is served (and
+        // the follower does the same before it installs a new map).
+        let owned = ownership.fence().owned_epochs();
+        if !owned.is_empty() {
+            store.raise_epochs(&owned).await?;
+        }
         let gate = match &settings.redis_url {
             Some(url) => Gate::redis(url, me.as_str()).await?,
             None => Gate::local(),
@@ -175,6 +182,7 @@ impl App {
         let claims = ClaimService::new(
             store.clone(),
             clock.clone(),
+            ownership.clone(),
             gate,
             transfers_due.clone(),
             queue,
@@ -264,6 +272,7 @@ impl App {
         let follower = meta_client.map(|client| Follower {
             client,
             ownership: ownership.clone(),
+            store: store.clone(),
             path: map_file,
             heartbeat: Duration::from_millis(settings.heartbeat_ms.max(50)),
             cancel: cancel.clone(),

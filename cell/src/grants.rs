@@ -23,6 +23,7 @@ use topology::{CellId, IdKind, MintedId, Slot, Uid};
 
 use crate::clock::Clock;
 use crate::domain::validate::Grant;
+use crate::fence::Fence;
 use crate::ownership::Ownership;
 use crate::peer::Peers;
 use crate::store::{GrantOutcome, Reservation, Store, StoreError};
@@ -62,9 +63,11 @@ pub struct Grants {
 
 impl Grants {
     pub async fn grant(&self, grant: &Grant) -> Result<Granted, GrantError> {
+        // Every local write of this grant is fenced by the map as it is now.
+        let fence = self.ownership.fence();
         let home_slot = grant.uid.slot();
         let minted = MintedId::mint(IdKind::Subsidy, home_slot);
-        let reservation = self.reserve(grant, minted.as_str()).await?;
+        let reservation = self.reserve(grant, minted.as_str(), &fence).await?;
         if reservation.uid != grant.uid.as_str() {
             return Ok(Granted::Conflict);
         }
@@ -74,11 +77,11 @@ impl Grants {
         let now = self.clock.now_ms();
         let outcome = self
             .store
-            .commit_grant(grant, &subsidy_id, i64::from(home_slot.get()), now)
+            .commit_grant(grant, &subsidy_id, i64::from(home_slot.get()), now, &fence)
             .await?;
         self.crash_if(Fault::CrashAfterCommit);
         if !matches!(outcome, GrantOutcome::Aborted) && reservation.state != "committed" {
-            if let Err(e) = self.confirm(&grant.grant_id, &subsidy_id).await {
+            if let Err(e) = self.confirm(&grant.grant_id, &subsidy_id, &fence).await {
                 // The sweep will confirm it; the grant itself is done.
                 tracing::warn!(grant_id = %grant.grant_id, error = %e, "could not confirm a grant reservation yet");
             }
@@ -104,7 +107,12 @@ impl Grants {
         Ok(Some((owner.clone(), url)))
     }
 
-    async fn reserve(&self, grant: &Grant, subsidy_id: &str) -> Result<Reservation, GrantError> {
+    async fn reserve(
+        &self,
+        grant: &Grant,
+        subsidy_id: &str,
+        fence: &Fence,
+    ) -> Result<Reservation, GrantError> {
         let order_slot = Slot::of(grant.grant_id.as_bytes());
         match self.peer(order_slot)? {
             None => Ok(self
@@ -115,6 +123,7 @@ impl Grants {
                     subsidy_id,
                     i64::from(order_slot.get()),
                     self.clock.now_ms(),
+                    fence,
                 )
                 .await?),
             Some((cell, url)) => {
@@ -126,9 +135,17 @@ impl Grants {
         }
     }
 
-    async fn confirm(&self, grant_id: &str, subsidy_id: &str) -> Result<(), GrantError> {
+    async fn confirm(
+        &self,
+        grant_id: &str,
+        subsidy_id: &str,
+        fence: &Fence,
+    ) -> Result<(), GrantError> {
         match self.peer(Slot::of(grant_id.as_bytes()))? {
-            None => Ok(self.store.confirm_grant(grant_id, subsidy_id).await?),
+            None => Ok(self
+                .store
+                .confirm_grant(grant_id, subsidy_id, fence)
+                .await?),
             Some((cell, url)) => {
                 let body = json!({"grant_id": grant_id, "subsidy_id": subsidy_id});
                 self.call::<serde_json::Value>(&cell, &url, "/v1/internal/grants/confirm", body)
@@ -144,6 +161,7 @@ impl Grants {
         grant_id: &str,
         uid: &str,
         subsidy_id: &str,
+        fence: &Fence,
     ) -> Result<String, GrantError> {
         let home = Uid::parse(uid)
             .map_err(|e| StoreError::Corrupt(format!("reservation uid: {e}")))?
@@ -157,6 +175,7 @@ impl Grants {
                     grant_id,
                     i64::from(home.get()),
                     self.clock.now_ms(),
+                    fence,
                 )
                 .await?),
             Some((cell, url)) => {
@@ -195,14 +214,25 @@ impl Grants {
     /// it settled.
     pub async fn sweep(&self, settle_after: Duration) -> Result<usize, GrantError> {
         let before = self.clock.now_ms() - settle_after.as_millis() as i64;
+        // Only reservations of slots this cell holds at its map's epoch; each write is
+        // fenced again in its transaction.
+        let fence = self.ownership.fence();
+        let live = self.store.live_slots(&fence).await?;
         let mut settled = 0;
-        for (grant_id, uid, subsidy_id) in self.store.stale_reservations(before, 100).await? {
-            let decision = self.resolve(&grant_id, &uid, &subsidy_id).await;
-            match &decision {
+        let stale = self.store.stale_reservations(before, 100, &live).await?;
+        for (grant_id, uid, subsidy_id) in stale {
+            let decision = self.resolve(&grant_id, &uid, &subsidy_id, &fence).await;
+            let settle = match &decision {
                 Ok(d) if d == "committed" => {
-                    self.store.confirm_grant(&grant_id, &subsidy_id).await?
+                    self.store
+                        .confirm_grant(&grant_id, &subsidy_id, &fence)
+                        .await
                 }
-                Ok(d) if d == "aborted" => self.store.release_grant(&grant_id, &subsidy_id).await?,
+                Ok(d) if d == "aborted" => {
+                    self.store
+                        .release_grant(&grant_id, &subsidy_id, &fence)
+                        .await
+                }
                 Ok(other) => {
                     tracing::error!(
                         grant_id,
@@ -211,10 +241,22 @@ impl Grants {
                     );
                     continue;
                 }
+                Err(GrantError::Store(StoreError::Fenced(e))) => {
+                    crate::fence::skipped("grant_reservations", &grant_id, e);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(grant_id, error = %e, "cannot settle a pending grant yet");
                     continue;
                 }
+            };
+            match settle {
+                Ok(()) => {}
+                Err(StoreError::Fenced(e)) => {
+                    crate::fence::skipped("grant_reservations", &grant_id, &e);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             }
             let decision = decision.unwrap_or_default();
             metrics::counter!("redcell_grant_reservations_settled_total", "decision" => decision.clone())

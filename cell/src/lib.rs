@@ -5,7 +5,8 @@
 //! Map of the crate: `api/` (HTTP, one file per resource; `error.rs` alone picks statuses),
 //! `domain/` (money, the split, validation; pure), `store/` (the only SQL), `claims/` (gate,
 //! per-packet queues, group commit), `workers/` (transfers, expiry and refunds,
-//! reconciliation), `ownership.rs` (which slots we serve), `config.rs`, `app.rs`.
+//! reconciliation), `ownership.rs` (which slots we serve), `fence.rs` (the per-slot epoch
+//! every write checks inside its transaction), `config.rs`, `app.rs`.
 //!
 //! A cell never decides ownership: it obeys the map it is given and refuses (421) requests
 //! for slots it does not own. It never trusts a header to say who the caller is.
@@ -17,6 +18,7 @@ pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod fence;
 pub mod grants;
 pub mod journal;
 pub mod meta;

@@ -10,14 +10,17 @@ use raft_meta::client::MetaClient;
 use raft_meta::state::BackupUnreachable;
 use tokio_util::sync::CancellationToken;
 
+use crate::fence::Fence;
 use crate::ownership::Ownership;
-use topology::{CellId, Epoch};
-
 use crate::replication::{AloneGrants, BoxFuture, Control, Durability};
+use crate::store::Store;
+use topology::{CellId, Epoch};
 
 pub struct Follower {
     pub client: MetaClient,
     pub ownership: Arc<Ownership>,
+    /// The shard whose slot epochs are raised to a new map's before it is installed.
+    pub store: Store,
     /// Where the last map is persisted.
     pub path: PathBuf,
     pub heartbeat: Duration,
@@ -60,9 +63,36 @@ impl Follower {
             if let Err(e) = Ownership::persist(&map, &self.path) {
                 tracing::error!(path = %self.path.display(), error = %e, "cannot persist the map");
             }
+            self.raise_epochs(&map).await;
             if self.ownership.update(map) {
                 tracing::info!(version, owned_slots = owned, "new map from raft-meta");
             }
+        }
+    }
+
+    /// Records `map`'s epochs for this cell's slots in the shard before the map is served
+    /// (the fence refuses a slot whose row is missing or behind). When that fails the map is
+    /// installed anyway: the fence then refuses writes of the slots whose epochs are not
+    /// recorded yet, until the replication task's periodic raise catches up.
+    async fn raise_epochs(&self, map: &topology::CellMap) {
+        if self
+            .ownership
+            .map()
+            .is_some_and(|m| m.version >= map.version)
+        {
+            return;
+        }
+        let fence = Fence::new(
+            self.ownership.cell_id().clone(),
+            Some(Arc::new(map.clone())),
+        );
+        let owned = fence.owned_epochs();
+        if owned.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.raise_epochs(&owned).await {
+            tracing::error!(version = map.version, error = %e,
+                "cannot record the new map's slot epochs; its new slots stay fenced until they are");
         }
     }
 

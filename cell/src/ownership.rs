@@ -10,6 +10,7 @@ use serde_json::json;
 use topology::{CellId, CellInfo, CellMap, CellStatus, Epoch, Region, Slot};
 
 use crate::api::error::ApiError;
+use crate::fence::Fence;
 
 pub struct Ownership {
     me: CellId,
@@ -81,6 +82,12 @@ impl Ownership {
             json!({"slot": slot, "owner": owner.cell, "owner_url": url, "epoch": owner.epoch}),
         );
         Err(err)
+    }
+
+    /// The epochs a write starting now may commit under (see `crate::fence`): this map, as
+    /// it is now, whatever later updates bring.
+    pub fn fence(&self) -> Fence {
+        Fence::new(self.me.clone(), self.map())
     }
 
     pub fn cell_id(&self) -> &CellId {

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::claims::ClaimError;
 use crate::domain::validate::Invalid;
+use crate::fence::FenceError;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -65,8 +66,40 @@ impl From<Invalid> for ApiError {
     }
 }
 
+/// The fence refused the write inside its transaction (nothing was written): 421
+/// `stale_epoch`, distinct from the request-time `wrong_cell` because this cell's map said
+/// it owned the slot. The caller (router or peer) should refresh its map and retry where
+/// the slot lives now.
+impl From<FenceError> for ApiError {
+    fn from(e: FenceError) -> ApiError {
+        tracing::warn!(error = %e, "write refused by the fence");
+        let extra = match &e {
+            FenceError::StaleEpoch {
+                slot,
+                map_epoch,
+                shard_epoch,
+            } => json!({"slot": slot, "map_epoch": map_epoch, "shard_epoch": shard_epoch}),
+            FenceError::NotHeld { slot, map_epoch } => {
+                json!({"slot": slot, "map_epoch": map_epoch, "shard_epoch": null})
+            }
+            FenceError::NotOwned { slot } => json!({"slot": slot}),
+            FenceError::NoMap => return ApiError::unavailable("this cell has no map yet"),
+        };
+        let mut err = ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "stale_epoch",
+            e.to_string(),
+        );
+        err.extra = Some(extra);
+        err
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        if let StoreError::Fenced(f) = e {
+            return f.into();
+        }
         tracing::error!(error = %e, "storage failed");
         ApiError::unavailable("the cell's database is unavailable; retry")
     }
@@ -74,6 +107,11 @@ impl From<StoreError> for ApiError {
 
 impl From<ClaimError> for ApiError {
     fn from(e: ClaimError) -> ApiError {
+        if let ClaimError::Store(s) = &e {
+            if let Some(f) = s.fenced() {
+                return f.clone().into();
+            }
+        }
         tracing::error!(error = %e, "claim failed");
         ApiError::unavailable("the claim could not be committed; retry")
     }

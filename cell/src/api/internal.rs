@@ -38,6 +38,7 @@ pub async fn handle_receive_transfers(
     body: Json<TransfersBody>,
 ) -> Result<Response, ApiError> {
     caller.require_scope("internal")?;
+    let fence = ctx.ownership.fence();
     let items = body.value.transfers;
     if items.is_empty() || items.len() > MAX_PER_REQUEST {
         return Err(ApiError::invalid(
@@ -70,7 +71,7 @@ pub async fn handle_receive_transfers(
         });
     }
     ctx.store
-        .receive_transfers(&due, ctx.clock.now_ms())
+        .receive_transfers(&due, ctx.clock.now_ms(), &fence)
         .await?;
     Ok(axum::Json(json!({"credited": due.len()})).into_response())
 }
@@ -113,6 +114,7 @@ pub async fn handle_reserve_grant(
     let uid = step.uid()?;
     let slot = Slot::of(step.grant_id.as_bytes());
     ctx.ownership.check(slot)?;
+    let fence = ctx.ownership.fence();
     let r = ctx
         .store
         .reserve_grant(
@@ -121,6 +123,7 @@ pub async fn handle_reserve_grant(
             &step.subsidy_id,
             i64::from(slot.get()),
             ctx.clock.now_ms(),
+            &fence,
         )
         .await?;
     Ok(axum::Json(r).into_response())
@@ -136,8 +139,9 @@ pub async fn handle_confirm_grant(
     let step = body.value;
     step.check()?;
     ctx.ownership.check(Slot::of(step.grant_id.as_bytes()))?;
+    let fence = ctx.ownership.fence();
     ctx.store
-        .confirm_grant(&step.grant_id, &step.subsidy_id)
+        .confirm_grant(&step.grant_id, &step.subsidy_id, &fence)
         .await?;
     Ok(axum::Json(json!({"state": "committed"})).into_response())
 }
@@ -153,6 +157,7 @@ pub async fn handle_resolve_grant(
     step.check()?;
     let uid = step.uid()?;
     ctx.ownership.check(uid.slot())?;
+    let fence = ctx.ownership.fence();
     let decision = ctx
         .store
         .resolve_grant(
@@ -161,6 +166,7 @@ pub async fn handle_resolve_grant(
             &step.grant_id,
             i64::from(uid.slot().get()),
             ctx.clock.now_ms(),
+            &fence,
         )
         .await?;
     Ok(axum::Json(json!({"decision": decision})).into_response())

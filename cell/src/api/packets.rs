@@ -33,6 +33,7 @@ pub async fn handle_send(
     let cmd = validate::send_packet(body.value, ctx.limits)?;
     let slot = sender.slot();
     ctx.ownership.check(slot)?;
+    let fence = ctx.ownership.fence();
     let hash = format!("{:x}", Sha256::digest(body.canonical.as_bytes()));
     let packet_id = MintedId::mint(IdKind::Packet, slot);
     let payment_id = MintedId::mint(IdKind::Payment, slot);
@@ -51,7 +52,7 @@ pub async fn handle_send(
     };
     match ctx
         .store
-        .send_packet(new, |p| p.view(now).to_string())
+        .send_packet(new, &fence, |p| p.view(now).to_string())
         .await?
     {
         SendOutcome::Created { body } => Ok(raw_json(StatusCode::CREATED, body)),
@@ -105,9 +106,10 @@ pub async fn handle_payment_callback(
     let id = id.id(IdKind::Payment, "payment_id")?;
     let outcome = validate::callback(body.value)?;
     ctx.ownership.check(id.slot())?;
+    let fence = ctx.ownership.fence();
     match ctx
         .store
-        .payment_callback(id.as_str(), outcome, ctx.clock.now_ms())
+        .payment_callback(id.as_str(), outcome, ctx.clock.now_ms(), &fence)
         .await?
     {
         CallbackOutcome::NotFound => Err(ApiError::not_found("not_found", "no such payment")),

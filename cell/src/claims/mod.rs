@@ -22,6 +22,7 @@ use topology::Uid;
 
 use crate::clock::Clock;
 use crate::domain::PacketStatus;
+use crate::ownership::Ownership;
 use crate::store::{ClaimOutcome, PacketSummary, Store, StoreError};
 pub use gate::Gate;
 use gate::Permit;
@@ -55,6 +56,8 @@ const CACHE_MAX: usize = 100_000;
 pub(crate) struct Inner {
     store: Store,
     clock: Arc<Clock>,
+    /// Whose map fences each batch: the epochs are taken when the batch starts.
+    ownership: Arc<Ownership>,
     gate: Gate,
     /// Latest known summary per packet. Written only with what a committed transaction
     /// returned (or a fresh read), so it can be stale only towards "more shares left", which
@@ -75,6 +78,7 @@ impl ClaimService {
     pub fn new(
         store: Store,
         clock: Arc<Clock>,
+        ownership: Arc<Ownership>,
         gate: Gate,
         transfers_due: Arc<Notify>,
         queue: Option<usize>,
@@ -82,6 +86,7 @@ impl ClaimService {
         let inner = Arc::new(Inner {
             store,
             clock,
+            ownership,
             gate,
             summaries: Mutex::default(),
             transfers_due,
@@ -189,15 +194,20 @@ impl Inner {
         map.insert(packet_id.to_owned(), s);
     }
 
-    /// Commits claims for `uids` in one transaction and records what it left.
+    /// Commits claims for `uids` in one transaction and records what it left. The batch is
+    /// fenced by the map as it is when the batch starts (never older than its requests').
     async fn commit(
         &self,
         packet_id: &str,
         uids: Vec<Uid>,
     ) -> Result<Vec<ClaimOutcome>, StoreError> {
         let now = self.clock.now_ms();
+        let fence = self.ownership.fence();
         let started = std::time::Instant::now();
-        let batch = self.store.claim_batch(packet_id, &uids, now).await?;
+        let batch = self
+            .store
+            .claim_batch(packet_id, &uids, now, &fence)
+            .await?;
         metrics::histogram!("redcell_claim_batch_seconds").record(started.elapsed().as_secs_f64());
         if let Some(s) = batch.summary {
             self.remember(packet_id, s);

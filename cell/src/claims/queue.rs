@@ -145,7 +145,12 @@ async fn run_batch(inner: &Inner, packet_id: &str, jobs: Vec<Job>) {
             }
         }
         Err(e) => {
-            tracing::error!(packet_id, error = %e, "claim batch failed");
+            match e.fenced() {
+                Some(f) => {
+                    tracing::warn!(packet_id, error = %f, "claim batch refused by the fence")
+                }
+                None => tracing::error!(packet_id, error = %e, "claim batch failed"),
+            }
             let e = Arc::new(e);
             for job in jobs {
                 let _ = job.reply.send(Err(e.clone()));

@@ -10,6 +10,7 @@ use super::rows::{self, Claim, ClaimListItem, CLAIM_COLS};
 use super::{get, placeholders, values_list, Store, StoreError, WriteTx};
 use crate::domain::split::next_share;
 use crate::domain::PacketStatus;
+use crate::fence::Fence;
 use crate::journal::Event;
 
 /// What the claim path needs to know of a packet without a transaction.
@@ -48,8 +49,9 @@ impl Store {
     /// Claims shares of one packet for `uids` in one transaction (group commit).
     ///
     /// Locks: the packet row, for the whole transaction, so claims on one packet are
-    /// serialized and `remaining_*` can never go below zero or pay out twice. The
-    /// `UNIQUE (packet_id, uid)` index is the second guard against a double claim.
+    /// serialized and `remaining_*` can never go below zero or pay out twice; then the
+    /// packet slot's epoch row (the fence). The `UNIQUE (packet_id, uid)` index is the
+    /// second guard against a double claim.
     ///
     /// Claimers are almost always first-timers, so the batch is first tried optimistically:
     /// no lookup of earlier claims, and an insert that skips conflicting `(packet_id, uid)`
@@ -60,11 +62,17 @@ impl Store {
         packet_id: &str,
         uids: &[Uid],
         now: i64,
+        fence: &Fence,
     ) -> Result<ClaimBatch, StoreError> {
-        if let Some(batch) = self.try_claim_batch(packet_id, uids, now, true).await? {
+        if let Some(batch) = self
+            .try_claim_batch(packet_id, uids, now, fence, true)
+            .await?
+        {
             return Ok(batch);
         }
-        let batch = self.try_claim_batch(packet_id, uids, now, false).await?;
+        let batch = self
+            .try_claim_batch(packet_id, uids, now, fence, false)
+            .await?;
         Ok(batch.expect("the careful attempt never gives up"))
     }
 
@@ -74,9 +82,10 @@ impl Store {
         packet_id: &str,
         uids: &[Uid],
         now: i64,
+        fence: &Fence,
         optimistic: bool,
     ) -> Result<Option<ClaimBatch>, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
         let sql = format!(
             "SELECT slot, status, remaining_amount, remaining_count, expires_at FROM packets \
              WHERE packet_id = $1{}",
@@ -94,6 +103,9 @@ impl Store {
             }));
         };
         let slot: i64 = get(&row, "slot")?;
+        // The claims, their transfers and the packet are written under the packet's slot
+        // (a transfer row names its claimer's slot, but lives with its claim).
+        tx.fence(slot).await?;
         let status_text: String = get(&row, "status")?;
         let status = PacketStatus::parse(&status_text)
             .ok_or_else(|| StoreError::Corrupt(format!("status {status_text}")))?;

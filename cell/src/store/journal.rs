@@ -24,8 +24,11 @@ use crate::journal::{Commit, Event, Record};
 /// statements run on `&mut *tx`. Dropped without [`commit`](Self::commit), it rolls back.
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
-    dialect: Dialect,
+    pub(super) dialect: Dialect,
     head: Arc<watch::Sender<Position>>,
+    /// The epochs this transaction may write under (`None`: an unfenced transaction, for
+    /// what is not a slot's data: epochs, cursors, pruning).
+    pub(super) fence: Option<super::fence::TxFence>,
 }
 
 impl std::ops::Deref for WriteTx {
@@ -172,12 +175,15 @@ pub(super) async fn append_event(
 }
 
 impl Store {
-    /// Starts a write transaction (see [`WriteTx`]). Outside `store`, only tests use it.
+    /// Starts an unfenced write transaction (see [`WriteTx`]): only for what is not a
+    /// slot's data (epochs, worker cursors, pruning). Writes of a slot's rows begin with
+    /// [`begin_fenced`](Self::begin_fenced). Outside `store`, only tests use it.
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
         Ok(WriteTx {
             tx: self.write.begin().await?,
             dialect: self.dialect,
             head: self.head.clone(),
+            fence: None,
         })
     }
 
@@ -285,9 +291,22 @@ impl Store {
 
     /// Raises the epochs this shard holds its slots at to at least `epochs` (`(slot, epoch)`);
     /// an epoch never goes down. Records written afterwards carry them.
+    ///
+    /// Only the rows that must rise are written: an upsert locks every row it meets, and
+    /// each fenced write holds its slot's row `FOR SHARE`, so raising a whole map's worth of
+    /// unchanged rows would make every map update wait for, and stall, the writes in flight.
     pub async fn raise_epochs(&self, epochs: &[(i64, i64)]) -> Result<(), StoreError> {
+        let held = self.epochs().await?;
+        let rising: Vec<(i64, i64)> = epochs
+            .iter()
+            .copied()
+            .filter(|(slot, epoch)| held.get(slot).is_none_or(|h| h < epoch))
+            .collect();
+        if rising.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.begin().await?;
-        raise_epochs_in(&mut tx, epochs).await?;
+        raise_epochs_in(&mut tx, &rising).await?;
         tx.commit().await?;
         Ok(())
     }

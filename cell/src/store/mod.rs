@@ -10,6 +10,7 @@
 //! Money is `i64` cents; times are `i64` milliseconds since the Unix epoch.
 
 mod claims;
+mod fence;
 mod journal;
 mod packets;
 mod payments;
@@ -46,6 +47,19 @@ pub enum StoreError {
     BadUrl(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The write was refused by the fence and rolled back (DESIGN §6.4).
+    #[error("fenced: {0}")]
+    Fenced(#[from] crate::fence::FenceError),
+}
+
+impl StoreError {
+    /// The fence's refusal, when this is one.
+    pub fn fenced(&self) -> Option<&crate::fence::FenceError> {
+        match self {
+            StoreError::Fenced(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

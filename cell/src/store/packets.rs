@@ -8,6 +8,7 @@ use super::rows::{self, Packet, Payment, PACKET_COLS};
 use super::{get, Store, StoreError, WriteTx};
 use crate::domain::validate::{Funding, History, PaymentOutcome, Role, SendPacket};
 use crate::domain::{PacketKind, PacketStatus};
+use crate::fence::Fence;
 use crate::journal::Event;
 
 /// What `send_packet` did.
@@ -70,9 +71,13 @@ impl Store {
     pub async fn send_packet(
         &self,
         n: NewPacket<'_>,
+        fence: &Fence,
         render: impl Fn(&Packet) -> String,
     ) -> Result<SendOutcome, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
+        // Every row of a send (packet, payment, idem_uid, the sender's subsidy) is of the
+        // sender's slot.
+        tx.fence(n.slot).await?;
         let fresh = sqlx::query(
             "INSERT INTO idem_uid (uid, operation, idem_key, slot, request_hash, status_code, response_body, created_at) \
              VALUES ($1, 'send_packet', $2, $3, $4, 0, '', $5) ON CONFLICT DO NOTHING",
@@ -283,14 +288,15 @@ impl Store {
     /// changes nothing and reports the state as it is.
     ///
     /// Locks: the payment row, then its packet row (the same order as every other path that
-    /// takes both).
+    /// takes both), then the slot's epoch row (the fence).
     pub async fn payment_callback(
         &self,
         payment_id: &str,
         outcome: PaymentOutcome,
         now: i64,
+        fence: &Fence,
     ) -> Result<CallbackOutcome, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
         let sql = format!(
             "SELECT packet_id, status, slot FROM payments WHERE payment_id = $1{}",
             self.for_update()
@@ -317,6 +323,8 @@ impl Store {
             tx.rollback().await?;
             return Ok(CallbackOutcome::Done { status, packet_id });
         }
+        // The payment and its packet share the slot.
+        tx.fence(slot).await?;
         sqlx::query("UPDATE payments SET status = $1, updated_at = $2 WHERE payment_id = $3")
             .bind(outcome.as_str())
             .bind(now)

@@ -6,10 +6,12 @@
 use serde_json::json;
 use topology::Uid;
 
+use super::fence::live_filter;
 use super::journal::append_event;
 use super::rows::{self, Subsidy, SUBSIDY_COLS};
 use super::{get, Store, StoreError, WriteTx};
 use crate::domain::validate::Grant;
+use crate::fence::{Fence, LiveSlots};
 use crate::journal::Event;
 
 /// The order cell's reservation of a grant id: who holds it, with which subsidy id.
@@ -36,6 +38,11 @@ pub enum GrantOutcome {
 /// the sweep's "not granted".
 const DECISION: &str = "grant_decision";
 
+/// The order slot of a grant id: its `idem_order` row's slot.
+fn order_slot(grant_id: &str) -> i64 {
+    i64::from(topology::Slot::of(grant_id.as_bytes()).get())
+}
+
 impl Store {
     /// Order cell: reserves `grant_id` for `uid` if nobody holds it; returns the holder.
     ///
@@ -48,8 +55,10 @@ impl Store {
         subsidy_id: &str,
         slot: i64,
         now: i64,
+        fence: &Fence,
     ) -> Result<Reservation, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
+        tx.fence(slot).await?;
         sqlx::query(
             "INSERT INTO idem_order (order_id, operation, slot, uid, state, result, created_at) \
              VALUES ($1, 'grant', $2, $3, 'pending', $4, $5) ON CONFLICT DO NOTHING",
@@ -76,8 +85,14 @@ impl Store {
     }
 
     /// Order cell: the home cell committed this reservation.
-    pub async fn confirm_grant(&self, grant_id: &str, subsidy_id: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
+    pub async fn confirm_grant(
+        &self,
+        grant_id: &str,
+        subsidy_id: &str,
+        fence: &Fence,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_fenced(fence).await?;
+        tx.fence(order_slot(grant_id)).await?;
         sqlx::query(
             "UPDATE idem_order SET state = 'committed' \
              WHERE order_id = $1 AND operation = 'grant' AND result = $2",
@@ -91,8 +106,14 @@ impl Store {
     }
 
     /// Order cell: forgets a reservation the home cell settled as not granted.
-    pub async fn release_grant(&self, grant_id: &str, subsidy_id: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
+    pub async fn release_grant(
+        &self,
+        grant_id: &str,
+        subsidy_id: &str,
+        fence: &Fence,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_fenced(fence).await?;
+        tx.fence(order_slot(grant_id)).await?;
         sqlx::query(
             "DELETE FROM idem_order WHERE order_id = $1 AND operation = 'grant' \
              AND result = $2 AND state = 'pending'",
@@ -105,20 +126,24 @@ impl Store {
         Ok(())
     }
 
-    /// Order cell: reservations still pending since before `before`: `(grant_id, uid, subsidy_id)`.
+    /// Order cell: reservations of `live` slots still pending since before `before`:
+    /// `(grant_id, uid, subsidy_id)`.
     pub async fn stale_reservations(
         &self,
         before: i64,
         limit: i64,
+        live: &LiveSlots,
     ) -> Result<Vec<(String, String, String)>, StoreError> {
-        let found = sqlx::query(
+        let (only_live, slots) = live_filter("slot", live, 3);
+        let sql = format!(
             "SELECT order_id, uid, result FROM idem_order WHERE operation = 'grant' \
-             AND state = 'pending' AND created_at < $1 ORDER BY created_at LIMIT $2",
-        )
-        .bind(before)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
+             AND state = 'pending' AND created_at < $1{only_live} ORDER BY created_at LIMIT $2"
+        );
+        let mut q = sqlx::query(&sql).bind(before).bind(limit);
+        for s in slots {
+            q = q.bind(s);
+        }
+        let found = q.fetch_all(&self.read).await?;
         found
             .iter()
             .map(|r| Ok((get(r, "order_id")?, get(r, "uid")?, get(r, "result")?)))
@@ -134,8 +159,11 @@ impl Store {
         subsidy_id: &str,
         slot: i64,
         now: i64,
+        fence: &Fence,
     ) -> Result<GrantOutcome, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
+        // The decision, the subsidy and its idem_uid row are all of the uid's slot.
+        tx.fence(slot).await?;
         sqlx::query(&format!(
             "INSERT INTO idem_order (order_id, operation, slot, uid, state, result, created_at) \
              VALUES ($1, '{DECISION}', $2, $3, 'committed', $4, $5) ON CONFLICT DO NOTHING"
@@ -217,8 +245,10 @@ impl Store {
         grant_id: &str,
         slot: i64,
         now: i64,
+        fence: &Fence,
     ) -> Result<String, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
+        tx.fence(slot).await?;
         sqlx::query(&format!(
             "INSERT INTO idem_order (order_id, operation, slot, uid, state, result, created_at) \
              VALUES ($1, '{DECISION}', $2, $3, 'aborted', $4, $5) ON CONFLICT DO NOTHING"

@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::json;
 
+use super::fence::live_filter;
 use super::journal::{append_event, append_events, EventEntry};
 use super::{get, placeholders, values_list, Store, StoreError, WriteTx};
+use crate::fence::{self, Fence, LiveSlots};
 use crate::journal::Event;
 
 /// A transfer still to be credited to its claimer's wallet.
@@ -32,38 +34,52 @@ impl Store {
             .map(Option::unwrap_or_default)
     }
 
-    /// Transfers still pending that were created at or before `created_before` and whose
-    /// next delivery attempt is due at `now`.
+    /// Transfers of packets of `live` slots still pending that were created at or before
+    /// `created_before` and whose next delivery attempt is due at `now`.
     pub async fn pending_transfers(
         &self,
         created_before: i64,
         now: i64,
         limit: i64,
+        live: &LiveSlots,
     ) -> Result<Vec<String>, StoreError> {
-        let found = sqlx::query(
-            "SELECT transfer_id FROM transfers WHERE status = 'pending' AND created_at <= $1 \
-             AND next_attempt_at <= $2 ORDER BY created_at LIMIT $3",
-        )
-        .bind(created_before)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
+        // A transfer row names its claimer's slot; it is written under its packet's slot.
+        let (only_live, slots) = live_filter("p.slot", live, 4);
+        let sql = format!(
+            "SELECT t.transfer_id FROM transfers t JOIN packets p ON p.packet_id = t.packet_id \
+             WHERE t.status = 'pending' AND t.created_at <= $1 AND t.next_attempt_at <= $2{only_live} \
+             ORDER BY t.created_at LIMIT $3"
+        );
+        let mut q = sqlx::query(&sql).bind(created_before).bind(now).bind(limit);
+        for s in slots {
+            q = q.bind(s);
+        }
+        let found = q.fetch_all(&self.read).await?;
         found.iter().map(|r| get(r, "transfer_id")).collect()
     }
 
-    /// The pending transfers among `ids`, with what delivering them needs.
-    pub async fn pending_by_ids(&self, ids: &[String]) -> Result<Vec<DueTransfer>, StoreError> {
+    /// The pending transfers among `ids` of packets of `live` slots, with what delivering
+    /// them needs.
+    pub async fn pending_by_ids(
+        &self,
+        ids: &[String],
+        live: &LiveSlots,
+    ) -> Result<Vec<DueTransfer>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(256) {
+            let (only_live, slots) = live_filter("p.slot", live, chunk.len() + 1);
             let sql = format!(
-                "SELECT transfer_id, to_uid, amount, slot, packet_id FROM transfers \
-                 WHERE status = 'pending' AND transfer_id IN ({})",
+                "SELECT t.transfer_id, t.to_uid, t.amount, t.slot, t.packet_id FROM transfers t \
+                 JOIN packets p ON p.packet_id = t.packet_id \
+                 WHERE t.status = 'pending' AND t.transfer_id IN ({}){only_live}",
                 placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(&sql);
             for id in chunk {
                 q = q.bind(id);
+            }
+            for s in slots {
+                q = q.bind(s);
             }
             for row in q.fetch_all(&self.read).await? {
                 out.push(DueTransfer {
@@ -79,30 +95,34 @@ impl Store {
     }
 
     /// Marks transfers another cell acknowledged as completed (once; repeats change nothing).
+    /// Fenced on their packets' slots.
     pub async fn mark_delivered(
         &self,
         ids: &[String],
         cell: &str,
         now: i64,
+        fence: &Fence,
     ) -> Result<usize, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
         let mut done = 0;
         for chunk in ids.chunks(256) {
             let sql = format!(
                 "UPDATE transfers SET status = 'completed', completed_at = $1, delivered_to = $2 \
-                 WHERE status = 'pending' AND transfer_id IN ({}) RETURNING transfer_id, slot, amount",
+                 WHERE status = 'pending' AND transfer_id IN ({}) RETURNING transfer_id, slot, amount, packet_id",
                 placeholders(3, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(now).bind(cell);
             for id in chunk {
                 q = q.bind(id);
             }
-            let (mut ids, mut rest) = (Vec::new(), Vec::new());
+            let (mut ids, mut rest, mut packet_slots) = (Vec::new(), Vec::new(), Vec::new());
             for row in q.fetch_all(&mut *tx).await? {
                 ids.push(get::<String>(&row, "transfer_id")?);
+                packet_slots.push(packet_slot(&get::<String>(&row, "packet_id")?)?);
                 let payload = json!({"delivered_to": cell, "amount": get::<i64>(&row, "amount")?});
                 rest.push((get::<i64>(&row, "slot")?, payload));
             }
+            tx.fence_all(packet_slots).await?;
             let entries: Vec<EventEntry<'_>> = ids
                 .iter()
                 .zip(rest)
@@ -121,19 +141,29 @@ impl Store {
     }
 
     /// Pushes the next delivery attempt of `ids` to `next_at` and counts the failed attempt.
-    pub async fn defer_transfers(&self, ids: &[String], next_at: i64) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
+    /// Fenced on their packets' slots.
+    pub async fn defer_transfers(
+        &self,
+        ids: &[String],
+        next_at: i64,
+        fence: &Fence,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_fenced(fence).await?;
         for chunk in ids.chunks(256) {
             let sql = format!(
                 "UPDATE transfers SET attempts = attempts + 1, next_attempt_at = $1 \
-                 WHERE status = 'pending' AND transfer_id IN ({})",
+                 WHERE status = 'pending' AND transfer_id IN ({}) RETURNING packet_id",
                 placeholders(2, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(next_at);
             for id in chunk {
                 q = q.bind(id);
             }
-            q.execute(&mut *tx).await?;
+            let mut packet_slots = Vec::new();
+            for row in q.fetch_all(&mut *tx).await? {
+                packet_slots.push(packet_slot(&get::<String>(&row, "packet_id")?)?);
+            }
+            tx.fence_all(packet_slots).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -141,12 +171,16 @@ impl Store {
 
     /// Credits transfers sent by other cells to users homed here, once per transfer id.
     /// Returns when the credits are durable: the sender may then mark them completed.
+    /// Fenced on the claimers' slots (their wallets and credits); one fenced slot refuses the
+    /// whole delivery, which the sender retries later, after its map has caught up.
     pub async fn receive_transfers(
         &self,
         items: &[DueTransfer],
         now: i64,
+        fence: &Fence,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
+        tx.fence_all(items.iter().map(|t| t.slot)).await?;
         let credits: Vec<Credit<'_>> = items.iter().map(DueTransfer::credit).collect();
         for chunk in credits.chunks(256) {
             credit_many(&mut tx, chunk, "transfer_in", now).await?;
@@ -180,14 +214,16 @@ impl Store {
     /// A handful of statements per chunk of 256, however many transfers: the worker must keep
     /// up with the claim path without taking the database from it.
     /// Locks: the pending transfer rows (the `UPDATE … RETURNING` takes and transitions them
-    /// at once), then the claimers' wallet rows in uid order.
+    /// at once), then the slots' epoch rows (the fence: the packets' slots and the
+    /// claimers'), then the claimers' wallet rows in uid order.
     pub async fn complete_transfers(
         &self,
         transfer_ids: &[String],
         cursor: Option<(&str, i64)>,
         now: i64,
+        fence: &Fence,
     ) -> Result<usize, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
         let mut done = 0;
         for chunk in transfer_ids.chunks(256) {
             let sql = format!(
@@ -213,6 +249,12 @@ impl Store {
             if due.is_empty() {
                 continue;
             }
+            let mut slots = Vec::with_capacity(due.len() * 2);
+            for t in &due {
+                slots.push(t.slot);
+                slots.push(packet_slot(&t.packet_id)?);
+            }
+            tx.fence_all(slots).await?;
             let credits: Vec<Credit<'_>> = due.iter().map(DueTransfer::credit).collect();
             credit_many(&mut tx, &credits, "claim", now).await?;
             let entries: Vec<EventEntry<'_>> = due
@@ -234,19 +276,32 @@ impl Store {
         Ok(done)
     }
 
-    /// Marks active packets past their expiry `expired`, so claims learn it and refunds run.
-    pub async fn expire_due_packets(&self, now: i64, limit: i64) -> Result<usize, StoreError> {
-        let due = sqlx::query(
-            "SELECT packet_id FROM packets WHERE status = 'active' AND expires_at <= $1 LIMIT $2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
+    /// Marks active packets of live slots past their expiry `expired`, so claims learn it
+    /// and refunds run. A packet whose slot the fence refuses is skipped (and counted).
+    pub async fn expire_due_packets(
+        &self,
+        now: i64,
+        limit: i64,
+        fence: &Fence,
+        live: &LiveSlots,
+    ) -> Result<usize, StoreError> {
+        let (only_live, slots) = live_filter("slot", live, 3);
+        let sql = format!(
+            "SELECT packet_id, slot FROM packets WHERE status = 'active' AND expires_at <= $1{only_live} LIMIT $2"
+        );
+        let mut q = sqlx::query(&sql).bind(now).bind(limit);
+        for s in slots {
+            q = q.bind(s);
+        }
+        let due = q.fetch_all(&self.read).await?;
         let mut n = 0;
         for row in &due {
             let packet_id: String = get(row, "packet_id")?;
-            let mut tx = self.begin().await?;
+            let mut tx = self.begin_fenced(fence).await?;
+            if let Some(e) = fenced(tx.fence(get(row, "slot")?).await)? {
+                fence::skipped("expiry", &packet_id, &e);
+                continue;
+            }
             let changed = sqlx::query(
                 "UPDATE packets SET status = 'expired' WHERE packet_id = $1 AND status = 'active' \
                  AND expires_at <= $2 RETURNING slot, remaining_amount",
@@ -277,12 +332,25 @@ impl Store {
     /// Refunds expired packets: the unclaimed rest goes to the sender's wallet (C2C) or back
     /// to the subsidy pool (B2C), once per packet (the refund's source id is the packet id).
     ///
-    /// Locks: the packet row, then the sender's wallet row.
-    pub async fn refund_expired(&self, now: i64, limit: i64) -> Result<usize, StoreError> {
-        let due = sqlx::query("SELECT packet_id FROM packets WHERE status = 'expired' LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.read)
-            .await?;
+    /// Only packets of live slots; one whose slot the fence refuses is skipped (and counted).
+    ///
+    /// Locks: the packet row, then its slot's epoch row (the fence), then the sender's
+    /// wallet row.
+    pub async fn refund_expired(
+        &self,
+        now: i64,
+        limit: i64,
+        fence: &Fence,
+        live: &LiveSlots,
+    ) -> Result<usize, StoreError> {
+        let (only_live, slots) = live_filter("slot", live, 2);
+        let sql =
+            format!("SELECT packet_id FROM packets WHERE status = 'expired'{only_live} LIMIT $1");
+        let mut q = sqlx::query(&sql).bind(limit);
+        for s in slots {
+            q = q.bind(s);
+        }
+        let due = q.fetch_all(&self.read).await?;
         let lock = format!(
             "SELECT slot, sender, kind, remaining_amount, status FROM packets WHERE packet_id = $1{}",
             self.for_update()
@@ -290,7 +358,7 @@ impl Store {
         let mut n = 0;
         for row in &due {
             let packet_id: String = get(row, "packet_id")?;
-            let mut tx = self.begin().await?;
+            let mut tx = self.begin_fenced(fence).await?;
             let Some(row) = sqlx::query(&lock)
                 .bind(&packet_id)
                 .fetch_optional(&mut *tx)
@@ -302,6 +370,10 @@ impl Store {
                 continue;
             }
             let slot: i64 = get(&row, "slot")?;
+            if let Some(e) = fenced(tx.fence(slot).await)? {
+                fence::skipped("refunds", &packet_id, &e);
+                continue;
+            }
             let rest: i64 = get(&row, "remaining_amount")?;
             let source = format!("refund:{packet_id}");
             if rest > 0 {
@@ -341,19 +413,32 @@ impl Store {
         Ok(n)
     }
 
-    /// Subsidies never used by their expiry go back to the pool.
-    pub async fn expire_subsidies(&self, now: i64, limit: i64) -> Result<usize, StoreError> {
-        let due = sqlx::query(
-            "SELECT subsidy_id FROM subsidies WHERE status = 'available' AND expires_at <= $1 LIMIT $2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
+    /// Subsidies of live slots never used by their expiry go back to the pool; one whose
+    /// slot the fence refuses is skipped (and counted).
+    pub async fn expire_subsidies(
+        &self,
+        now: i64,
+        limit: i64,
+        fence: &Fence,
+        live: &LiveSlots,
+    ) -> Result<usize, StoreError> {
+        let (only_live, slots) = live_filter("slot", live, 3);
+        let sql = format!(
+            "SELECT subsidy_id, slot FROM subsidies WHERE status = 'available' AND expires_at <= $1{only_live} LIMIT $2"
+        );
+        let mut q = sqlx::query(&sql).bind(now).bind(limit);
+        for s in slots {
+            q = q.bind(s);
+        }
+        let due = q.fetch_all(&self.read).await?;
         let mut n = 0;
         for row in &due {
             let subsidy_id: String = get(row, "subsidy_id")?;
-            let mut tx = self.begin().await?;
+            let mut tx = self.begin_fenced(fence).await?;
+            if let Some(e) = fenced(tx.fence(get(row, "slot")?).await)? {
+                fence::skipped("subsidy_expiry", &subsidy_id, &e);
+                continue;
+            }
             let changed = sqlx::query(
                 "UPDATE subsidies SET status = 'expired' WHERE subsidy_id = $1 AND status = 'available' \
                  AND expires_at <= $2 RETURNING slot, amount",
@@ -380,6 +465,23 @@ impl Store {
             tx.commit().await?;
         }
         Ok(n)
+    }
+}
+
+/// The slot of a packet, from its minted id (a transfer row names its claimer's slot).
+fn packet_slot(packet_id: &str) -> Result<i64, StoreError> {
+    topology::MintedId::parse(topology::IdKind::Packet, packet_id)
+        .map(|id| i64::from(id.slot().get()))
+        .map_err(|e| StoreError::Corrupt(format!("packet_id {packet_id}: {e}")))
+}
+
+/// Splits a fence check's result: `Ok(Some(refusal))` when the fence refused (the caller
+/// skips the item; its transaction rolls back when dropped), `Err` for any other failure.
+fn fenced(r: Result<(), StoreError>) -> Result<Option<crate::fence::FenceError>, StoreError> {
+    match r {
+        Ok(()) => Ok(None),
+        Err(StoreError::Fenced(e)) => Ok(Some(e)),
+        Err(e) => Err(e),
     }
 }
 

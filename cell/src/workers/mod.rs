@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::fence::{self, Fence, LiveSlots};
 use crate::ownership::Ownership;
 use crate::store::{Store, StoreError};
 
@@ -63,14 +64,32 @@ impl Workers {
         }
     }
 
+    /// The fence of one pass (the map as it is now) and the slots the pass may touch.
+    /// Publishes `redcell_fenced_slots`: slots the map gives this cell that the shard holds
+    /// at another epoch (or not at all).
+    async fn fence_pass(&self) -> Result<(Fence, LiveSlots), StoreError> {
+        let fence = self.ownership.fence();
+        let live = self.store.live_slots(&fence).await?;
+        let fenced = fence.owned_epochs().len().saturating_sub(live.len());
+        metrics::gauge!("redcell_fenced_slots").set(fenced as f64);
+        Ok((fence, live))
+    }
+
     async fn run_expiry_worker(self) {
         let idle = Notify::new();
         loop {
             let now = self.clock.now_ms();
             let pass = async {
-                let expired = self.store.expire_due_packets(now, BATCH).await?;
-                let refunded = self.store.refund_expired(now, BATCH).await?;
-                let subsidies = self.store.expire_subsidies(now, BATCH).await?;
+                let (fence, live) = self.fence_pass().await?;
+                let expired = self
+                    .store
+                    .expire_due_packets(now, BATCH, &fence, &live)
+                    .await?;
+                let refunded = self.store.refund_expired(now, BATCH, &fence, &live).await?;
+                let subsidies = self
+                    .store
+                    .expire_subsidies(now, BATCH, &fence, &live)
+                    .await?;
                 Ok::<_, StoreError>(expired + refunded + subsidies)
             };
             match pass.await {
@@ -127,5 +146,23 @@ impl Workers {
                 Err(e) => tracing::error!(error = %e, "scheduled reconciliation failed"),
             }
         }
+    }
+}
+
+/// A worker's write whose refusal by the fence is an expected outcome: `Ok(None)` when the
+/// fence refused it (logged and counted; the item is left as it is, and the sweeps do not
+/// select it again while its slot is not live), `Err` for any other failure.
+fn unless_fenced<T>(
+    worker: &'static str,
+    item: &str,
+    r: Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::Fenced(e)) => {
+            fence::skipped(worker, item, &e);
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }

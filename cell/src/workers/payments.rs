@@ -11,8 +11,9 @@
 //!
 //! A sweep also registers payments whose journal-driven registration failed.
 
-use super::Workers;
+use super::{unless_fenced, Workers};
 use crate::domain::validate::PaymentOutcome;
+use crate::fence::Fence;
 use crate::journal::Event;
 use crate::payments::{ProviderError, ProviderStatus};
 use crate::store::{PendingPayment, StoreError};
@@ -41,6 +42,10 @@ impl Workers {
     /// One pass; `Ok(true)` when there may be more to do right away.
     async fn payment_pass(&self) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
+        // Only payments of live slots are selected; each write is fenced again. A payment of
+        // a fenced slot left behind by the journal path is picked up by the sweep once (if
+        // ever) its slot is live again.
+        let (fence, live) = self.fence_pass().await?;
         let cursor = self.store.cursor(CURSOR).await?;
         let entries = self
             .store
@@ -48,33 +53,33 @@ impl Workers {
             .await?;
         let last_seq = entries.last().map(|(seq, _)| *seq);
         let ids: Vec<String> = entries.into_iter().map(|(_, id)| id).collect();
-        let mut to_register = self.store.unregistered_payments(&ids).await?;
+        let mut to_register = self.store.unregistered_payments(&ids, &live).await?;
         to_register.extend(
             self.store
-                .stale_unregistered_payments(now - REGISTER_SWEEP_AFTER_MS, BATCH)
+                .stale_unregistered_payments(now - REGISTER_SWEEP_AFTER_MS, BATCH, &live)
                 .await?,
         );
         for p in &to_register {
-            self.register(p).await?;
+            self.register(p, &fence).await?;
         }
         if let Some(seq) = last_seq {
             self.store.advance_cursor(CURSOR, seq).await?;
         }
 
-        let due = self.store.payments_due_check(now, BATCH).await?;
+        let due = self.store.payments_due_check(now, BATCH, &live).await?;
         for p in &due {
-            self.recheck(p, now).await?;
+            self.recheck(p, now, &fence).await?;
         }
-        let past = self.store.payments_past_deadline(now, BATCH).await?;
+        let past = self.store.payments_past_deadline(now, BATCH, &live).await?;
         for p in &past {
-            self.finish_at_deadline(p, now).await?;
+            self.finish_at_deadline(p, now, &fence).await?;
         }
         metrics::gauge!("redcell_worker_pending", "worker" => "payments")
             .set((due.len() + past.len()) as f64);
         Ok(last_seq.is_some() || !past.is_empty())
     }
 
-    async fn register(&self, p: &PendingPayment) -> Result<(), StoreError> {
+    async fn register(&self, p: &PendingPayment, fence: &Fence) -> Result<(), StoreError> {
         let Some(provider) = &self.provider else {
             return Ok(());
         };
@@ -82,7 +87,10 @@ impl Workers {
             return Ok(());
         };
         match provider.create(&p.payment_id, p.amount, &callback).await {
-            Ok(()) => self.store.mark_registered(&p.payment_id).await,
+            Ok(()) => {
+                let marked = self.store.mark_registered(&p.payment_id, fence).await;
+                unless_fenced("payments", &p.payment_id, marked).map(drop)
+            }
             Err(e) => {
                 tracing::warn!(payment_id = %p.payment_id, error = %e, "cannot register the payment yet; the sweep retries");
                 Ok(())
@@ -97,29 +105,34 @@ impl Workers {
         Some(format!("{}/v1/payments/{payment_id}/callback", me.url))
     }
 
-    async fn recheck(&self, p: &PendingPayment, now: i64) -> Result<(), StoreError> {
+    async fn recheck(&self, p: &PendingPayment, now: i64, fence: &Fence) -> Result<(), StoreError> {
         let Some(provider) = &self.provider else {
             return Ok(());
         };
         match provider.status(&p.payment_id).await {
             Ok(ProviderStatus::Succeeded) => {
-                self.settle(p, PaymentOutcome::Succeeded, now, "re-check")
+                self.settle(p, PaymentOutcome::Succeeded, now, "re-check", fence)
                     .await
             }
             Ok(ProviderStatus::Failed) => {
-                self.settle(p, PaymentOutcome::Failed, now, "re-check")
+                self.settle(p, PaymentOutcome::Failed, now, "re-check", fence)
                     .await
             }
             Ok(ProviderStatus::Pending) | Err(_) => {
                 let delay = (self.payment_recheck.as_millis() as i64) << p.checks.clamp(0, 10);
-                self.store
-                    .reschedule_check(&p.payment_id, now + delay.min(MAX_RECHECK_MS))
-                    .await
+                let at = now + delay.min(MAX_RECHECK_MS);
+                let rescheduled = self.store.reschedule_check(&p.payment_id, at, fence).await;
+                unless_fenced("payments", &p.payment_id, rescheduled).map(drop)
             }
         }
     }
 
-    async fn finish_at_deadline(&self, p: &PendingPayment, now: i64) -> Result<(), StoreError> {
+    async fn finish_at_deadline(
+        &self,
+        p: &PendingPayment,
+        now: i64,
+        fence: &Fence,
+    ) -> Result<(), StoreError> {
         let last_word = match &self.provider {
             Some(provider) => provider.status(&p.payment_id).await,
             None => Err(ProviderError::Unknown),
@@ -132,13 +145,14 @@ impl Workers {
             Err(e) => {
                 // The provider may hold a success we cannot see: never guess; ask again soon.
                 tracing::warn!(payment_id = %p.payment_id, error = %e, "payment past its deadline but the provider is unreachable");
-                return self
+                let rescheduled = self
                     .store
-                    .reschedule_check(&p.payment_id, now + 5_000)
+                    .reschedule_check(&p.payment_id, now + 5_000, fence)
                     .await;
+                return unless_fenced("payments", &p.payment_id, rescheduled).map(drop);
             }
         };
-        self.settle(p, outcome, now, "deadline").await
+        self.settle(p, outcome, now, "deadline", fence).await
     }
 
     async fn settle(
@@ -147,10 +161,15 @@ impl Workers {
         outcome: PaymentOutcome,
         now: i64,
         path: &'static str,
+        fence: &Fence,
     ) -> Result<(), StoreError> {
-        self.store
-            .payment_callback(&p.payment_id, outcome, now)
-            .await?;
+        let settled = self
+            .store
+            .payment_callback(&p.payment_id, outcome, now, fence)
+            .await;
+        if unless_fenced("payments", &p.payment_id, settled)?.is_none() {
+            return Ok(());
+        }
         metrics::counter!("redcell_payments_settled_total", "path" => path, "outcome" => outcome.as_str()).increment(1);
         tracing::info!(payment_id = %p.payment_id, outcome = outcome.as_str(), path, "payment settled without its callback");
         Ok(())

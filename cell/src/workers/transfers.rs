@@ -11,6 +11,7 @@ use serde_json::json;
 use topology::{CellId, Slot};
 
 use super::Workers;
+use crate::fence::{Fence, LiveSlots};
 use crate::journal::Event;
 use crate::store::{DueTransfer, StoreError};
 
@@ -57,6 +58,7 @@ impl Workers {
     /// One pass over new journal entries (or, when there are none, over overdue pending
     /// transfers); `Ok(true)` when it did something and there may be more.
     async fn transfer_pass(&self, per_cell: &mut Failures) -> Result<bool, StoreError> {
+        let (fence, live) = self.fence_pass().await?;
         let cursor = self.store.cursor(CURSOR).await?;
         let entries = self
             .store
@@ -66,20 +68,27 @@ impl Workers {
         let last_seq = entries.last().map(|(seq, _)| *seq);
         let ids: Vec<String> = if entries.is_empty() {
             self.store
-                .pending_transfers(now - SWEEP_AFTER_MS, now, BATCH)
+                .pending_transfers(now - SWEEP_AFTER_MS, now, BATCH, &live)
                 .await?
         } else {
             entries.into_iter().map(|(_, id)| id).collect()
         };
         let mut completed = 0;
         if !ids.is_empty() {
-            let due = self.store.pending_by_ids(&ids).await?;
-            let (local, remote) = self.split_by_home(due);
+            let due = self.store.pending_by_ids(&ids, &live).await?;
+            let (local, remote) = self.split_by_home(due, &live);
             if !local.is_empty() {
-                completed += self.store.complete_transfers(&local, None, now).await?;
+                let done = self
+                    .store
+                    .complete_transfers(&local, None, now, &fence)
+                    .await;
+                let item = format!("{} local transfers", local.len());
+                completed += super::unless_fenced("transfers", &item, done)?.unwrap_or(0);
             }
             for (cell, (url, items)) in remote {
-                completed += self.deliver(&cell, &url, &items, per_cell, now).await?;
+                completed += self
+                    .deliver(&cell, &url, &items, per_cell, now, &fence)
+                    .await?;
             }
         }
         if let Some(seq) = last_seq {
@@ -89,8 +98,9 @@ impl Workers {
         Ok(last_seq.is_some() || completed > 0)
     }
 
-    /// Local transfer ids, and remote transfers grouped by their home cell.
-    fn split_by_home(&self, due: Vec<DueTransfer>) -> (Vec<String>, ByCell) {
+    /// Local transfer ids, and remote transfers grouped by their home cell. A local claimer
+    /// whose slot is not live (fenced) is left pending: its credit would be refused.
+    fn split_by_home(&self, due: Vec<DueTransfer>, live: &LiveSlots) -> (Vec<String>, ByCell) {
         let me = self.ownership.cell_id();
         let Some(map) = self.ownership.map() else {
             // No map yet: nothing can be delivered; everything stays pending.
@@ -109,7 +119,8 @@ impl Workers {
                         .1
                         .push(t);
                 }
-                _ => local.push(t.transfer_id),
+                _ if live.contains(t.slot) => local.push(t.transfer_id),
+                _ => {}
             }
         }
         (local, remote)
@@ -123,14 +134,20 @@ impl Workers {
         items: &[DueTransfer],
         per_cell: &mut Failures,
         now: i64,
+        fence: &Fence,
     ) -> Result<usize, StoreError> {
         let mut done = 0;
         for chunk in items.chunks(PER_REQUEST) {
             let ids: Vec<String> = chunk.iter().map(|t| t.transfer_id.clone()).collect();
+            let item = format!("{} transfers to {cell}", ids.len());
             match self.post_transfers(url, chunk).await {
                 Ok(()) => {
                     per_cell.remove(cell);
-                    done += self.store.mark_delivered(&ids, cell.as_str(), now).await?;
+                    let marked = self
+                        .store
+                        .mark_delivered(&ids, cell.as_str(), now, fence)
+                        .await;
+                    done += super::unless_fenced("transfers", &item, marked)?.unwrap_or(0);
                 }
                 Err(reason) => {
                     let n = per_cell.entry(cell.clone()).or_default();
@@ -140,7 +157,8 @@ impl Workers {
                         reason, "transfer delivery failed; will retry");
                     metrics::counter!("redcell_transfer_delivery_failures_total", "cell" => cell.to_string())
                         .increment(1);
-                    self.store.defer_transfers(&ids, now + delay).await?;
+                    let deferred = self.store.defer_transfers(&ids, now + delay, fence).await;
+                    super::unless_fenced("transfers", &item, deferred)?;
                 }
             }
         }

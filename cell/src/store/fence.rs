@@ -1,0 +1,102 @@
+//! The fence's SQL (the rule is `crate::fence`): reading a slot's epoch inside a write
+//! transaction, and the live slots a sweep may select rows of.
+
+use std::collections::BTreeSet;
+
+use super::{get, Dialect, Store, StoreError, WriteTx};
+use crate::fence::{Fence, LiveSlots};
+
+/// What a fenced [`WriteTx`] carries: the epochs it may commit under, and the slots
+/// already checked in this transaction (each is checked once).
+#[derive(Debug)]
+pub(super) struct TxFence {
+    pub fence: Fence,
+    pub checked: BTreeSet<i64>,
+}
+
+impl Store {
+    /// Starts a write transaction fenced by `fence`: every slot it writes must pass
+    /// [`WriteTx::fence`] before it commits (see `crate::fence` for the invariant).
+    pub async fn begin_fenced(&self, fence: &Fence) -> Result<WriteTx, StoreError> {
+        let mut tx = self.begin().await?;
+        tx.fence = Some(TxFence {
+            fence: fence.clone(),
+            checked: BTreeSet::new(),
+        });
+        Ok(tx)
+    }
+
+    /// The slots a sweep may touch now: owned in `fence` at the epoch the shard holds.
+    pub async fn live_slots(&self, fence: &Fence) -> Result<LiveSlots, StoreError> {
+        Ok(fence.live_slots(&self.epochs().await?))
+    }
+}
+
+impl WriteTx {
+    /// Checks, inside this transaction, that the shard holds `slot` at the epoch of this
+    /// transaction's fence; on the first call per slot only. Call it for every slot the
+    /// transaction writes rows of, before committing; an error means the caller must roll
+    /// back (dropping the transaction does).
+    ///
+    /// Locks (Postgres): the slot's `slot_epochs` row `FOR SHARE` until COMMIT. Writers of one
+    /// slot do not block each other; a bump (`UPDATE`, which takes the row exclusively) waits
+    /// for them, and a writer arriving during a bump waits and then reads the bumped epoch.
+    /// `FOR KEY SHARE` would not do: it does not conflict with a plain `UPDATE` of `epoch`.
+    /// SQLite: the single writer connection orders this read and the commit with any bump.
+    pub(super) async fn fence(&mut self, slot: i64) -> Result<(), StoreError> {
+        let Some(f) = &self.fence else {
+            // A write path that fences must begin with `begin_fenced`; refuse rather than
+            // write unfenced.
+            debug_assert!(false, "fence() on a transaction without a fence");
+            return Err(crate::fence::FenceError::NoMap.into());
+        };
+        if f.checked.contains(&slot) {
+            return Ok(());
+        }
+        let lock = match self.dialect {
+            Dialect::Postgres => " FOR SHARE",
+            Dialect::Sqlite => "",
+        };
+        let row = sqlx::query(&format!(
+            "SELECT epoch FROM slot_epochs WHERE slot = $1{lock}"
+        ))
+        .bind(slot)
+        .fetch_optional(&mut **self)
+        .await?;
+        let shard_epoch = row.map(|r| get::<i64>(&r, "epoch")).transpose()?;
+        let f = self.fence.as_mut().expect("checked above");
+        f.fence.judge(slot, shard_epoch)?;
+        f.checked.insert(slot);
+        Ok(())
+    }
+
+    /// [`fence`](Self::fence) for each of `slots`.
+    pub(super) async fn fence_all(
+        &mut self,
+        slots: impl IntoIterator<Item = i64>,
+    ) -> Result<(), StoreError> {
+        let distinct: BTreeSet<i64> = slots.into_iter().collect();
+        for slot in distinct {
+            self.fence(slot).await?;
+        }
+        Ok(())
+    }
+}
+
+/// ` AND {column} IN ($first, …)` restricting a sweep's selection to `live` slots, and the
+/// values to bind; nothing when every slot is live.
+pub(super) fn live_filter(column: &str, live: &LiveSlots, first: usize) -> (String, Vec<i64>) {
+    if live.all() {
+        return (String::new(), Vec::new());
+    }
+    if live.is_empty() {
+        return (" AND 1 = 0".to_owned(), Vec::new());
+    }
+    (
+        format!(
+            " AND {column} IN ({})",
+            super::placeholders(first, live.len())
+        ),
+        live.iter().collect(),
+    )
+}
