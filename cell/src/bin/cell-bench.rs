@@ -221,15 +221,15 @@ async fn spawn_cell_with(
     })
 }
 
-/// The primary's acknowledgement-wait quantiles (seconds) from its `/metrics`.
-async fn ack_wait_quantiles(http: &reqwest::Client, url: &str) -> String {
+/// The quantiles of the histogram `metric` (seconds, shown in ms) from `url`'s `/metrics`.
+async fn quantiles(http: &reqwest::Client, url: &str, metric: &str) -> String {
     let Ok(res) = http.get(format!("{url}/metrics")).send().await else {
         return "metrics unavailable".into();
     };
     let text = res.text().await.unwrap_or_default();
     let q: Vec<String> = text
         .lines()
-        .filter(|l| l.starts_with("redcell_ack_wait_seconds"))
+        .filter(|l| l.starts_with(metric))
         .filter_map(|l| {
             let (name, v) = l.rsplit_once(' ')?;
             let v: f64 = v.parse().ok()?;
@@ -241,15 +241,17 @@ async fn ack_wait_quantiles(http: &reqwest::Client, url: &str) -> String {
                     name.trim_start_matches("redcell_ack_wait_seconds")
                         .to_owned()
                 });
-            Some(if label.starts_with('q') {
+            Some(if label.starts_with('q') && metric.ends_with("_seconds") {
                 format!("{label} {:.2} ms", v * 1000.0)
+            } else if label.starts_with('q') {
+                format!("{label} {v:.0}")
             } else {
                 format!("{label} {v}")
             })
         })
         .collect();
     if q.is_empty() {
-        "no acknowledgement waits recorded".into()
+        "none recorded".into()
     } else {
         q.join(", ")
     }
@@ -521,6 +523,11 @@ async fn main() -> Result<()> {
         if args.rate > 0 {
             eprintln!("queue {variant}: open loop at {} claims/s…", args.rate);
             let stop = Arc::new(AtomicBool::new(false));
+            let backup_url = cell
+                .as_ref()
+                .and_then(|c| c.backup.as_ref())
+                .map(|b| b.url.clone())
+                .unwrap_or_default();
             let lag = cell
                 .as_ref()
                 .and_then(|c| c.backup.as_ref())
@@ -548,9 +555,12 @@ async fn main() -> Result<()> {
                         .unwrap_or(0)
                 };
                 ack_notes.push(format!(
-                    "{variant}: backup lag during the open loop ({} samples): p50 {} ms, p99 {} ms, max {} ms; primary's acknowledgement wait: {}",
+                    "{variant}: backup lag during the open loop ({} samples): p50 {} ms, p99 {} ms, max {} ms\n  primary's acknowledgement wait: {}\n  backup's pull (fetch): {}\n  backup's apply: {}\n  commits per pull: {}",
                     samples.len(), q(0.5), q(0.99), samples.last().copied().unwrap_or(0),
-                    ack_wait_quantiles(&http, &url).await
+                    quantiles(&http, &url, "redcell_ack_wait_seconds").await,
+                    quantiles(&http, &backup_url, "redcell_replica_fetch_seconds").await,
+                    quantiles(&http, &backup_url, "redcell_replica_apply_seconds").await,
+                    quantiles(&http, &backup_url, "redcell_replica_batch_commits").await,
                 ));
             }
         }

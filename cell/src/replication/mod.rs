@@ -74,6 +74,8 @@ pub struct Replica {
     hold: Mutex<Option<(Position, Instant)>>,
     /// The applied position, for waiters.
     applied: watch::Sender<Position>,
+    /// The replica holds a snapshot (known once, so pulls do not ask the database).
+    bootstrapped: std::sync::atomic::AtomicBool,
     cancel: CancellationToken,
 }
 
@@ -299,6 +301,7 @@ impl Replicas {
             }),
             hold: Mutex::new(None),
             applied: watch::Sender::new(applied),
+            bootstrapped: std::sync::atomic::AtomicBool::new(false),
             cancel: self.cancel.child_token(),
         }))
     }

@@ -68,14 +68,18 @@ async fn step(replica: &Replica, ownership: &Ownership, peers: &Peers) -> Result
         .ok_or_else(|| format!("shard {} is not in the map", replica.shard))?;
     set_status(replica, |s| s.primary_url = primary.clone());
 
-    let is_replica = replica
-        .store
-        .replica_of()
-        .await
-        .map_err(|e| e.to_string())?
-        .is_some();
-    if !is_replica {
-        return bootstrap(replica, &primary, peers).await;
+    use std::sync::atomic::Ordering;
+    if !replica.bootstrapped.load(Ordering::Acquire) {
+        let is_replica = replica
+            .store
+            .replica_of()
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some();
+        if !is_replica {
+            return bootstrap(replica, &primary, peers).await;
+        }
+        replica.bootstrapped.store(true, Ordering::Release);
     }
 
     let applied = replica.applied();
@@ -87,6 +91,7 @@ async fn step(replica: &Replica, ownership: &Ownership, peers: &Peers) -> Result
         }
     }
     let path = format!("/v1/internal/journal?after={applied}&max={BATCH}&wait_ms={WAIT_MS}");
+    let asked = std::time::Instant::now();
     let page: JournalPage = peers
         .get(&primary, &path, Duration::from_millis(WAIT_MS + 5_000))
         .await?;
@@ -101,7 +106,15 @@ async fn step(replica: &Replica, ownership: &Ownership, peers: &Peers) -> Result
     }
     let oldest_unapplied_at = commits.first().map(|c| c.committed_at);
     if !commits.is_empty() {
-        match replica.store.apply_commits(&commits).await {
+        // Fetch time includes the long-poll's wait for news; it is the pull's cost only
+        // when commits came back.
+        metrics::histogram!("redcell_replica_fetch_seconds").record(asked.elapsed().as_secs_f64());
+        let applying = std::time::Instant::now();
+        let applied = replica.store.apply_commits(&commits).await;
+        metrics::histogram!("redcell_replica_apply_seconds")
+            .record(applying.elapsed().as_secs_f64());
+        metrics::histogram!("redcell_replica_batch_commits").record(commits.len() as f64);
+        match applied {
             Ok(done) => {
                 replica.applied.send_replace(done.pos);
             }

@@ -422,6 +422,12 @@ fn decode_record(row: &AnyRow) -> Result<Record, StoreError> {
 }
 
 impl WriteTx {
+    /// Commits a replica's applying transaction: its records were copied with their
+    /// positions, the triggers stood still, so there is no position to take.
+    pub(super) async fn commit_applied(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit().await?)
+    }
+
     /// Rolls back (as dropping does, but waits for it).
     pub async fn rollback(self) -> Result<(), StoreError> {
         Ok(self.tx.rollback().await?)

@@ -11,7 +11,7 @@
 //!   own journal (so a promoted replica continues the same log), and the new position. On
 //!   SQLite the replica's store fsyncs every commit before the position is reported.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -151,7 +151,7 @@ impl Store {
         }
         raise_epochs_in(&mut tx, &snap.epochs).await?;
         self.end_apply(&mut tx, snap.pos, Some(shard)).await?;
-        tx.commit().await?;
+        tx.commit_applied().await?;
         Ok(())
     }
 
@@ -164,14 +164,29 @@ impl Store {
                 .await?,
             "pos",
         )?;
-        let mut epochs: HashMap<i64, i64> = sqlx::query("SELECT slot, epoch FROM slot_epochs")
-            .fetch_all(&mut *tx)
-            .await?
+        // The epochs of the slots this batch writes (one statement, few rows).
+        let slots: BTreeSet<i64> = commits
             .iter()
-            .map(|r| Ok((get(r, "slot")?, get(r, "epoch")?)))
-            .collect::<Result<_, StoreError>>()?;
+            .flat_map(|c| c.records.iter().map(|r| r.slot))
+            .collect();
+        let mut epochs: HashMap<i64, i64> = HashMap::new();
+        let slots: Vec<i64> = slots.into_iter().collect();
+        for chunk in slots.chunks(500) {
+            let sql = format!(
+                "SELECT slot, epoch FROM slot_epochs WHERE slot IN ({})",
+                super::placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for s in chunk {
+                q = q.bind(*s);
+            }
+            for r in q.fetch_all(&mut *tx).await? {
+                epochs.insert(get(&r, "slot")?, get(&r, "epoch")?);
+            }
+        }
         let mut raised: BTreeMap<i64, i64> = BTreeMap::new();
         let (mut applied, mut repeats) = (0, 0);
+        let mut fresh: Vec<&Commit> = Vec::with_capacity(commits.len());
         for commit in commits {
             if commit.pos <= pos {
                 repeats += 1;
@@ -197,15 +212,16 @@ impl Store {
                     raised.insert(r.slot, r.epoch);
                 }
             }
-            apply_changes(&mut tx, commit).await?;
-            copy_records(&mut tx, commit).await?;
+            fresh.push(commit);
             pos = commit.pos;
             applied += 1;
         }
+        apply_changes(&mut tx, &fresh).await?;
+        copy_records(&mut tx, &fresh).await?;
         let raised: Vec<(i64, i64)> = raised.into_iter().collect();
         raise_epochs_in(&mut tx, &raised).await?;
         self.end_apply(&mut tx, pos, None).await?;
-        tx.commit().await?;
+        tx.commit_applied().await?;
         Ok(Applied {
             pos,
             applied,
@@ -307,55 +323,71 @@ fn row_image(table: &Table, r: &AnyRow) -> Result<Row, StoreError> {
     Ok(row)
 }
 
-/// Applies a commit's row changes: runs of upserts into one table become multi-row
-/// statements (the last image of a row within a run wins, as it did on the primary).
-async fn apply_changes(tx: &mut WriteTx, commit: &Commit) -> Result<(), StoreError> {
-    let mut run: Option<(&'static Table, Vec<&Row>)> = None;
-    for r in &commit.records {
-        let Body::Change(change) = &r.body else {
-            continue;
-        };
-        match change {
-            Change::Upsert { table, row } => match &mut run {
-                Some((t, rows)) if std::ptr::eq(*t, *table) => rows.push(row),
-                _ => {
-                    if let Some((t, rows)) = run.take() {
-                        upsert_run(tx, t, rows).await?;
-                    }
-                    run = Some((table, vec![row]));
+/// Applies the row changes of consecutive commits in one go: each row ends as its last
+/// change in log order left it (its last image, or deleted), which is what applying them one
+/// by one would leave. Deletes go first, then one multi-row upsert per table, so a key
+/// deleted and inserted again within the batch ends inserted.
+async fn apply_changes(tx: &mut WriteTx, commits: &[&Commit]) -> Result<(), StoreError> {
+    let mut finals: Vec<(&'static Table, Finals<'_>)> = Vec::new();
+    let mut seen = 0usize;
+    for commit in commits {
+        for r in &commit.records {
+            let Body::Change(change) = &r.body else {
+                continue;
+            };
+            let (table, row, keep) = match change {
+                Change::Upsert { table, row } => (*table, row, true),
+                Change::Delete { table, row } => (*table, row, false),
+            };
+            let key = key_of(table, row);
+            let slot = match finals.iter().position(|(t, _)| std::ptr::eq(*t, table)) {
+                Some(i) => i,
+                None => {
+                    finals.push((table, HashMap::new()));
+                    finals.len() - 1
                 }
-            },
-            Change::Delete { table, row } => {
-                if let Some((t, rows)) = run.take() {
-                    upsert_run(tx, t, rows).await?;
-                }
-                delete_row(tx, table, row).await?;
-            }
+            };
+            let entry = finals[slot].1.entry(key).or_insert((seen, None));
+            entry.1 = keep.then_some(row);
+            seen += 1;
         }
     }
-    if let Some((t, rows)) = run.take() {
-        upsert_run(tx, t, rows).await?;
+    for (table, rows) in &finals {
+        let deleted: Vec<&String> = rows
+            .iter()
+            .filter(|(_, (_, r))| r.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        for key in deleted {
+            delete_key(tx, table, key).await?;
+        }
+    }
+    for (table, rows) in &finals {
+        let mut live: Vec<(usize, &Row)> = rows
+            .values()
+            .filter_map(|(order, r)| r.map(|r| (*order, r)))
+            .collect();
+        live.sort_by_key(|(order, _)| *order);
+        let live: Vec<Row> = live.into_iter().map(|(_, r)| r.clone()).collect();
+        upsert_rows(tx, table, &live).await?;
     }
     Ok(())
 }
 
-async fn upsert_run(tx: &mut WriteTx, table: &Table, rows: Vec<&Row>) -> Result<(), StoreError> {
-    // Last image per key, in first-seen order.
-    let mut order: Vec<String> = Vec::new();
-    let mut last: HashMap<String, &Row> = HashMap::new();
-    for row in rows {
-        let key = table
+/// Per key of one table: the order it was first seen in, and its final state (`None`:
+/// deleted).
+type Finals<'a> = HashMap<String, (usize, Option<&'a Row>)>;
+
+/// A row's primary key as one comparable string.
+fn key_of(table: &Table, row: &Row) -> String {
+    serde_json::to_string(
+        &table
             .key
             .iter()
-            .map(|k| row.get(*k).map(Value::to_string).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\u{1f}");
-        if last.insert(key.clone(), row).is_none() {
-            order.push(key);
-        }
-    }
-    let rows: Vec<Row> = order.iter().map(|k| last[k].clone()).collect();
-    upsert_rows(tx, table, &rows).await
+            .map(|k| row.get(*k).cloned().unwrap_or(Value::Null))
+            .collect::<Vec<_>>(),
+    )
+    .expect("a JSON array of values serializes")
 }
 
 /// `INSERT … ON CONFLICT (key) DO UPDATE` of whole rows, chunked under the bind limits.
@@ -394,7 +426,8 @@ async fn upsert_rows(tx: &mut WriteTx, table: &Table, rows: &[Row]) -> Result<()
     Ok(())
 }
 
-async fn delete_row(tx: &mut WriteTx, table: &Table, row: &Row) -> Result<(), StoreError> {
+async fn delete_key(tx: &mut WriteTx, table: &Table, key: &str) -> Result<(), StoreError> {
+    let values: Vec<Value> = serde_json::from_str(key).expect("keys are JSON arrays (key_of)");
     let cond = table
         .key
         .iter()
@@ -404,13 +437,12 @@ async fn delete_row(tx: &mut WriteTx, table: &Table, row: &Row) -> Result<(), St
         .join(" AND ");
     let sql = format!("DELETE FROM {} WHERE {cond}", table.name);
     let mut q = sqlx::query(&sql);
-    for k in table.key {
+    for (k, v) in table.key.iter().zip(&values) {
         let col = table
             .columns
             .iter()
             .find(|c| c.name == *k)
             .expect("key columns are columns of their table");
-        let v = row.get(*k).unwrap_or(&Value::Null);
         q = match col.ty {
             ColumnType::Int => q.bind(v.as_i64()),
             ColumnType::Text => q.bind(v.as_str().map(str::to_owned)),
@@ -420,19 +452,23 @@ async fn delete_row(tx: &mut WriteTx, table: &Table, row: &Row) -> Result<(), St
     Ok(())
 }
 
-/// Copies a commit's records into this replica's own journal, at the same position (their
-/// txn is `-pos`, never a live transaction's).
-async fn copy_records(tx: &mut WriteTx, commit: &Commit) -> Result<(), StoreError> {
-    for chunk in commit.records.chunks(500) {
+/// Copies commits' records into this replica's own journal, at the same positions (their
+/// txn is `-pos`, never a live transaction's), and the commits themselves.
+async fn copy_records(tx: &mut WriteTx, commits: &[&Commit]) -> Result<(), StoreError> {
+    let records: Vec<(i64, &crate::journal::Record)> = commits
+        .iter()
+        .flat_map(|c| c.records.iter().map(move |r| (c.pos, r)))
+        .collect();
+    for chunk in records.chunks(500) {
         let sql = format!(
             "INSERT INTO journal (txn, slot, epoch, kind, entity_id, payload, created_at) VALUES {}",
             values_list(chunk.len(), 7, 1)
         );
         let mut q = sqlx::query(&sql);
-        for r in chunk {
+        for (pos, r) in chunk {
             let (kind, entity, payload) = r.encode();
             q = q
-                .bind(-commit.pos)
+                .bind(-*pos)
                 .bind(r.slot)
                 .bind(r.epoch)
                 .bind(kind)
@@ -442,11 +478,16 @@ async fn copy_records(tx: &mut WriteTx, commit: &Commit) -> Result<(), StoreErro
         }
         q.execute(&mut **tx).await?;
     }
-    sqlx::query("INSERT INTO journal_commits (pos, txn, created_at) VALUES ($1, $2, $3)")
-        .bind(commit.pos)
-        .bind(-commit.pos)
-        .bind(commit.committed_at)
-        .execute(&mut **tx)
-        .await?;
+    for chunk in commits.chunks(1000) {
+        let sql = format!(
+            "INSERT INTO journal_commits (pos, txn, created_at) VALUES {}",
+            values_list(chunk.len(), 3, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for c in chunk {
+            q = q.bind(c.pos).bind(-c.pos).bind(c.committed_at);
+        }
+        q.execute(&mut **tx).await?;
+    }
     Ok(())
 }
