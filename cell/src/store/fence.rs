@@ -100,3 +100,15 @@ pub(super) fn live_filter(column: &str, live: &LiveSlots, first: usize) -> (Stri
         live.iter().collect(),
     )
 }
+
+/// Splits a fence check's result: `Ok(Some(refusal))` when the fence refused (the caller
+/// skips the item; its transaction rolls back when dropped), `Err` for any other failure.
+pub(super) fn fenced(
+    r: Result<(), StoreError>,
+) -> Result<Option<crate::fence::FenceError>, StoreError> {
+    match r {
+        Ok(()) => Ok(None),
+        Err(StoreError::Fenced(e)) => Ok(Some(e)),
+        Err(e) => Err(e),
+    }
+}

@@ -10,6 +10,8 @@
 //! Money is `i64` cents; times are `i64` milliseconds since the Unix epoch.
 
 mod claims;
+mod cursors;
+mod expiry;
 mod fence;
 mod journal;
 mod packets;
@@ -18,7 +20,8 @@ mod recon;
 mod replica;
 mod rows;
 mod subsidies;
-mod workers;
+mod transfers;
+mod wallets;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -28,6 +31,7 @@ use sqlx::{Any, AnyPool};
 use tokio::sync::watch;
 
 pub use claims::{ClaimBatch, ClaimOutcome, PacketSummary};
+pub use cursors::Backlog;
 pub use journal::WriteTx;
 pub use packets::{CallbackOutcome, HistoryPage, NewPacket, SendOutcome};
 pub use payments::PendingPayment;
@@ -35,7 +39,7 @@ pub use recon::{Finding, Reconciliation, Totals};
 pub use replica::{digest_of, Applied, ApplyError, Digest, Snapshot};
 pub use rows::{Claim, ClaimListItem, Packet, Payment, Subsidy};
 pub use subsidies::{GrantOutcome, Reservation};
-pub use workers::{Backlog, DueTransfer};
+pub use transfers::DueTransfer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
