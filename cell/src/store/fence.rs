@@ -14,6 +14,15 @@ pub(super) struct TxFence {
     pub checked: BTreeSet<i64>,
 }
 
+/// How long the sweeps may go on the slot epochs they read.
+const EPOCHS_FRESH: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The shard's slot epochs and when they were read.
+pub(super) type SeenEpochs = (
+    std::time::Instant,
+    std::sync::Arc<std::collections::HashMap<i64, i64>>,
+);
+
 impl Store {
     /// Starts a write transaction fenced by `fence`: every slot it writes must pass
     /// [`WriteTx::fence`] before it commits (see `crate::fence` for the invariant).
@@ -26,9 +35,33 @@ impl Store {
         Ok(tx)
     }
 
-    /// The slots a sweep may touch now: owned in `fence` at the epoch the shard holds.
+    /// The slots a sweep may touch now: owned in `fence` at the epoch the shard holds (as
+    /// read at most `EPOCHS_FRESH` ago: the transfer worker runs after every claim batch,
+    /// and a stale choice only costs a skipped item, never a write, since every write
+    /// checks its fence inside its own transaction).
     pub async fn live_slots(&self, fence: &Fence) -> Result<LiveSlots, StoreError> {
-        Ok(fence.live_slots(&self.epochs().await?))
+        let cached = self
+            .epochs_seen
+            .lock()
+            .expect("epochs cache lock poisoned")
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < EPOCHS_FRESH)
+            .map(|(_, e)| e.clone());
+        let epochs = match cached {
+            Some(e) => e,
+            None => {
+                let e = std::sync::Arc::new(self.epochs().await?);
+                *self.epochs_seen.lock().expect("epochs cache lock poisoned") =
+                    Some((std::time::Instant::now(), e.clone()));
+                e
+            }
+        };
+        Ok(fence.live_slots(&epochs))
+    }
+
+    /// Forgets the epochs read for `live_slots` (this process changed them).
+    pub(super) fn forget_epochs(&self) {
+        *self.epochs_seen.lock().expect("epochs cache lock poisoned") = None;
     }
 }
 

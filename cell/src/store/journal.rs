@@ -308,6 +308,7 @@ impl Store {
         let mut tx = self.begin().await?;
         raise_epochs_in(&mut tx, &rising).await?;
         tx.commit().await?;
+        self.forget_epochs();
         Ok(())
     }
 

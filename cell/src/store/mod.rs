@@ -103,6 +103,10 @@ pub struct Store {
     dialect: Dialect,
     /// The last position this process committed, for long-polls (the database is the truth).
     head: std::sync::Arc<watch::Sender<journal::Position>>,
+    /// The shard's slot epochs as last read, for the sweeps' choice of live slots only (the
+    /// fence inside every write transaction reads the table itself): re-read after
+    /// `EPOCHS_FRESH` or when this process raises them.
+    epochs_seen: std::sync::Arc<std::sync::Mutex<Option<fence::SeenEpochs>>>,
 }
 
 impl Store {
@@ -156,6 +160,7 @@ impl Store {
             read,
             dialect,
             head: std::sync::Arc::new(watch::Sender::new(0)),
+            epochs_seen: std::sync::Arc::default(),
         };
         let head = store.journal_head().await?;
         store.head.send_replace(head);
