@@ -6,7 +6,9 @@
 //! traffic and never touches a cell's data.
 //!
 //! Crate map:
-//! - [`state`]: the replicated state and the pure, deterministic `apply` of each command.
+//! - [`state`]: the replicated state and the pure, deterministic `apply` of each command. The
+//!   forms it publishes (map view, switches, policies, liveness, grants) and the problem body
+//!   are the `wire` crate's; `state` and `api` re-export them.
 //! - [`store`]: durable Raft storage: an fsync'd append-only log file, the vote file, and the
 //!   state machine with its on-disk snapshots.
 //! - [`network`]: Raft RPCs to peers over HTTP (internal routes, `internal`-scope token).
