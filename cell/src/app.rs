@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use raft_meta::client::MetaClient;
+use raft_meta::follow::MapFile;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -130,12 +131,20 @@ impl App {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(settings.listen, e))?;
-        let map_file = settings.data_dir.join("map.json");
+        let map_file = MapFile::new(settings.data_dir.join("map.json"));
+        // raft-meta: start from the last map we persisted (if any) and follow the watch. Only
+        // the map: the policy and the run-alone grant are taken from raft-meta live, never
+        // from disk (a grant may have lapsed while the cell was down).
+        let loaded = if settings.meta.is_empty() {
+            None
+        } else {
+            map_file.load()
+        };
         let ownership = Arc::new(match &settings.map {
-            // raft-meta: start from the last map we persisted (if any) and follow the watch.
-            _ if !settings.meta.is_empty() => {
-                Ownership::new(me.clone(), Ownership::load(&map_file))
-            }
+            _ if !settings.meta.is_empty() => Ownership::new(
+                me.clone(),
+                loaded.as_ref().and_then(|view| view.map.clone()),
+            ),
             Some(path) => {
                 let shown = path.display().to_string();
                 let text = std::fs::read_to_string(path)
@@ -273,7 +282,8 @@ impl App {
             client,
             ownership: ownership.clone(),
             store: store.clone(),
-            path: map_file,
+            file: map_file,
+            loaded,
             heartbeat: Duration::from_millis(settings.heartbeat_ms.max(50)),
             cancel: cancel.clone(),
             durability: durability.clone(),

@@ -5,7 +5,8 @@
 //! Map of the crate: `api/` (HTTP, one file per resource; `error.rs` alone picks statuses),
 //! `domain/` (money, the split, validation; pure), `store/` (the only SQL), `claims/` (gate,
 //! per-packet queues, group commit), `workers/` (transfers, expiry and refunds,
-//! reconciliation), `ownership.rs` (which slots we serve), `fence.rs` (the per-slot epoch
+//! reconciliation), `ownership.rs` (which slots we serve), `meta.rs` (the cell's hook on
+//! raft-meta's shared map follower, and its heartbeats), `fence.rs` (the per-slot epoch
 //! every write checks inside its transaction), `config.rs`, `app.rs`.
 //!
 //! A cell never decides ownership: it obeys the map it is given and refuses (421) requests

@@ -1,14 +1,17 @@
-//! Following raft-meta: the map arrives through the client's watch (which survives the loss
-//! of any node), is persisted so the cell keeps serving through a control-plane outage and
-//! after a restart, and the cell heartbeats so the failure detector sees it alive.
+//! Following raft-meta: the map arrives through the follower the cell shares with the router
+//! (`raft_meta::follow`: one read, then the watch, which survives the loss of any node, and
+//! `DATA_DIR/map.json`, so the cell keeps serving through a control-plane outage and after a
+//! restart). The cell's hook on it, [`CellHook`], takes raft-meta's word on this shard's
+//! durability and installs each new map only after the shard has recorded its slot epochs.
+//! The cell also heartbeats so the failure detector sees it alive.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft_meta::client::MetaClient;
-use raft_meta::state::BackupUnreachable;
+use raft_meta::follow::{MapFile, MapFollower, MapHook};
 use tokio_util::sync::CancellationToken;
+use wire::{BackupUnreachable, MapView};
 
 use crate::fence::Fence;
 use crate::ownership::Ownership;
@@ -22,7 +25,9 @@ pub struct Follower {
     /// The shard whose slot epochs are raised to a new map's before it is installed.
     pub store: Store,
     /// Where the last map is persisted.
-    pub path: PathBuf,
+    pub file: MapFile,
+    /// What `file` held at start-up (the view `ownership` started from), if anything.
+    pub loaded: Option<MapView>,
     pub heartbeat: Duration,
     pub cancel: CancellationToken,
     /// Takes raft-meta's word on this shard's durability (policy, run-alone grant).
@@ -31,45 +36,65 @@ pub struct Follower {
 
 impl Follower {
     pub fn spawn(self) -> Vec<tokio::task::JoinHandle<()>> {
-        let this = Arc::new(self);
+        let hook = CellHook {
+            ownership: self.ownership.clone(),
+            store: self.store,
+            durability: self.durability,
+        };
+        let follower = Arc::new(MapFollower::new(
+            self.client.clone(),
+            self.file,
+            self.loaded,
+            hook,
+        ));
+        let heartbeat = Heartbeat {
+            client: self.client,
+            me: self.ownership.cell_id().clone(),
+            every: self.heartbeat,
+            cancel: self.cancel.clone(),
+        };
         vec![
-            tokio::spawn(this.clone().run_watch()),
-            tokio::spawn(this.run_heartbeat()),
+            tokio::spawn(follower.run(self.cancel)),
+            tokio::spawn(heartbeat.run()),
         ]
     }
+}
 
-    async fn run_watch(self: Arc<Self>) {
-        let after = self.ownership.map().map_or(0, |m| m.version);
-        let mut watch = self.client.watch(after);
-        loop {
-            let view = tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                view = watch.next() => view,
-            };
-            let me = self.ownership.cell_id();
-            let policy = view.policies.get(me).copied().unwrap_or_default();
-            self.durability.set_control(Control {
-                may_go_alone: policy.on_backup_unreachable == BackupUnreachable::GoAsync,
-                // A grant that lapsed (gone from the map, or at another epoch) stops at once.
-                alone_at: view.alone.get(me).map(|g| topology::Epoch(g.epoch)),
-            });
-            let Some(map) = view.map else { continue };
-            if map.cell(self.ownership.cell_id()).is_none() {
-                tracing::warn!(cell = %self.ownership.cell_id(), version = map.version,
-                    "this cell is not in the map: it serves no slot until it is registered");
-            }
-            let owned = map.slots_of(self.ownership.cell_id()).count();
-            let version = map.version;
-            if let Err(e) = Ownership::persist(&map, &self.path) {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot persist the map");
-            }
-            self.raise_epochs(&map).await;
-            if self.ownership.update(map) {
-                tracing::info!(version, owned_slots = owned, "new map from raft-meta");
-            }
+/// The cell's reaction to each new view from raft-meta.
+pub struct CellHook {
+    ownership: Arc<Ownership>,
+    store: Store,
+    durability: Arc<Durability>,
+}
+
+impl MapHook for CellHook {
+    /// Sets the durability control from the view's policy and grant, then (if the view has a
+    /// map) raises the shard's epochs and installs the map, in that order: fencing relies on
+    /// it. Adopts (so the follower persists) every view that has a map.
+    async fn take(&self, view: Arc<MapView>) -> bool {
+        let me = self.ownership.cell_id();
+        let policy = view.policies.get(me).copied().unwrap_or_default();
+        self.durability.set_control(Control {
+            may_go_alone: policy.on_backup_unreachable == BackupUnreachable::GoAsync,
+            // A grant that lapsed (gone from the map, or at another epoch) stops at once.
+            alone_at: view.alone.get(me).map(|g| topology::Epoch(g.epoch)),
+        });
+        let Some(map) = &view.map else { return false };
+        if map.cell(me).is_none() {
+            tracing::warn!(cell = %me, version = map.version,
+                "this cell is not in the map: it serves no slot until it is registered");
         }
+        let owned = map.slots_of(me).count();
+        let version = map.version;
+        self.raise_epochs(map).await;
+        if self.ownership.update(map.clone()) {
+            tracing::info!(version, owned_slots = owned, "new map from raft-meta");
+        }
+        true
     }
+}
 
+impl CellHook {
     /// Records `map`'s epochs for this cell's slots in the shard before the map is served
     /// (the fence refuses a slot whose row is missing or behind). When that fails the map is
     /// installed anyway: the fence then refuses writes of the slots whose epochs are not
@@ -95,16 +120,25 @@ impl Follower {
                 "cannot record the new map's slot epochs; its new slots stay fenced until they are");
         }
     }
+}
 
-    async fn run_heartbeat(self: Arc<Self>) {
-        let me = self.ownership.cell_id().clone();
+/// The cell's heartbeat to raft-meta's failure detector.
+struct Heartbeat {
+    client: MetaClient,
+    me: CellId,
+    every: Duration,
+    cancel: CancellationToken,
+}
+
+impl Heartbeat {
+    async fn run(self) {
         let mut last_warning: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                _ = tokio::time::sleep(self.heartbeat) => {}
+                _ = tokio::time::sleep(self.every) => {}
             }
-            if let Err(e) = self.client.heartbeat(&me).await {
+            if let Err(e) = self.client.heartbeat(&self.me).await {
                 // Once every 30 s at most: an outage must not flood the log.
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
                     tracing::warn!(error = %e, "heartbeat to raft-meta failed; serving on the last map");

@@ -2,12 +2,11 @@
 //! `--map`, raft-meta's watch, or its lone default) and refuses every request for a slot it
 //! does not own at the epoch it knows, whatever the router says (fencing).
 
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use axum::http::StatusCode;
-use serde_json::json;
 use topology::{CellId, CellInfo, CellMap, CellStatus, Epoch, Region, Slot};
+use wire::WrongCell;
 
 use crate::api::error::ApiError;
 use crate::fence::Fence;
@@ -78,9 +77,13 @@ impl Ownership {
                 owner.cell, owner.epoch, map.version
             ),
         );
-        err.extra = Some(
-            json!({"slot": slot, "owner": owner.cell, "owner_url": url, "epoch": owner.epoch}),
-        );
+        let hint = WrongCell {
+            slot,
+            owner: owner.cell.clone(),
+            owner_url: url,
+            epoch: Some(owner.epoch),
+        };
+        err.extra = Some(serde_json::to_value(hint).expect("a 421 hint always serializes"));
         Err(err)
     }
 
@@ -92,31 +95,5 @@ impl Ownership {
 
     pub fn cell_id(&self) -> &CellId {
         &self.me
-    }
-
-    /// The last map persisted in `path`, if any and valid.
-    pub fn load(path: &Path) -> Option<CellMap> {
-        let text = std::fs::read_to_string(path).ok()?;
-        match serde_json::from_str(&text) {
-            Ok(map) => Some(map),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable persisted map");
-                None
-            }
-        }
-    }
-
-    /// Persists `map` to `path` atomically (write, fsync, rename).
-    pub fn persist(map: &CellMap, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(
-            serde_json::to_string(map)
-                .map_err(std::io::Error::other)?
-                .as_bytes(),
-        )?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
     }
 }

@@ -93,8 +93,8 @@ async fn cells_follow_the_map_from_raft_meta() {
         .http
         .get(format!("{}{wallet}", c2.url))
         .bearer_auth(user(&uid))
-        .header("x-redcell-slot", slot.get().to_string())
-        .header("x-redcell-epoch", (new_epoch.0 - 1).to_string())
+        .header(wire::headers::SLOT, slot.get().to_string())
+        .header(wire::headers::EPOCH, (new_epoch.0 - 1).to_string())
         .send()
         .await
         .unwrap();
@@ -103,8 +103,8 @@ async fn cells_follow_the_map_from_raft_meta() {
         .http
         .get(format!("{}{wallet}", c2.url))
         .bearer_auth(user(&uid))
-        .header("x-redcell-slot", slot.get().to_string())
-        .header("x-redcell-epoch", new_epoch.0.to_string())
+        .header(wire::headers::SLOT, slot.get().to_string())
+        .header(wire::headers::EPOCH, new_epoch.0.to_string())
         .send()
         .await
         .unwrap();

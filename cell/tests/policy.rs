@@ -9,10 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use raft_meta::state::{BackupUnreachable, FailoverPolicy};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use topology::{CellId, Region};
+use wire::{BackupUnreachable, FailoverPolicy};
 
 struct Deployment {
     meta: MetaNode,

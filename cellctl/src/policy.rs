@@ -9,8 +9,8 @@
 use anyhow::Context;
 use clap::ValueEnum;
 use raft_meta::client::MetaClient;
-use raft_meta::state::{BackupUnreachable, FailoverPolicy};
 use topology::CellId;
+use wire::{BackupUnreachable, FailoverPolicy};
 
 use crate::deployment::{self, Layout, Record};
 use crate::up::admin_client;

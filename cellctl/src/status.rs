@@ -225,7 +225,7 @@ fn wall_ms() -> i64 {
 /// The shard rows, from each cell's replication status (by cell id) and the map.
 pub fn shard_rows(
     record: &Record,
-    view: Option<&raft_meta::state::MapView>,
+    view: Option<&wire::MapView>,
     answers: &BTreeMap<String, Replication>,
     now_ms: i64,
 ) -> Vec<ShardStatus> {

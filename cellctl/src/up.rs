@@ -280,7 +280,7 @@ async fn register(
             (None, None) => BackupPolicy::Async,
             (None, Some(_)) => continue,
         };
-        let policy = raft_meta::state::FailoverPolicy {
+        let policy = wire::FailoverPolicy {
             auto_failover: current.is_some_and(|p| p.auto_failover),
             on_backup_unreachable: wanted.as_state(),
         };

@@ -20,9 +20,8 @@ use serde_json::json;
 use topology::auth::Credential;
 use topology::{CellId, CellStatus, Epoch, Region};
 
-use crate::api::Problem;
-use crate::state::{FailoverPolicy, MapView};
 use crate::NodeId;
+use wire::{FailoverPolicy, MapView, Problem};
 
 pub use crate::api::ClusterView;
 

@@ -6,7 +6,9 @@
 //! traffic and never touches a cell's data.
 //!
 //! Crate map:
-//! - [`state`]: the replicated state and the pure, deterministic `apply` of each command.
+//! - [`state`]: the replicated state and the pure, deterministic `apply` of each command. The
+//!   forms it publishes (map view, switches, policies, liveness, grants) and the problem body
+//!   are the `wire` crate's; `state` and `api` re-export them.
 //! - [`store`]: durable Raft storage: an fsync'd append-only log file, the vote file, and the
 //!   state machine with its on-disk snapshots.
 //! - [`network`]: Raft RPCs to peers over HTTP (internal routes, `internal`-scope token).
@@ -16,6 +18,8 @@
 //! - [`detector`]: the failure detector (heartbeats in memory, state changes in the log).
 //! - [`reprotect`]: the leader's loop that names another backup for a shard running alone.
 //! - [`client`]: the client library for routers and cells (leader discovery, retries, watch).
+//! - [`follow`]: the map follower cells and routers share (watch, `map.json`, their hooks).
+//! - [`files`]: crash-safe file writes (write, fsync, rename, fsync the directory).
 //! - [`settings`]: the binary's `Settings` (defaults, env, flags).
 #![forbid(unsafe_code)]
 
@@ -25,6 +29,8 @@ pub mod api;
 pub mod app;
 pub mod client;
 pub mod detector;
+pub mod files;
+pub mod follow;
 pub mod network;
 pub mod reprotect;
 pub mod settings;

@@ -14,72 +14,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use topology::{CellId, CellInfo, CellMap, CellStatus, Epoch, Region, SlotOwner, SLOT_COUNT};
 
+/// The wire forms the state is made of and published as, re-exported under their old path.
+pub use wire::{AloneGrant, BackupUnreachable, FailoverPolicy, Liveness, MapView, Switch};
+
 mod alone;
-
-/// A named on/off flag read by routers for degradation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Switch {
-    pub on: bool,
-    pub message: String,
-    /// The map version at which this switch last changed.
-    pub version: u64,
-}
-
-/// What a cell does when its backup is unreachable (DESIGN.md §6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BackupUnreachable {
-    /// Refuse money-moving writes until the backup is back.
-    #[default]
-    RefuseWrites,
-    /// Keep serving asynchronously and raise an alarm.
-    GoAsync,
-}
-
-/// A cell's failover policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct FailoverPolicy {
-    /// Whether raft-meta may fail this cell over on its own when the detector says `down`.
-    #[serde(default)]
-    pub auto_failover: bool,
-    #[serde(default)]
-    pub on_backup_unreachable: BackupUnreachable,
-}
-
-/// What the failure detector believes of a cell. Only changes are written to the log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Liveness {
-    Alive,
-    Suspect,
-    Down,
-}
-
-/// A Raft-committed permission for a cell's shard to acknowledge money writes without its
-/// backup (DESIGN.md §6.3, "Going asynchronous" in FAILOVER-LESSONS.md).
-///
-/// **Invariants** (kept by every apply, see `state/alone.rs`): a grant exists only for a
-/// registered cell whose policy says `go_async`, and only at the cell's current shard epoch
-/// (`CellMap::shard_epoch`); the apply that moves the epoch on or sets the policy back to
-/// refuse drops it. While it stands, raft-meta does not fail the shard over automatically
-/// ([`MetaState::may_fail_over_automatically`]): the backup lacks acknowledged data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AloneGrant {
-    /// The shard epoch the grant was made at; the cell may acknowledge alone only for writes
-    /// at this epoch.
-    pub epoch: u64,
-    /// The map version that committed the grant (its identity: a later grant, even at the
-    /// same epoch after a withdrawal, has another).
-    pub since_version: u64,
-    /// The cell's backup when the grant was made: the one it could not reach. Re-protection
-    /// never chooses it again for this grant.
-    #[serde(default)]
-    pub backup_at_grant: Option<CellId>,
-    /// The backup re-protection named for this grant (`None` until it has). The grant stays
-    /// until the cell withdraws it, once that backup has caught up.
-    #[serde(default)]
-    pub reprotected_to: Option<CellId>,
-}
 
 /// A change to the map. The only way the map ever changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,20 +108,6 @@ pub struct MetaState {
     /// and snapshots written before grants existed, hence the default.
     #[serde(default)]
     pub alone: Arc<BTreeMap<CellId, AloneGrant>>,
-}
-
-/// The public JSON form of one version of the state (`GET /v1/map`, watch).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MapView {
-    pub version: u64,
-    /// `null` until the first cell registers.
-    pub map: Option<CellMap>,
-    pub switches: BTreeMap<String, Switch>,
-    pub policies: BTreeMap<CellId, FailoverPolicy>,
-    pub liveness: BTreeMap<CellId, Liveness>,
-    /// Cells running alone under a grant (absent from older nodes' answers).
-    #[serde(default)]
-    pub alone: BTreeMap<CellId, AloneGrant>,
 }
 
 pub const MAX_SWITCH_NAME: usize = 64;

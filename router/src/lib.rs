@@ -6,7 +6,8 @@
 //! cell over pooled connections, with `x-redcell-slot`, `x-redcell-epoch` and `traceparent`.
 //! A `421` from a cell refreshes the map and retries once.
 //!
-//! The map comes from raft-meta's watch and is persisted after every change, so the router
+//! The map comes from raft-meta's watch through the map follower the cells use too
+//! (`raft_meta::follow`), and is persisted after every change, so the router
 //! keeps routing on its last map when raft-meta is unreachable, also across a restart
 //! (static stability). The router never touches a database, never decides ownership, and
 //! never trusts a cell's answer about who owns a slot beyond one retry to a cell it knows.
@@ -15,8 +16,9 @@
 //! - [`settings`]: the binary's `Settings` (defaults, env `REDCELL_…`, flags).
 //! - [`route`]: pure route decisions: method + path (+ principal + body) → flow and slot, or
 //!   the refusal (404/400/403).
-//! - [`mapstate`]: the current map and switches, their persistence, and the raft-meta
-//!   follower task.
+//! - [`mapstate`]: the current map and switches (the route table), loaded from `map.json`
+//!   or `--map`, and kept current as the hook of raft-meta's shared map follower
+//!   (`raft_meta::follow`), which also persists it.
 //! - [`proxy`]: forwarding to a cell (hyper pooled client, timeouts, 421 retry).
 //! - [`recon`]: `GET /v1/admin/reconciliation` fanned out to every cell and summed.
 //! - [`tokens`]: token verification, remembering verified tokens until they expire.

@@ -1,40 +1,39 @@
-//! The router's copy of the map and switches, where it comes from and where it is kept.
+//! The router's copy of the map and switches: its route table, and where it comes from.
 //!
-//! Durable: `STATE_DIR/map.json`, the last view received from raft-meta, replaced atomically
-//! (write, fsync, rename) after every change. Rebuilt at start-up from that file, else from
+//! The route table ([`Routes`]) is the router's hook on the map follower it shares with the
+//! cells (`raft_meta::follow`): the follower reads and watches raft-meta and persists each view
+//! the table adopts to `STATE_DIR/map.json`. Rebuilt at start-up from that file, else from
 //! `--map`. While raft-meta is unreachable the router keeps serving the view it has (static
-//! stability); the follower task keeps retrying in the background.
+//! stability); the follower keeps retrying in the background.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use raft_meta::client::MetaClient;
-use raft_meta::state::{MapView, Switch};
-use serde::{Deserialize, Serialize};
+use raft_meta::follow::{MapFile, MapFollower, MapHook};
 use tokio_util::sync::CancellationToken;
 use topology::CellMap;
+use wire::{MapView, Switch};
 
 /// One consistent view: a map version with its switches.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub version: u64,
     /// `None` until some cell registered in raft-meta (and no `--map` was given).
     pub map: Option<Arc<CellMap>>,
-    #[serde(default)]
     pub switches: BTreeMap<String, Switch>,
     /// Whether this view came from raft-meta (a static `--map` yields to any view that does).
-    #[serde(default)]
     pub from_meta: bool,
 }
 
 impl Snapshot {
-    fn from_view(view: MapView) -> Snapshot {
+    fn from_view(view: &MapView) -> Snapshot {
         Snapshot {
             version: view.version,
-            map: view.map.map(Arc::new),
-            switches: view.switches,
+            map: view.map.clone().map(Arc::new),
+            switches: view.switches.clone(),
             from_meta: true,
         }
     }
@@ -60,14 +59,43 @@ pub enum MapStateError {
     StateDir(String, std::io::Error),
 }
 
-pub struct MapState {
+/// The route table: the snapshot every request routes by.
+pub struct Routes {
     /// Swapped whole on every change; readers clone the `Arc` and never wait on a writer
     /// for longer than the swap.
     current: RwLock<Arc<Snapshot>>,
-    /// Serializes persistence so an older view never overwrites a newer one on disk.
-    persist_lock: tokio::sync::Mutex<()>,
-    path: PathBuf,
-    meta: Option<MetaClient>,
+}
+
+impl Routes {
+    fn current(&self) -> Arc<Snapshot> {
+        self.current.read().expect("map lock poisoned").clone()
+    }
+}
+
+impl MapHook for Routes {
+    /// Adopts a view from raft-meta when it is newer than ours, or ours is static.
+    async fn take(&self, view: Arc<MapView>) -> bool {
+        let next = Arc::new(Snapshot::from_view(&view));
+        {
+            let mut cur = self.current.write().expect("map lock poisoned");
+            if cur.from_meta && cur.version >= next.version {
+                return false;
+            }
+            // A raft-meta with no cell registered yet must not empty a static map that works.
+            if next.map.is_none() && cur.map.is_some() {
+                return false;
+            }
+            *cur = next.clone();
+        }
+        tracing::info!(version = next.version, "map updated");
+        true
+    }
+}
+
+pub struct MapState {
+    routes: Arc<Routes>,
+    /// Follows raft-meta into `routes` and persists what they adopt; `None` without `--meta`.
+    follower: Option<Arc<MapFollower<Arc<Routes>>>>,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, MapStateError> {
@@ -90,19 +118,13 @@ impl MapState {
     ) -> Result<MapState, MapStateError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| MapStateError::StateDir(state_dir.display().to_string(), e))?;
-        let path = state_dir.join("map.json");
-        let persisted = match read_json::<Snapshot>(&path) {
-            Ok(s) => s,
-            Err(e) => {
-                // A damaged file must not stop the router: it starts as if it had none.
-                tracing::warn!("ignoring persisted map: {e}");
-                None
-            }
-        };
-        let snapshot = match (persisted, static_map) {
-            (Some(s), _) => {
-                tracing::info!(version = s.version, "starting from the persisted map");
-                s
+        let file = MapFile::new(state_dir.join("map.json"));
+        // A damaged file must not stop the router: it starts as if it had none.
+        let persisted = file.load();
+        let snapshot = match (&persisted, static_map) {
+            (Some(view), _) => {
+                tracing::info!(version = view.version, "starting from the persisted map");
+                Snapshot::from_view(view)
             }
             (None, Some(p)) => {
                 let map: CellMap = read_json(p)?.ok_or_else(|| {
@@ -120,118 +142,30 @@ impl MapState {
             }
             (None, None) => Snapshot::default(),
         };
-        Ok(MapState {
+        let routes = Arc::new(Routes {
             current: RwLock::new(Arc::new(snapshot)),
-            persist_lock: tokio::sync::Mutex::new(()),
-            path,
-            meta,
-        })
+        });
+        let follower =
+            meta.map(|client| Arc::new(MapFollower::new(client, file, persisted, routes.clone())));
+        Ok(MapState { routes, follower })
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
-        self.current.read().expect("map lock poisoned").clone()
-    }
-
-    /// Adopts a view from raft-meta when it is newer than ours (or ours is static), and
-    /// persists it. Returns whether it was adopted.
-    pub async fn offer(&self, view: MapView) -> bool {
-        let next = Arc::new(Snapshot::from_view(view));
-        {
-            let mut cur = self.current.write().expect("map lock poisoned");
-            if cur.from_meta && cur.version >= next.version {
-                return false;
-            }
-            // A raft-meta with no cell registered yet must not empty a static map that works.
-            if next.map.is_none() && cur.map.is_some() {
-                return false;
-            }
-            *cur = next.clone();
-        }
-        tracing::info!(version = next.version, "map updated");
-        self.persist(&next).await;
-        true
-    }
-
-    async fn persist(&self, snap: &Snapshot) {
-        let _guard = self.persist_lock.lock().await;
-        // Another, newer view may have been adopted while we waited: write the newest.
-        let newest = self.current();
-        if newest.version > snap.version {
-            return;
-        }
-        let bytes = match serde_json::to_vec(snap) {
-            Ok(b) => b,
-            Err(e) => return tracing::error!("cannot serialize the map: {e}"),
-        };
-        let path = self.path.clone();
-        let result = tokio::task::spawn_blocking(move || write_atomically(&path, &bytes)).await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("cannot persist the map: {e}"),
-            Err(e) => tracing::error!("map persistence task failed: {e}"),
-        }
+        self.routes.current()
     }
 
     /// Asks raft-meta for the current map once, briefly (after a cell said 421).
     pub async fn refresh(&self) -> bool {
-        let Some(meta) = &self.meta else {
-            return false;
-        };
-        match meta
-            .with_deadline(Duration::from_millis(800))
-            .map(true)
-            .await
-        {
-            Ok(view) => self.offer(view).await,
-            Err(e) => {
-                tracing::warn!("map refresh failed: {e}");
-                false
-            }
+        match &self.follower {
+            Some(follower) => follower.refresh(Duration::from_millis(800)).await,
+            None => false,
         }
     }
 
     /// Follows raft-meta until cancelled: one read, then the watch. Never gives up.
     pub async fn follow(self: Arc<Self>, cancel: CancellationToken) {
-        let Some(meta) = self.meta.clone() else {
-            return;
-        };
-        let quick = meta.with_deadline(Duration::from_secs(2));
-        let start = loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = quick.map(false) => match r {
-                    Ok(view) => break view,
-                    Err(e) => {
-                        tracing::warn!("raft-meta unreachable, routing on the last map: {e}");
-                        tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        }
-                    }
-                }
-            }
-        };
-        let after = start.version;
-        self.offer(start).await;
-        let mut watch = meta.watch(after);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                view = watch.next() => { self.offer(view).await; }
-            }
+        if let Some(follower) = self.follower.clone() {
+            follower.run(cancel).await;
         }
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

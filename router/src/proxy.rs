@@ -29,13 +29,10 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 use topology::{CellId, Epoch, Slot};
+use wire::headers::{CELL as CELL_HEADER, EPOCH as EPOCH_HEADER, SLOT as SLOT_HEADER};
+use wire::WrongCell;
 
 use crate::error::RouterError;
-
-pub const SLOT_HEADER: &str = "x-redcell-slot";
-pub const EPOCH_HEADER: &str = "x-redcell-epoch";
-/// Added to every forwarded response: the cell that answered.
-pub const CELL_HEADER: &str = "x-redcell-cell";
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus `host`
 /// (the client builds its own) and the routing headers a caller must not set.
@@ -492,9 +489,8 @@ fn push_hex(out: &mut String, v: u128, digits: u32) {
 
 /// The owner (and its epoch) a cell named in its 421 answer, if it named one.
 pub fn owner_hint(body: &[u8]) -> Option<(CellId, Option<Epoch>)> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let cell = CellId::parse(v.get("owner")?.as_str()?).ok()?;
-    Some((cell, v.get("epoch").and_then(|e| e.as_u64()).map(Epoch)))
+    let hint: WrongCell = serde_json::from_slice(body).ok()?;
+    Some((hint.owner, hint.epoch))
 }
 
 /// Whether a header list carries a body length past the limit (cheap early refusal).

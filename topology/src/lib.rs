@@ -2,7 +2,8 @@
 //! user ids, credentials (JWT claims and their verification), cells and the `CellMap` with its JSON form, and the placement of slots onto cells.
 //!
 //! Everything here is pure: no I/O, no clocks, no global state. Every other crate depends on
-//! these types and on nothing else of each other's. `topology` never decides ownership by
+//! these types (and, for the JSON that crosses processes, on `wire`, built on them) and on
+//! nothing else of each other's. `topology` never decides ownership by
 //! itself at run time: it computes a proposal (`placement`) that raft-meta stores explicitly.
 #![forbid(unsafe_code)]
 

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::timeout::TimeoutLayer;
+use wire::headers;
 
 use crate::app::Ctx;
 use error::ApiError;
@@ -120,7 +121,7 @@ async fn fence(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
                 .get(name)
                 .map(|v| v.to_str().unwrap_or("?").to_owned())
         };
-        (header("x-redcell-slot"), header("x-redcell-epoch"))
+        (header(headers::SLOT), header(headers::EPOCH))
     };
     if slot.is_none() && epoch.is_none() {
         return next.run(req).await;
@@ -131,7 +132,7 @@ async fn fence(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     let epoch = epoch.map(|e| e.parse::<u64>().map(topology::Epoch));
     let (Some(slot), Some(Ok(epoch))) = (slot, epoch) else {
         return ApiError::invalid(
-            "x-redcell-slot",
+            headers::SLOT,
             "x-redcell-slot and x-redcell-epoch go together, as numbers",
         )
         .into_response();

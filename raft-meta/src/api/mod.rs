@@ -19,11 +19,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use topology::auth::{AuthError, Principal};
 
 use crate::app::Node;
 use crate::state::Rejected;
+
+/// The problem+json body every error answers with; a wire type, since clients parse it back.
+pub use wire::Problem;
 
 /// Bodies of client and operator requests.
 const API_BODY_LIMIT: usize = 64 * 1024;
@@ -63,17 +65,6 @@ pub fn router(node: Arc<Node>) -> Router {
     api.merge(raft)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(node)
-}
-
-/// A problem+json body; also what the client library and forwarding parse back.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Problem {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub code: String,
-    pub detail: String,
 }
 
 /// Every error the API can answer.

@@ -21,8 +21,8 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 
-use super::files::{read_optional, sync_dir, write_atomic};
 use super::StoreError;
+use crate::files::{read_optional, sync_dir, write_atomic};
 use crate::{NodeId, TypeConfig};
 
 #[derive(Serialize, Deserialize)]

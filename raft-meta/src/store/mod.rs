@@ -11,7 +11,7 @@
 //! state machine (from the last snapshot; openraft then re-applies the committed entries after
 //! it). The per-version watch history starts empty.
 
-mod files;
+use crate::files;
 pub mod log;
 pub mod sm;
 

@@ -20,8 +20,8 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::files::{read_optional, write_atomic};
 use super::StoreError;
+use crate::files::{read_optional, write_atomic};
 use crate::state::{MetaState, Outcome};
 use crate::{NodeId, TypeConfig};
 

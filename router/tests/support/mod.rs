@@ -397,7 +397,7 @@ pub async fn call(
     let status = resp.status();
     let headers = resp.headers().clone();
     let cell = headers
-        .get("x-redcell-cell")
+        .get(wire::headers::CELL)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let bytes = resp.bytes().await.expect("body");

@@ -1,4 +1,5 @@
-//! Small helpers for crash-safe files.
+//! Small helpers for crash-safe files, shared by raft-meta's own storage and the map file that
+//! every follower of the map keeps (`crate::follow`).
 
 use std::fs::{self, File};
 use std::io::{self, Write};

@@ -1,0 +1,213 @@
+//! The map as raft-meta publishes it (`GET /v1/map`, the watch) and as cells and routers
+//! persist it, with the per-cell settings that travel with it.
+//!
+//! These types are also fields of raft-meta's replicated state, so their JSON is in Raft
+//! snapshots on disk too: a field added here needs `#[serde(default)]`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use topology::{CellId, CellMap};
+
+/// A named on/off flag read by routers for degradation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switch {
+    pub on: bool,
+    pub message: String,
+    /// The map version at which this switch last changed.
+    pub version: u64,
+}
+
+/// What a cell does when its backup is unreachable (DESIGN.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupUnreachable {
+    /// Refuse money-moving writes until the backup is back.
+    #[default]
+    RefuseWrites,
+    /// Keep serving asynchronously and raise an alarm.
+    GoAsync,
+}
+
+/// A cell's failover policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FailoverPolicy {
+    /// Whether raft-meta may fail this cell over on its own when the detector says `down`.
+    #[serde(default)]
+    pub auto_failover: bool,
+    #[serde(default)]
+    pub on_backup_unreachable: BackupUnreachable,
+}
+
+/// What the failure detector believes of a cell. Only changes are written to the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    Alive,
+    Suspect,
+    Down,
+}
+
+/// A Raft-committed permission for a cell's shard to acknowledge money writes without its
+/// backup (DESIGN.md §6.3, "Going asynchronous" in FAILOVER-LESSONS.md).
+///
+/// **Invariants** (kept by raft-meta's apply, see `raft-meta/src/state/alone.rs`): a grant
+/// exists only for a registered cell whose policy says `go_async`, and only at the cell's
+/// current shard epoch (`CellMap::shard_epoch`); the apply that moves the epoch on or sets the
+/// policy back to refuse drops it. While it stands, raft-meta does not fail the shard over
+/// automatically: the backup lacks acknowledged data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AloneGrant {
+    /// The shard epoch the grant was made at; the cell may acknowledge alone only for writes
+    /// at this epoch.
+    pub epoch: u64,
+    /// The map version that committed the grant (its identity: a later grant, even at the
+    /// same epoch after a withdrawal, has another).
+    pub since_version: u64,
+    /// The cell's backup when the grant was made: the one it could not reach. Re-protection
+    /// never chooses it again for this grant.
+    #[serde(default)]
+    pub backup_at_grant: Option<CellId>,
+    /// The backup re-protection named for this grant (`None` until it has). The grant stays
+    /// until the cell withdraws it, once that backup has caught up.
+    #[serde(default)]
+    pub reprotected_to: Option<CellId>,
+}
+
+/// The public JSON form of one version of raft-meta's state (`GET /v1/map`, watch), and what
+/// cells and routers persist as their last map (`map.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapView {
+    pub version: u64,
+    /// `null` until the first cell registers.
+    pub map: Option<CellMap>,
+    pub switches: BTreeMap<String, Switch>,
+    pub policies: BTreeMap<CellId, FailoverPolicy>,
+    pub liveness: BTreeMap<CellId, Liveness>,
+    /// Cells running alone under a grant (absent from older nodes' answers).
+    #[serde(default)]
+    pub alone: BTreeMap<CellId, AloneGrant>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> CellId {
+        CellId::parse(s).unwrap()
+    }
+
+    /// Asserts `text` parses into `expected` and serializes back to exactly `text`.
+    fn round_trip<T>(text: &str, expected: &T)
+    where
+        T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
+    {
+        let parsed: T = serde_json::from_str(text).unwrap();
+        assert_eq!(&parsed, expected);
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), text);
+    }
+
+    #[test]
+    fn switch() {
+        round_trip(
+            r#"{"on":false,"message":"maintenance","version":4}"#,
+            &Switch {
+                on: false,
+                message: "maintenance".into(),
+                version: 4,
+            },
+        );
+    }
+
+    #[test]
+    fn backup_unreachable_and_policy() {
+        round_trip(r#""refuse_writes""#, &BackupUnreachable::RefuseWrites);
+        round_trip(r#""go_async""#, &BackupUnreachable::GoAsync);
+        round_trip(
+            r#"{"auto_failover":true,"on_backup_unreachable":"go_async"}"#,
+            &FailoverPolicy {
+                auto_failover: true,
+                on_backup_unreachable: BackupUnreachable::GoAsync,
+            },
+        );
+        // Both members default (policies written before they existed, `cellctl policy`).
+        let empty: FailoverPolicy = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, FailoverPolicy::default());
+    }
+
+    #[test]
+    fn liveness() {
+        round_trip(r#""alive""#, &Liveness::Alive);
+        round_trip(r#""suspect""#, &Liveness::Suspect);
+        round_trip(r#""down""#, &Liveness::Down);
+    }
+
+    #[test]
+    fn alone_grant() {
+        round_trip(
+            r#"{"epoch":3,"since_version":17,"backup_at_grant":"c2","reprotected_to":null}"#,
+            &AloneGrant {
+                epoch: 3,
+                since_version: 17,
+                backup_at_grant: Some(id("c2")),
+                reprotected_to: None,
+            },
+        );
+        // A grant from before re-protection existed.
+        let old: AloneGrant = serde_json::from_str(r#"{"epoch":3,"since_version":17}"#).unwrap();
+        assert_eq!(old.backup_at_grant, None);
+        assert_eq!(old.reprotected_to, None);
+    }
+
+    #[test]
+    fn map_view() {
+        let slots = vec![r#"{"cell":"c1","epoch":1}"#; 1024].join(",");
+        let text = format!(
+            concat!(
+                r#"{{"version":9,"map":{{"version":9,"cells":{{"#,
+                r#""c1":{{"id":"c1","region":"east","url":"http://127.0.0.1:7001","status":"active","backup":"c2"}},"#,
+                r#""c2":{{"id":"c2","region":"west","url":"http://127.0.0.1:7002","status":"active","backup":null}}}},"#,
+                r#""slots":[{}]}},"#,
+                r#""switches":{{"claims":{{"on":true,"message":"","version":2}}}},"#,
+                r#""policies":{{"c1":{{"auto_failover":false,"on_backup_unreachable":"go_async"}}}},"#,
+                r#""liveness":{{"c1":"alive","c2":"suspect"}},"#,
+                r#""alone":{{"c1":{{"epoch":1,"since_version":9,"backup_at_grant":"c2","reprotected_to":null}}}}}}"#,
+            ),
+            slots
+        );
+        let view: MapView = serde_json::from_str(&text).unwrap();
+        let map = view.map.as_ref().unwrap();
+        assert_eq!(map.version, 9);
+        assert_eq!(map.slots_of(&id("c1")).count(), 1024);
+        assert_eq!(map.cell(&id("c1")).unwrap().backup, Some(id("c2")));
+        assert!(view.switches["claims"].on);
+        assert_eq!(
+            view.policies[&id("c1")].on_backup_unreachable,
+            BackupUnreachable::GoAsync
+        );
+        assert_eq!(view.liveness[&id("c2")], Liveness::Suspect);
+        assert_eq!(view.alone[&id("c1")].since_version, 9);
+        assert_eq!(serde_json::to_string(&view).unwrap(), text);
+    }
+
+    #[test]
+    fn map_view_before_the_first_cell_and_from_older_nodes() {
+        round_trip(
+            r#"{"version":0,"map":null,"switches":{},"policies":{},"liveness":{},"alone":{}}"#,
+            &MapView {
+                version: 0,
+                map: None,
+                switches: BTreeMap::new(),
+                policies: BTreeMap::new(),
+                liveness: BTreeMap::new(),
+                alone: BTreeMap::new(),
+            },
+        );
+        // Nodes from before run-alone grants answer without `alone`.
+        let old: MapView = serde_json::from_str(
+            r#"{"version":1,"map":null,"switches":{},"policies":{},"liveness":{}}"#,
+        )
+        .unwrap();
+        assert!(old.alone.is_empty());
+    }
+}
