@@ -68,10 +68,9 @@ pub struct CellHook {
 }
 
 impl MapHook for CellHook {
-    /// Sets the durability control from the view's policy and grant, then (if the view has a
-    /// map) raises the shard's epochs and installs the map, in that order: fencing relies on
-    /// it. Adopts (so the follower persists) every view that has a map.
-    async fn take(&self, view: Arc<MapView>) -> bool {
+    /// The durability control (policy, run-alone grant) comes from every view raft-meta
+    /// answers, newer or not.
+    fn see(&self, view: &MapView) {
         let me = self.ownership.cell_id();
         let policy = view.policies.get(me).copied().unwrap_or_default();
         self.durability.set_control(Control {
@@ -79,6 +78,13 @@ impl MapHook for CellHook {
             // A grant that lapsed (gone from the map, or at another epoch) stops at once.
             alone_at: view.alone.get(me).map(|g| topology::Epoch(g.epoch)),
         });
+    }
+
+    /// (The durability control was set by `see` just before.) If the view has a map: raises
+    /// the shard's epochs and installs the map, in that order: fencing relies on it. Adopts
+    /// (so the follower persists) every view that has a map.
+    async fn take(&self, view: Arc<MapView>) -> bool {
+        let me = self.ownership.cell_id();
         let Some(map) = &view.map else { return false };
         if map.cell(me).is_none() {
             tracing::warn!(cell = %me, version = map.version,

@@ -254,3 +254,20 @@ async fn a_primary_cut_off_from_backup_and_raft_meta_refuses_money_writes() {
     assert!(v["packet_id"].is_string(), "{v}");
     let _ = &d.c3;
 }
+
+/// A primary restarted on a persisted map of raft-meta's current version still takes its
+/// policy from raft-meta (no newer map arrives to carry it), so `async` still runs alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_primary_keeps_its_policy() {
+    let mut d = deployment(BackupUnreachable::GoAsync).await;
+    let (s, v) = send(&d.c1, "k0").await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    protected(&d.c1).await;
+    d.c1.restart().await;
+    protected(&d.c1).await;
+    let status = durability(&d.c1).await;
+    assert_eq!(status["durability"]["policy"], "async", "{status}");
+    d.c2.kill9();
+    let (s, v) = send(&d.c1, "k1").await;
+    assert_eq!(s, StatusCode::CREATED, "async after a restart: {v}");
+}

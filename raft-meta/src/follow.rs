@@ -34,12 +34,21 @@ pub trait MapHook: Send + Sync + 'static {
     /// at a time, from the watch and from [`MapFollower::refresh`]. Returns whether the process
     /// adopted it: only adopted views become [`MapFollower::latest`] and are persisted.
     fn take(&self, view: Arc<MapView>) -> impl Future<Output = bool> + Send;
+
+    /// Sees every view raft-meta answers, newer or not: what is not about the map itself
+    /// (policies, run-alone grants) must be taken even when the map's version is one the
+    /// process already holds (after a restart on a persisted map of the current version).
+    fn see(&self, _view: &MapView) {}
 }
 
 /// A shared hook is still a hook (a process that reads what its hook holds keeps an `Arc`).
 impl<H: MapHook> MapHook for Arc<H> {
     fn take(&self, view: Arc<MapView>) -> impl Future<Output = bool> + Send {
         (**self).take(view)
+    }
+
+    fn see(&self, view: &MapView) {
+        (**self).see(view)
     }
 }
 
@@ -92,6 +101,7 @@ impl<H: MapHook> MapFollower<H> {
     /// Offers `view` to the hook when it is newer than the latest, and persists it when the
     /// hook adopts it. Returns whether it was adopted.
     pub async fn offer(&self, view: MapView) -> bool {
+        self.hook.see(&view);
         let view = Arc::new(view);
         {
             let _one_at_a_time = self.taking.lock().await;
