@@ -27,23 +27,8 @@ impl Peers {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<T, String> {
-        let res = self
-            .http
-            .post(format!("{url}{path}"))
-            .bearer_auth(&*self.credential.token())
-            .json(body)
-            .timeout(TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = res.status();
-        if !status.is_success() {
-            return Err(format!(
-                "HTTP {status}: {}",
-                res.text().await.unwrap_or_default()
-            ));
-        }
-        res.json().await.map_err(|e| e.to_string())
+        let req = self.http.post(format!("{url}{path}")).json(body);
+        self.call(req, TIMEOUT).await
     }
 
     /// GETs `{url}{path}` within `timeout` and decodes the answer; `Err` carries a reason.
@@ -53,9 +38,17 @@ impl Peers {
         path: &str,
         timeout: Duration,
     ) -> Result<T, String> {
-        let res = self
-            .http
-            .get(format!("{url}{path}"))
+        let req = self.http.get(format!("{url}{path}"));
+        self.call(req, timeout).await
+    }
+
+    /// Signs `req` with this cell's credential, sends it within `timeout` and decodes a 2xx.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<T, String> {
+        let res = req
             .bearer_auth(&*self.credential.token())
             .timeout(timeout)
             .send()

@@ -176,17 +176,29 @@ async fn every_route_reaches_the_owning_cell_and_bad_credentials_never_pass() {
     .await;
     assert_eq!((s, cell.as_deref()), (StatusCode::OK, Some("c2")));
 
-    // Reconciliation covers both cells and sums them.
-    let (s, _, rec, _) = call(
-        http,
-        r,
-        Method::GET,
-        "/v1/admin/reconciliation",
-        Some(&admin),
-        None,
-        None,
-    )
-    .await;
+    // Reconciliation covers both cells and sums them, once the claim's transfer to b's home
+    // cell is settled (while it is in flight, the home cell has counted it in and the
+    // packet's cell not yet out: the home cell answers only after its backup has the credit).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (s, rec) = loop {
+        let (s, _, rec, _) = call(
+            http,
+            r,
+            Method::GET,
+            "/v1/admin/reconciliation",
+            Some(&admin),
+            None,
+            None,
+        )
+        .await;
+        if s != StatusCode::OK
+            || rec["totals"]["in_flight"] == 0
+            || std::time::Instant::now() > deadline
+        {
+            break (s, rec);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(s, StatusCode::OK, "{rec}");
     assert_eq!(rec["cells"], json!(["c1", "c2"]));
     let mut funded = 0;
