@@ -196,6 +196,16 @@ impl Durability {
         !resuming && self.granted()
     }
 
+    /// How far the backup has the journal, for pruning: the current backup's acknowledged
+    /// position, or everything when the map names no backup.
+    pub fn backup_has(&self) -> Position {
+        if self.backup().is_none() {
+            Position::MAX
+        } else {
+            self.acked_by_current()
+        }
+    }
+
     /// The acked position of the current backup (0 if it has not asked yet).
     fn acked_by_current(&self) -> Position {
         let backup = self.backup();
@@ -210,7 +220,7 @@ impl Durability {
     /// Waits until everything this process has committed so far is acknowledged as the
     /// policy requires (see the module's invariant).
     pub async fn settle(&self) -> Result<(), DurabilityError> {
-        let target = *self.store.watch_head().borrow();
+        let target = self.store.committed_head();
         self.wait_for(target).await
     }
 
@@ -343,7 +353,7 @@ impl Durability {
             let resume_at = {
                 let mut r = self.resume_at.lock().expect("resume lock poisoned");
                 if r.is_none() && recently {
-                    *r = Some(*self.store.watch_head().borrow());
+                    *r = Some(self.store.committed_head());
                     tracing::info!(shard = %self.ownership.cell_id(), "the backup confirms writes again: acknowledging after it again");
                 }
                 *r

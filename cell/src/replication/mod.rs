@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use topology::CellId;
 
+use crate::fence::Fence;
 use crate::journal::Position;
 use crate::ownership::Ownership;
 use crate::peer::Peers;
@@ -195,14 +196,8 @@ impl Replicas {
                 self.reconcile().await;
                 if let Some(map) = self.ownership.map() {
                     if map.version != epochs_of {
-                        let me = self.ownership.cell_id();
-                        let owned: Vec<(i64, i64)> = map
-                            .slots
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, o)| &o.cell == me)
-                            .map(|(slot, o)| (slot as i64, o.epoch.0 as i64))
-                            .collect();
+                        let me = self.ownership.cell_id().clone();
+                        let owned = Fence::new(me, Some(map.clone())).owned_epochs();
                         match store.raise_epochs(&owned).await {
                             Ok(()) => epochs_of = map.version,
                             Err(e) => {
@@ -341,12 +336,7 @@ impl Pruner {
             .store
             .position_at(crate::clock::wall_ms() - self.retention.as_millis() as i64)
             .await?;
-        let status = self.durability.status();
-        let backup_has = if status.state == "unprotected" {
-            i64::MAX
-        } else {
-            status.acked
-        };
+        let backup_has = self.durability.backup_has();
         let transfers = self
             .store
             .worker_done_upto("transfers", Event::TransferCreated)

@@ -195,6 +195,11 @@ impl Store {
         get(&row, "pos")
     }
 
+    /// The last position committed by this process (at start-up: the shard's head).
+    pub fn committed_head(&self) -> Position {
+        *self.head.borrow()
+    }
+
     /// Follows the last position committed by this process (for long-polls).
     pub fn watch_head(&self) -> watch::Receiver<Position> {
         self.head.subscribe()
