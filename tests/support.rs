@@ -290,7 +290,7 @@ pub fn uid_on(map: &CellMap, cell: &str, avoid: &[&str]) -> String {
     (0..100_000)
         .map(|n| format!("u{n}"))
         .find(|u| {
-            map.owner(Slot::of(u.as_bytes())).cell.as_str() == cell && !avoid.contains(&u.as_str())
+            map.serving(Slot::of(u.as_bytes())).as_str() == cell && !avoid.contains(&u.as_str())
         })
         .expect("some uid lands on every cell")
 }

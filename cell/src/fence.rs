@@ -23,7 +23,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use topology::{CellId, CellMap, Slot, SLOT_COUNT};
+use topology::{CellId, CellMap, ShardId, Slot, SlotOwner, SLOT_COUNT};
 
 /// Why a write was refused by the fence.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -54,12 +54,21 @@ pub enum FenceError {
 #[derive(Clone, Debug)]
 pub struct Fence {
     me: CellId,
+    /// The shard the write goes to: a slot is writable only if the map puts it in this shard
+    /// and makes this cell the shard's primary.
+    shard: ShardId,
     map: Option<Arc<CellMap>>,
 }
 
 impl Fence {
-    pub fn new(me: CellId, map: Option<Arc<CellMap>>) -> Fence {
-        Fence { me, map }
+    pub fn new(me: CellId, shard: ShardId, map: Option<Arc<CellMap>>) -> Fence {
+        Fence { me, shard, map }
+    }
+
+    /// The slot's entry when the map puts it in this fence's shard, served by this cell.
+    fn held_here<'a>(&self, map: &'a CellMap, slot: Slot) -> Option<&'a SlotOwner> {
+        let owner = map.owner(slot);
+        (owner.shard == self.shard && map.serving(slot) == &self.me).then_some(owner)
     }
 
     /// The epoch this cell's map gives for `slot`, if the map gives the slot to this cell.
@@ -68,8 +77,7 @@ impl Fence {
         let owner = u16::try_from(slot)
             .ok()
             .and_then(Slot::new)
-            .map(|s| map.owner(s))
-            .filter(|o| o.cell == self.me)
+            .and_then(|s| self.held_here(map, s))
             .ok_or(FenceError::NotOwned { slot })?;
         Ok(owner.epoch.0 as i64)
     }
@@ -94,11 +102,9 @@ impl Fence {
         let Some(map) = &self.map else {
             return Vec::new();
         };
-        map.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| o.cell == self.me)
-            .map(|(slot, o)| (slot as i64, o.epoch.0 as i64))
+        Slot::all()
+            .filter_map(|slot| self.held_here(map, slot).map(|o| (slot, o)))
+            .map(|(slot, o)| (i64::from(slot.get()), o.epoch.0 as i64))
             .collect()
     }
 
@@ -165,11 +171,10 @@ mod tests {
             region: Region::parse("local").unwrap(),
             url: "http://x".into(),
             status: CellStatus::Active,
-            backup: None,
         };
         let mut map = CellMap::single(info);
         map.slots[7].epoch = Epoch(3);
-        Fence::new(me, Some(Arc::new(map)))
+        Fence::new(me.clone(), ShardId::own(&me), Some(Arc::new(map)))
     }
 
     #[test]
@@ -195,7 +200,8 @@ mod tests {
             f.judge(5000, Some(1)),
             Err(FenceError::NotOwned { slot: 5000 })
         );
-        let none = Fence::new(CellId::parse("c1").unwrap(), None);
+        let c1 = CellId::parse("c1").unwrap();
+        let none = Fence::new(c1.clone(), ShardId::own(&c1), None);
         assert_eq!(none.judge(1, Some(1)), Err(FenceError::NoMap));
     }
 

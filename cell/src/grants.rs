@@ -96,15 +96,10 @@ impl Grants {
         }
     }
 
-    /// The cell that owns `slot`, or `None` when it is this one.
+    /// The cell that serves `slot`, or `None` when it is this process's own shard.
     fn peer(&self, slot: Slot) -> Result<Option<(CellId, String)>, GrantError> {
         let map = self.ownership.map().ok_or(GrantError::NoMap)?;
-        let owner = &map.owner(slot).cell;
-        if owner == self.ownership.cell_id() {
-            return Ok(None);
-        }
-        let url = map.cell(owner).map(|c| c.url.clone()).unwrap_or_default();
-        Ok(Some((owner.clone(), url)))
+        Ok(self.ownership.peer_for(&map, slot))
     }
 
     async fn reserve(

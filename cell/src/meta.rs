@@ -5,6 +5,7 @@
 //! durability and installs each new map only after the shard has recorded its slot epochs.
 //! The cell also heartbeats so the failure detector sees it alive.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,11 +14,10 @@ use raft_meta::follow::{MapFile, MapFollower, MapHook};
 use tokio_util::sync::CancellationToken;
 use wire::{BackupUnreachable, MapView};
 
-use crate::fence::Fence;
 use crate::ownership::Ownership;
 use crate::replication::{AloneGrants, BoxFuture, Control, Durability};
 use crate::store::Store;
-use topology::{CellId, Epoch};
+use topology::{Epoch, ShardId};
 
 pub struct Follower {
     pub client: MetaClient,
@@ -39,7 +39,7 @@ impl Follower {
         let hook = CellHook {
             ownership: self.ownership.clone(),
             store: self.store,
-            durability: self.durability,
+            durability: self.durability.clone(),
         };
         let follower = Arc::new(MapFollower::new(
             self.client.clone(),
@@ -49,7 +49,8 @@ impl Follower {
         ));
         let heartbeat = Heartbeat {
             client: self.client,
-            me: self.ownership.cell_id().clone(),
+            ownership: self.ownership.clone(),
+            durability: self.durability.clone(),
             every: self.heartbeat,
             cancel: self.cancel.clone(),
         };
@@ -71,12 +72,12 @@ impl MapHook for CellHook {
     /// The durability control (policy, run-alone grant) comes from every view raft-meta
     /// answers, newer or not.
     fn see(&self, view: &MapView) {
-        let me = self.ownership.cell_id();
-        let policy = view.policies.get(me).copied().unwrap_or_default();
+        let shard = self.ownership.shard();
+        let policy = view.policies.get(shard).copied().unwrap_or_default();
         self.durability.set_control(Control {
             may_go_alone: policy.on_backup_unreachable == BackupUnreachable::GoAsync,
             // A grant that lapsed (gone from the map, or at another epoch) stops at once.
-            alone_at: view.alone.get(me).map(|g| topology::Epoch(g.epoch)),
+            alone_at: view.alone.get(shard).map(|g| topology::Epoch(g.epoch)),
         });
     }
 
@@ -90,7 +91,7 @@ impl MapHook for CellHook {
             tracing::warn!(cell = %me, version = map.version,
                 "this cell is not in the map: it serves no slot until it is registered");
         }
-        let owned = map.slots_of(me).count();
+        let owned = map.slots_served_by(me).count();
         let version = map.version;
         self.raise_epochs(map).await;
         if self.ownership.update(map.clone()) {
@@ -113,10 +114,7 @@ impl CellHook {
         {
             return;
         }
-        let fence = Fence::new(
-            self.ownership.cell_id().clone(),
-            Some(Arc::new(map.clone())),
-        );
+        let fence = self.ownership.fence_with(Arc::new(map.clone()));
         let owned = fence.owned_epochs();
         if owned.is_empty() {
             return;
@@ -131,7 +129,9 @@ impl CellHook {
 /// The cell's heartbeat to raft-meta's failure detector.
 struct Heartbeat {
     client: MetaClient,
-    me: CellId,
+    ownership: Arc<Ownership>,
+    /// Where the position its backup has acknowledged comes from (reported on each beat).
+    durability: Arc<Durability>,
     every: Duration,
     cancel: CancellationToken,
 }
@@ -144,7 +144,16 @@ impl Heartbeat {
                 _ = self.cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.every) => {}
             }
-            if let Err(e) = self.client.heartbeat(&self.me).await {
+            // The position the shard's backup has acknowledged, when it has one.
+            let positions = match self.ownership.backup() {
+                Some(_) => BTreeMap::from([(
+                    self.ownership.shard().clone(),
+                    u64::try_from(self.durability.backup_has()).unwrap_or(0),
+                )]),
+                None => BTreeMap::new(),
+            };
+            let me = self.ownership.cell_id();
+            if let Err(e) = self.client.heartbeat(me, &positions).await {
                 // Once every 30 s at most: an outage must not flood the log.
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
                     tracing::warn!(error = %e, "heartbeat to raft-meta failed; serving on the last map");
@@ -159,22 +168,22 @@ impl Heartbeat {
 pub struct MetaGrants(pub MetaClient);
 
 impl AloneGrants for MetaGrants {
-    fn request(&self, cell: CellId, epoch: Epoch) -> BoxFuture<Result<(), String>> {
+    fn request(&self, shard: ShardId, epoch: Epoch) -> BoxFuture<Result<(), String>> {
         let client = self.0.clone();
         Box::pin(async move {
             client
-                .request_alone(&cell, epoch)
+                .request_alone(&shard, epoch)
                 .await
-                .map(|version| tracing::warn!(shard = %cell, %epoch, version, "raft-meta granted running alone"))
+                .map(|version| tracing::warn!(%shard, %epoch, version, "raft-meta granted running alone"))
                 .map_err(|e| e.to_string())
         })
     }
 
-    fn withdraw(&self, cell: CellId) -> BoxFuture<Result<(), String>> {
+    fn withdraw(&self, shard: ShardId) -> BoxFuture<Result<(), String>> {
         let client = self.0.clone();
         Box::pin(async move {
             client
-                .withdraw_alone(&cell)
+                .withdraw_alone(&shard)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())

@@ -1,11 +1,13 @@
 //! Which slots this cell serves. The cell never decides ownership: it reads the map (static
-//! `--map`, raft-meta's watch, or its lone default) and refuses every request for a slot it
-//! does not own at the epoch it knows, whatever the router says (fencing).
+//! `--map`, raft-meta's watch, or its lone default) and routes by slot → shard: a request is
+//! served when the slot's shard is one this process holds and the map makes this cell that
+//! shard's primary, at the epoch it knows, whatever the router says (fencing). Today a cell
+//! holds one shard, its own (of its name); a shard taken over at failover is another.
 
 use std::sync::{Arc, RwLock};
 
 use axum::http::StatusCode;
-use topology::{CellId, CellInfo, CellMap, CellStatus, Epoch, Region, Slot};
+use topology::{CellId, CellInfo, CellMap, CellStatus, Epoch, Region, ShardId, Slot};
 use wire::WrongCell;
 
 use crate::api::error::ApiError;
@@ -13,6 +15,8 @@ use crate::fence::Fence;
 
 pub struct Ownership {
     me: CellId,
+    /// The shard whose database this process writes: its own.
+    shard: ShardId,
     /// Swapped whole when a new map arrives; readers clone the `Arc` and never block
     /// writers. `None` until the first map arrives (only with `--meta` and nothing persisted):
     /// then the cell serves nothing.
@@ -22,6 +26,7 @@ pub struct Ownership {
 impl Ownership {
     pub fn new(me: CellId, map: Option<CellMap>) -> Ownership {
         Ownership {
+            shard: ShardId::own(&me),
             me,
             map: RwLock::new(map.map(Arc::new)),
         }
@@ -34,7 +39,6 @@ impl Ownership {
             region: Region::parse("local").expect("'local' is a valid region"),
             url,
             status: CellStatus::Active,
-            backup: None,
         };
         Ownership::new(me, Some(CellMap::single(info)))
     }
@@ -65,21 +69,28 @@ impl Ownership {
             return Err(ApiError::unavailable("this cell has no map yet"));
         };
         let owner = map.owner(slot);
-        if owner.cell == self.me && epoch.is_none_or(|e| e == owner.epoch) {
+        let serving = map.serving(slot);
+        if serving == &self.me && owner.shard != self.shard {
+            return Err(ApiError::unavailable(format!(
+                "slot {slot} is in shard {}, which the map gives this cell, but this cell does not hold it",
+                owner.shard
+            )));
+        }
+        if serving == &self.me && epoch.is_none_or(|e| e == owner.epoch) {
             return Ok(());
         }
-        let url = map.cell(&owner.cell).map(|c| c.url.clone());
+        let url = map.cell(serving).map(|c| c.url.clone());
         let mut err = ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
             "wrong_cell",
             format!(
-                "slot {slot} is owned by cell {} at epoch {} (map version {})",
-                owner.cell, owner.epoch, map.version
+                "slot {slot} is in shard {}, served by cell {} at epoch {} (map version {})",
+                owner.shard, serving, owner.epoch, map.version
             ),
         );
         let hint = WrongCell {
             slot,
-            owner: owner.cell.clone(),
+            owner: serving.clone(),
             owner_url: url,
             epoch: Some(owner.epoch),
         };
@@ -87,13 +98,48 @@ impl Ownership {
         Err(err)
     }
 
+    /// Where work for `slot` goes, by slot → shard → serving cell: `None` when its shard is
+    /// the one this process holds and the map makes this cell its primary, otherwise the
+    /// serving cell and its URL (which may be this cell's own, for a shard it serves but this
+    /// process does not hold: that cell answers 503 until it does). `None` without a map.
+    pub fn peer_for(&self, map: &CellMap, slot: Slot) -> Option<(CellId, String)> {
+        let serving = map.serving(slot);
+        if serving == &self.me && map.owner(slot).shard == self.shard {
+            return None;
+        }
+        let url = map.cell(serving).map(|c| c.url.clone()).unwrap_or_default();
+        Some((serving.clone(), url))
+    }
+
     /// The epochs a write starting now may commit under (see `crate::fence`): this map, as
     /// it is now, whatever later updates bring.
     pub fn fence(&self) -> Fence {
-        Fence::new(self.me.clone(), self.map())
+        Fence::new(self.me.clone(), self.shard.clone(), self.map())
+    }
+
+    /// As [`fence`](Self::fence), under `map` instead of the one installed.
+    pub fn fence_with(&self, map: Arc<CellMap>) -> Fence {
+        Fence::new(self.me.clone(), self.shard.clone(), Some(map))
     }
 
     pub fn cell_id(&self) -> &CellId {
         &self.me
+    }
+
+    /// The shard this process holds (its own).
+    pub fn shard(&self) -> &ShardId {
+        &self.shard
+    }
+
+    /// The cell that backs up this process's shard, per the map as it is now.
+    pub fn backup(&self) -> Option<CellId> {
+        self.map()?.shard(&self.shard)?.backup.clone()
+    }
+
+    /// This shard's epoch per the map as it is now (0 without a map).
+    pub fn shard_epoch(&self) -> Epoch {
+        self.map()
+            .map(|m| m.shard_epoch(&self.shard))
+            .unwrap_or_default()
     }
 }

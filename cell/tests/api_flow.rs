@@ -283,13 +283,16 @@ async fn a_cell_refuses_slots_it_does_not_own() {
         region: Region::parse(region).unwrap(),
         url: format!("http://127.0.0.1:1/{id}"),
         status: CellStatus::Active,
-        backup: None,
     };
     let owners = Slot::all()
         .map(|s| CellId::parse(if s == foreign { "c2" } else { "c1" }).unwrap())
         .collect();
-    let map =
-        CellMap::from_assignment(vec![info("c1", "east"), info("c2", "west")], owners).unwrap();
+    let map = CellMap::from_assignment(
+        vec![info("c1", "east"), info("c2", "west")],
+        owners,
+        &Default::default(),
+    )
+    .unwrap();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), serde_json::to_string(&map).unwrap()).unwrap();
     let cell = TestCell::spawn_with(CellOptions {

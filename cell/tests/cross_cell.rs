@@ -18,15 +18,20 @@ fn two_cell_map(c1: u16, c2: u16) -> CellMap {
         region: Region::parse(region).unwrap(),
         url: format!("http://127.0.0.1:{port}"),
         status: CellStatus::Active,
-        // No backups here: these tests are about transfers between cells, and killing c2
-        // must not also take away c1's backup (a primary whose backup is down refuses money
-        // writes under the default policy; cell/tests/replication.rs tests that).
-        backup: None,
     };
     let owners = Slot::all()
         .map(|s| CellId::parse(if s.get() % 2 == 0 { "c1" } else { "c2" }).unwrap())
         .collect();
-    CellMap::from_assignment(vec![info("c1", "east", c1), info("c2", "west", c2)], owners).unwrap()
+    // No backups here: these tests are about transfers between cells, and killing c2 must not
+    // also take away c1's backup (a primary whose backup is down refuses money writes under
+    // the default policy; cell/tests/replication.rs tests that).
+    let no_backups = std::collections::BTreeMap::new();
+    CellMap::from_assignment(
+        vec![info("c1", "east", c1), info("c2", "west", c2)],
+        owners,
+        &no_backups,
+    )
+    .unwrap()
 }
 
 /// `n` uids whose home is the cell owning slots of parity `parity`.

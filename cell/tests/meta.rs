@@ -54,7 +54,7 @@ async fn cells_follow_the_map_from_raft_meta() {
     let map = view.map.expect("a map once cells are registered");
     let uid = (0..)
         .map(|i| format!("mover{i}"))
-        .find(|u| map.owner(Uid::parse(u).unwrap().slot()).cell == c1_id)
+        .find(|u| map.serving(Uid::parse(u).unwrap().slot()) == &c1_id)
         .unwrap();
     let slot = Uid::parse(&uid).unwrap().slot();
     let (s, _) = c1
@@ -67,7 +67,10 @@ async fn cells_follow_the_map_from_raft_meta() {
     assert_eq!(s, StatusCode::MISDIRECTED_REQUEST);
 
     // Act: move the slot to c2.
-    client.move_slots(&[slot.get()], &c2_id).await.unwrap();
+    client
+        .move_slots(&[slot.get()], &topology::ShardId::own(&c2_id))
+        .await
+        .unwrap();
 
     // Assert: without a restart, c1 refuses it and c2 serves it.
     let wallet = format!("/v1/users/{uid}/wallet");
@@ -121,7 +124,7 @@ async fn cells_follow_the_map_from_raft_meta() {
     );
     let other = (0..)
         .map(|i| format!("stay{i}"))
-        .find(|u| map.owner(Uid::parse(u).unwrap().slot()).cell == c1_id)
+        .find(|u| map.serving(Uid::parse(u).unwrap().slot()) == &c1_id)
         .unwrap();
     let (s, _) = c1
         .get(&format!("/v1/users/{other}/wallet"), &user(&other))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use topology::{CellId, Region};
+use topology::{CellId, Region, ShardId};
 use wire::{BackupUnreachable, FailoverPolicy};
 
 struct Deployment {
@@ -45,10 +45,11 @@ async fn deployment(policy: BackupUnreachable) -> Deployment {
     }
     // Every slot to c1: c2 and c3 only back up.
     let all: Vec<u16> = (0..1024).collect();
-    client.move_slots(&all, &id("c1")).await.unwrap();
+    let c1 = ShardId::own(&id("c1"));
+    client.move_slots(&all, &c1).await.unwrap();
     client
         .set_policy(
-            &id("c1"),
+            &c1,
             FailoverPolicy {
                 auto_failover: false,
                 on_backup_unreachable: policy,
@@ -146,14 +147,14 @@ async fn async_runs_alone_under_a_grant_then_is_reprotected() {
         "answers given alone are counted at risk: {status}"
     );
     let view = d.meta.client().map(true).await.unwrap();
-    let c1 = CellId::parse("c1").unwrap();
+    let c1 = ShardId::parse("c1").unwrap();
     assert!(
         view.alone.contains_key(&c1)
             || view
                 .map
                 .as_ref()
                 .unwrap()
-                .cell(&c1)
+                .shard(&c1)
                 .unwrap()
                 .backup
                 .as_ref()

@@ -9,7 +9,7 @@
 use anyhow::Context;
 use clap::ValueEnum;
 use raft_meta::client::MetaClient;
-use topology::CellId;
+use topology::ShardId;
 use wire::{BackupUnreachable, FailoverPolicy};
 
 use crate::deployment::{self, Layout, Record};
@@ -50,7 +50,7 @@ impl BackupPolicy {
 /// What `cellctl policy` did.
 #[derive(Debug)]
 pub struct Changed {
-    pub shard: CellId,
+    pub shard: ShardId,
     pub before: FailoverPolicy,
     pub after: FailoverPolicy,
     pub version: u64,
@@ -101,11 +101,11 @@ pub async fn set(meta: &MetaClient, shard: &str, policy: BackupPolicy) -> anyhow
     let known: Vec<String> = view
         .map
         .as_ref()
-        .map(|m| m.cells.keys().map(|c| c.to_string()).collect())
+        .map(|m| m.shards.keys().map(|c| c.to_string()).collect())
         .unwrap_or_default();
-    let cell = CellId::parse(shard)
+    let cell = ShardId::parse(shard)
         .ok()
-        .filter(|c| view.map.as_ref().is_some_and(|m| m.cells.contains_key(c)))
+        .filter(|c| view.map.as_ref().is_some_and(|m| m.shards.contains_key(c)))
         .with_context(|| {
             format!(
                 "no shard {shard:?} in this deployment (shards: {})",

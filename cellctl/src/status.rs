@@ -232,10 +232,12 @@ pub fn shard_rows(
     let mut rows = Vec::new();
     for c in &record.cells {
         let id = topology::CellId::parse(&c.id).ok();
+        // Each cell of the plan has its own shard, of its name.
+        let id = id.map(|c| topology::ShardId::own(&c));
         let info = view
             .and_then(|v| v.map.as_ref())
             .zip(id.as_ref())
-            .and_then(|(m, id)| m.cells.get(id));
+            .and_then(|(m, id)| m.shard(id));
         let backup = match (view.and_then(|v| v.map.as_ref()), info) {
             (Some(_), Some(info)) => info.backup.as_ref().map(|b| b.to_string()),
             // No map to read: the plan's pairing.
@@ -275,7 +277,10 @@ pub fn shard_rows(
         let (alarm, reasons) = shard_alarm(&facts);
         rows.push(ShardStatus {
             shard,
-            primary: c.id.clone(),
+            // The map's word once there is one (a failover moves a shard to another cell).
+            primary: info
+                .map(|i| i.primary.to_string())
+                .unwrap_or_else(|| c.id.clone()),
             backup,
             head: me.map(|r| r.head),
             acked: side.map(|s| s.acked),
@@ -364,12 +369,8 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
         let slots = view
             .as_ref()
             .and_then(|v| v.map.as_ref())
-            .map(|m| {
-                m.slots
-                    .iter()
-                    .filter(|s| Some(&s.cell) == id.as_ref())
-                    .count()
-            })
+            .zip(id.as_ref())
+            .map(|(m, id)| m.slots_served_by(id).count())
             .unwrap_or(0);
         let liveness = view
             .as_ref()
@@ -390,7 +391,7 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
             .as_ref()
             .and_then(|v| v.map.as_ref())
             .zip(id.as_ref())
-            .and_then(|(m, id)| m.cells.get(id))
+            .and_then(|(m, id)| m.shard(&topology::ShardId::own(id)))
             .map(|info| info.backup.as_ref().map(|b| b.to_string()))
             .unwrap_or_else(|| c.backup.clone());
         cells.push(CellStatus {

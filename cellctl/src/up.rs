@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use raft_meta::client::MetaClient;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-use topology::{CellId, Region};
+use topology::{CellId, Region, ShardId};
 
 use crate::deployment::{self, place_cells, Layout, Plan, PlannedCell, PlannedMeta, Record};
 use crate::policy::BackupPolicy;
@@ -258,11 +258,12 @@ async fn register(
         }
     }
     for c in &plan.cells {
-        let id = CellId::parse(&c.id)?;
+        // Each cell's own shard, of its name.
+        let id = ShardId::parse(&c.id)?;
         let has_backup = known
             .map
             .as_ref()
-            .and_then(|m| m.cells.get(&id))
+            .and_then(|m| m.shard(&id))
             .is_some_and(|info| info.backup.is_some());
         if has_backup {
             continue;
@@ -270,10 +271,10 @@ async fn register(
         let backup = c.backup.as_deref().map(CellId::parse).transpose()?;
         meta.set_backup(&id, backup.as_ref())
             .await
-            .with_context(|| format!("setting the backup of cell {}", c.id))?;
+            .with_context(|| format!("setting the backup of shard {}", c.id))?;
     }
     for c in &plan.cells {
-        let id = CellId::parse(&c.id)?;
+        let id = ShardId::parse(&c.id)?;
         let current = known.policies.get(&id).copied();
         let wanted = match (backup_policy, current) {
             (Some(p), _) => p,
@@ -286,7 +287,7 @@ async fn register(
         };
         meta.set_policy(&id, policy)
             .await
-            .with_context(|| format!("setting the backup policy of cell {}", c.id))?;
+            .with_context(|| format!("setting the backup policy of shard {}", c.id))?;
     }
     Ok(())
 }

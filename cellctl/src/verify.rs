@@ -72,8 +72,8 @@ pub async fn run(layout: &Layout, only: Option<&str>) -> anyhow::Result<Report> 
         .and_then(|v| v.map);
     let backup_of = |id: &str| -> Option<String> {
         match &map {
-            Some(m) => topology::CellId::parse(id).ok().and_then(|c| {
-                m.cell(&c)
+            Some(m) => topology::ShardId::parse(id).ok().and_then(|s| {
+                m.shard(&s)
                     .and_then(|i| i.backup.as_ref().map(|b| b.to_string()))
             }),
             None => record

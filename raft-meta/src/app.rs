@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use topology::auth::{Credential, Verifier, SERVICE_TOKEN_TTL_S};
-use topology::CellId;
+use topology::{CellId, ShardId};
 
 use crate::api::{self, ApiError, Caller, Need, Problem};
 use crate::detector::{self, Detector, LivenessReport};
@@ -46,6 +46,10 @@ pub enum LeaderOp {
     },
     Heartbeat {
         cell: CellId,
+        /// The position each shard this cell is the primary of has had acknowledged by its
+        /// backup (absent from older cells' heartbeats).
+        #[serde(default)]
+        positions: BTreeMap<ShardId, u64>,
     },
     Liveness,
 }
@@ -69,7 +73,9 @@ impl LeaderOp {
                 // for it, so from outside it is an operator's override at most.
                 | Command::SetLiveness { .. }
                 // Only the leader's own re-protection loop writes it, in process, likewise.
-                | Command::Reprotect { .. } => Need::Admin,
+                | Command::Reprotect { .. }
+                // Only the leader's own detector writes positions, from heartbeats.
+                | Command::ReportPositions { .. } => Need::Admin,
                 // A primary asks for (and gives back) its grant with its own token. The
                 // grant cannot move slots or backups; apply admits it only under the cell's
                 // `go_async` policy (which only an admin sets) at the current epoch.
@@ -316,8 +322,8 @@ impl Node {
                     .map_err(|e| raft_error(e, "change membership"))?;
                 Ok(LeaderReply::Done)
             }
-            LeaderOp::Heartbeat { cell } => {
-                self.detector.record(cell);
+            LeaderOp::Heartbeat { cell, positions } => {
+                self.detector.record(cell, positions);
                 Ok(LeaderReply::Done)
             }
             LeaderOp::Liveness => Ok(LeaderReply::Liveness(

@@ -8,7 +8,7 @@
 //! - **Watch**: [`Watch::next`] long-polls `GET /v1/map/watch?after=V` and hands out every map
 //!   version in order; when its node dies it carries on from the same version on another.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 use topology::auth::Credential;
-use topology::{CellId, CellStatus, Epoch, Region};
+use topology::{CellId, CellStatus, Epoch, Region, ShardId};
 
 use crate::NodeId;
 use wire::{FailoverPolicy, MapView, Problem};
@@ -30,7 +30,7 @@ pub use crate::api::ClusterView;
 pub enum ClientError {
     /// The leader refused the command (409): the state does not allow it, and retrying the
     /// same call will not change that. `code` is the stable problem code (`stale_epoch`,
-    /// `policy_refuses`, `unknown_cell`, `backup_same_region`, …).
+    /// `policy_refuses`, `unknown_shard`, `backup_same_region`, …).
     #[error("409 {code}: {detail}")]
     Rejected { code: String, detail: String },
     /// A node answered with another problem that retrying elsewhere will not fix.
@@ -305,13 +305,13 @@ impl MetaClient {
 
     pub async fn set_backup(
         &self,
-        cell: &CellId,
+        shard: &ShardId,
         backup: Option<&CellId>,
     ) -> Result<u64, ClientError> {
         let v: serde_json::Value = self
             .write(
                 Method::PUT,
-                &format!("/v1/cells/{cell}/backup"),
+                &format!("/v1/shards/{shard}/backup"),
                 json!({ "backup": backup }),
             )
             .await?;
@@ -320,16 +320,16 @@ impl MetaClient {
 
     pub async fn set_policy(
         &self,
-        cell: &CellId,
+        shard: &ShardId,
         policy: FailoverPolicy,
     ) -> Result<u64, ClientError> {
         let v: serde_json::Value = self
-            .write(Method::PUT, &format!("/v1/cells/{cell}/policy"), policy)
+            .write(Method::PUT, &format!("/v1/shards/{shard}/policy"), policy)
             .await?;
         version(&v)
     }
 
-    pub async fn move_slots(&self, slots: &[u16], to: &CellId) -> Result<u64, ClientError> {
+    pub async fn move_slots(&self, slots: &[u16], to: &ShardId) -> Result<u64, ClientError> {
         let v: serde_json::Value = self
             .write(
                 Method::POST,
@@ -356,28 +356,28 @@ impl MetaClient {
         version(&v)
     }
 
-    /// Asks raft-meta to let `cell`'s shard acknowledge money writes without its backup, at
-    /// shard epoch `epoch` (needs an `internal` or `admin` token). `Ok(version)` means the
-    /// grant is committed at that map version (a repeat at the same epoch answers the
-    /// current version). Refusals are [`ClientError::Rejected`] with `code` `policy_refuses`,
-    /// `stale_epoch` or `unknown_cell`; any other error (timeouts included) is **not** a grant.
-    pub async fn request_alone(&self, cell: &CellId, epoch: Epoch) -> Result<u64, ClientError> {
+    /// Asks raft-meta to let `shard` acknowledge money writes without its backup, at shard
+    /// epoch `epoch` (needs an `internal` or `admin` token). `Ok(version)` means the grant is
+    /// committed at that map version (a repeat at the same epoch answers the current version).
+    /// Refusals are [`ClientError::Rejected`] with `code` `policy_refuses`, `stale_epoch` or
+    /// `unknown_shard`; any other error (timeouts included) is **not** a grant.
+    pub async fn request_alone(&self, shard: &ShardId, epoch: Epoch) -> Result<u64, ClientError> {
         let v: serde_json::Value = self
             .write(
                 Method::POST,
-                &format!("/v1/cells/{cell}/alone"),
+                &format!("/v1/shards/{shard}/alone"),
                 json!({ "epoch": epoch }),
             )
             .await?;
         version(&v)
     }
 
-    /// Gives `cell`'s run-alone grant back (a no-op without one); the map version after it.
-    pub async fn withdraw_alone(&self, cell: &CellId) -> Result<u64, ClientError> {
+    /// Gives `shard`'s run-alone grant back (a no-op without one); the map version after it.
+    pub async fn withdraw_alone(&self, shard: &ShardId) -> Result<u64, ClientError> {
         let v: serde_json::Value = self
             .call(
                 Method::DELETE,
-                &format!("/v1/cells/{cell}/alone"),
+                &format!("/v1/shards/{shard}/alone"),
                 None,
                 Duration::from_secs(5),
             )
@@ -386,12 +386,17 @@ impl MetaClient {
         version(&v)
     }
 
-    /// A cell's heartbeat (needs an `internal` or `admin` token).
-    pub async fn heartbeat(&self, cell: &CellId) -> Result<(), ClientError> {
+    /// A cell's heartbeat (needs an `internal` or `admin` token), with the position each shard
+    /// it is the primary of has had acknowledged by its backup.
+    pub async fn heartbeat(
+        &self,
+        cell: &CellId,
+        positions: &BTreeMap<ShardId, u64>,
+    ) -> Result<(), ClientError> {
         self.call::<serde_json::Value>(
             Method::POST,
             &format!("/v1/cells/{cell}/heartbeat"),
-            None,
+            Some(json!({ "positions": positions })),
             Duration::from_secs(2),
         )
         .await?;

@@ -7,6 +7,10 @@
 //! heartbeat times, so it counts from the moment it became leader: a cell is never declared
 //! suspect sooner than `suspect_after` after an election.
 //!
+//! Heartbeats also carry the position each of the cell's shards has had acknowledged by its
+//! backup; the leader writes those into the map (`Command::ReportPositions`) at most every
+//! [`POSITIONS_EVERY`], and only for shards the reporting cell is the primary of.
+//!
 //! Automatic failover is not done here yet; liveness is exposed in the map and at
 //! `GET /v1/liveness`.
 
@@ -17,13 +21,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use topology::{CellId, CellStatus};
+use topology::{CellId, CellStatus, ShardId};
 
 use crate::app::{LeaderOp, Node};
 use crate::state::{Command, Liveness, MetaState};
 
 /// How often the leader re-evaluates liveness.
 const TICK: Duration = Duration::from_millis(100);
+
+/// How often, at most, the leader writes the reported positions into the map: each write is
+/// a map version every watcher receives, and the position there is for operators, not for
+/// acknowledgement.
+pub const POSITIONS_EVERY: Duration = Duration::from_secs(5);
 
 /// One cell as the leader's detector sees it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,6 +49,8 @@ pub struct Detector {
     /// Last heartbeat per cell. In memory only, by design: a heartbeat is not worth a log
     /// entry. A plain mutex: held for a map lookup, never across an await.
     seen: Mutex<HashMap<CellId, Instant>>,
+    /// The last position each cell reported for each shard, in memory like `seen`.
+    positions: Mutex<HashMap<ShardId, (CellId, u64)>>,
     /// When this node last became leader; the grace period after an election counts from it.
     leader_since: Mutex<Option<Instant>>,
 }
@@ -50,15 +61,38 @@ impl Detector {
             suspect_after,
             down_after,
             seen: Mutex::new(HashMap::new()),
+            positions: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),
         }
     }
 
-    pub fn record(&self, cell: CellId) {
+    pub fn record(&self, cell: CellId, positions: BTreeMap<ShardId, u64>) {
+        if !positions.is_empty() {
+            let mut known = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+            for (shard, pos) in positions {
+                known.insert(shard, (cell.clone(), pos));
+            }
+        }
         self.seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(cell, Instant::now());
+    }
+
+    /// The reported positions that differ from the map's, counting only reports by the
+    /// shard's primary in `state` (a cell that lost a shard may still report it).
+    fn position_changes(&self, state: &MetaState) -> BTreeMap<ShardId, u64> {
+        let known = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .iter()
+            .filter(|(shard, (by, pos))| {
+                state
+                    .shards
+                    .get(*shard)
+                    .is_some_and(|s| &s.primary == by && s.position != *pos)
+            })
+            .map(|(shard, (_, pos))| (shard.clone(), *pos))
+            .collect()
     }
 
     fn last_seen(&self, cell: &CellId) -> Option<Instant> {
@@ -141,6 +175,7 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_leader = false;
+    let mut positions_at: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -160,6 +195,11 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clear();
+                node.detector
+                    .positions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
             }
             was_leader = leader;
         }
@@ -176,6 +216,18 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
                 tracing::warn!("could not record liveness: {e}");
                 break;
             }
+        }
+        if positions_at.is_none_or(|t| t.elapsed() >= POSITIONS_EVERY) {
+            let positions = node.detector.position_changes(&state);
+            if !positions.is_empty() {
+                let op = LeaderOp::Write {
+                    command: Command::ReportPositions { positions },
+                };
+                if let Err(e) = node.execute_as_leader(op).await {
+                    tracing::warn!("could not record shard positions: {e}");
+                }
+            }
+            positions_at = Some(Instant::now());
         }
     }
 }
@@ -204,6 +256,25 @@ mod tests {
     }
 
     #[test]
+    fn positions_are_written_when_they_change_and_only_from_the_primary() {
+        let d = Detector::new(Duration::from_secs(1), Duration::from_secs(3));
+        let mut s = state_with("c1", None);
+        let c1 = ShardId::parse("c1").unwrap();
+        d.record(
+            CellId::parse("c1").unwrap(),
+            BTreeMap::from([(c1.clone(), 7)]),
+        );
+        assert_eq!(d.position_changes(&s), BTreeMap::from([(c1.clone(), 7)]));
+        s.apply(&Command::ReportPositions {
+            positions: BTreeMap::from([(c1.clone(), 7)]),
+        });
+        assert!(d.position_changes(&s).is_empty(), "the map has it");
+        // Another cell reporting c1 (it lost the shard, or lies) is not believed.
+        d.record(CellId::parse("c9").unwrap(), BTreeMap::from([(c1, 99)]));
+        assert!(d.position_changes(&s).is_empty());
+    }
+
+    #[test]
     fn transitions_are_written_only_on_change() {
         let d = Detector::new(Duration::from_secs(1), Duration::from_secs(3));
         let c1 = CellId::parse("c1").unwrap();
@@ -212,7 +283,7 @@ mod tests {
         assert!(d
             .changes(&state_with("c1", None), Instant::now())
             .is_empty());
-        d.record(c1.clone());
+        d.record(c1.clone(), BTreeMap::new());
         let s = state_with("c1", None);
         assert_eq!(
             d.changes(&s, Instant::now()),
@@ -228,7 +299,7 @@ mod tests {
             vec![(c1.clone(), Liveness::Down)]
         );
         let s = state_with("c1", Some(Liveness::Down));
-        d.record(c1.clone());
+        d.record(c1.clone(), BTreeMap::new());
         assert_eq!(d.changes(&s, Instant::now()), vec![(c1, Liveness::Alive)]);
     }
 }

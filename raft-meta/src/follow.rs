@@ -271,7 +271,6 @@ mod tests {
             region: Region::parse("east").unwrap(),
             url: "http://127.0.0.1:7001".into(),
             status: CellStatus::Active,
-            backup: None,
         });
         map.version = version;
         map

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use topology::{CellId, Epoch};
+use topology::{CellId, Epoch, ShardId};
 
 use crate::app::{LeaderOp, Node};
 use crate::state::{Command, MetaState};
@@ -30,22 +30,22 @@ const TICK: Duration = Duration::from_millis(200);
 /// What the loop remembers between ticks. Owned by the loop task alone.
 #[derive(Debug, Default)]
 pub struct Pending {
-    /// When this leader first saw each grant, by (cell, the grant's `since_version`).
-    first_seen: BTreeMap<(CellId, u64), Instant>,
+    /// When this leader first saw each grant, by (shard, the grant's `since_version`).
+    first_seen: BTreeMap<(ShardId, u64), Instant>,
     /// Grants for which no candidate existed, already logged (logged once, retried quietly).
-    logged_none: BTreeSet<(CellId, u64)>,
+    logged_none: BTreeSet<(ShardId, u64)>,
 }
 
 /// One re-protection the loop should write now.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Due {
     Reprotect {
-        cell: CellId,
+        shard: ShardId,
         epoch: Epoch,
         backup: CellId,
     },
     /// Past the bound, but no cell qualifies; `first` says whether this is the first time.
-    NoCandidate { cell: CellId, first: bool },
+    NoCandidate { shard: ShardId, first: bool },
 }
 
 impl Pending {
@@ -58,7 +58,7 @@ impl Pending {
     /// The grants of `state` that have stood at least `after` by `now` and still need a
     /// backup, with what to do about each. Pure but for the remembered first sightings.
     pub fn due(&mut self, state: &MetaState, now: Instant, after: Duration) -> Vec<Due> {
-        let waiting: BTreeSet<(CellId, u64)> = state
+        let waiting: BTreeSet<(ShardId, u64)> = state
             .alone
             .iter()
             .filter(|(_, g)| g.reprotected_to.is_none())
@@ -72,13 +72,13 @@ impl Pending {
             if now.saturating_duration_since(first) < after {
                 continue;
             }
-            let (cell, _) = &key;
-            let epoch = Epoch(state.alone[cell].epoch);
-            match state.reprotect_candidate(cell) {
+            let (shard, _) = &key;
+            let epoch = Epoch(state.alone[shard].epoch);
+            match state.reprotect_candidate(shard) {
                 Some(backup) => {
                     self.logged_none.remove(&key);
                     out.push(Due::Reprotect {
-                        cell: cell.clone(),
+                        shard: shard.clone(),
                         epoch,
                         backup,
                     });
@@ -86,7 +86,7 @@ impl Pending {
                 None => {
                     let first = self.logged_none.insert(key.clone());
                     out.push(Due::NoCandidate {
-                        cell: cell.clone(),
+                        shard: shard.clone(),
                         first,
                     });
                 }
@@ -113,31 +113,31 @@ pub async fn run(node: Arc<Node>, after: Duration, stop: CancellationToken) {
         let state = node.map.current();
         for due in pending.due(&state, Instant::now(), after) {
             match due {
-                Due::NoCandidate { cell, first: true } => tracing::warn!(
-                    %cell,
+                Due::NoCandidate { shard, first: true } => tracing::warn!(
+                    %shard,
                     "shard runs alone and no cell can back it up (another region, not down, \
                      not retired, not its old backup); retrying"
                 ),
                 Due::NoCandidate { .. } => {}
                 Due::Reprotect {
-                    cell,
+                    shard,
                     epoch,
                     backup,
                 } => {
                     let op = LeaderOp::Write {
                         command: Command::Reprotect {
-                            cell: cell.clone(),
+                            shard: shard.clone(),
                             epoch,
                             backup: backup.clone(),
                         },
                     };
                     match node.execute_as_leader(op).await {
                         Ok(_) => {
-                            tracing::info!(%cell, %backup, %epoch, "re-protected: new backup named")
+                            tracing::info!(%shard, %backup, %epoch, "re-protected: new backup named")
                         }
                         // The grant changed under us (withdrawn, lapsed) or leadership
                         // moved: the next tick reads the state again.
-                        Err(e) => tracing::warn!(%cell, %backup, "could not re-protect: {e}"),
+                        Err(e) => tracing::warn!(%shard, %backup, "could not re-protect: {e}"),
                     }
                 }
             }
@@ -154,6 +154,10 @@ mod tests {
 
     fn id(s: &str) -> CellId {
         CellId::parse(s).unwrap()
+    }
+
+    fn sh(s: &str) -> ShardId {
+        ShardId::parse(s).unwrap()
     }
 
     fn apply(s: &mut MetaState, cmd: Command) {
@@ -181,25 +185,25 @@ mod tests {
         apply(
             &mut s,
             Command::SetBackup {
-                cell: id("c1"),
+                shard: sh("c1"),
                 backup: Some(id("c2")),
             },
         );
         apply(
             &mut s,
             Command::SetPolicy {
-                cell: id("c1"),
+                shard: sh("c1"),
                 policy: FailoverPolicy {
                     auto_failover: true,
                     on_backup_unreachable: BackupUnreachable::GoAsync,
                 },
             },
         );
-        let epoch = s.shard_epoch(&id("c1"));
+        let epoch = s.shard_epoch(&sh("c1"));
         apply(
             &mut s,
             Command::GrantAlone {
-                cell: id("c1"),
+                shard: sh("c1"),
                 epoch,
             },
         );
@@ -223,11 +227,11 @@ mod tests {
         assert!(p
             .due(&s, t0 + Duration::from_millis(1999), after)
             .is_empty());
-        let epoch = Epoch(s.alone[&id("c1")].epoch);
+        let epoch = Epoch(s.alone[&sh("c1")].epoch);
         assert_eq!(
             p.due(&s, t0 + after, after),
             vec![Due::Reprotect {
-                cell: id("c1"),
+                shard: sh("c1"),
                 epoch,
                 backup: id("c3")
             }]
@@ -238,14 +242,14 @@ mod tests {
         assert_eq!(
             p.due(&lonely, t0 + after, after),
             vec![Due::NoCandidate {
-                cell: id("c1"),
+                shard: sh("c1"),
                 first: true
             }]
         );
         assert_eq!(
             p.due(&lonely, t0 + after * 2, after),
             vec![Due::NoCandidate {
-                cell: id("c1"),
+                shard: sh("c1"),
                 first: false
             }]
         );
@@ -258,11 +262,11 @@ mod tests {
         let mut p = Pending::default();
         let mut s = alone_state(&["c3"]);
         assert!(p.due(&s, t0, after).is_empty());
-        let epoch = Epoch(s.alone[&id("c1")].epoch);
+        let epoch = Epoch(s.alone[&sh("c1")].epoch);
         apply(
             &mut s,
             Command::Reprotect {
-                cell: id("c1"),
+                shard: sh("c1"),
                 epoch,
                 backup: id("c3"),
             },
@@ -270,11 +274,11 @@ mod tests {
         assert!(p.due(&s, t0 + after, after).is_empty());
         assert!(p.first_seen.is_empty());
         // A later grant (after a withdrawal) gets its own clock.
-        apply(&mut s, Command::WithdrawAlone { cell: id("c1") });
+        apply(&mut s, Command::WithdrawAlone { shard: sh("c1") });
         apply(
             &mut s,
             Command::GrantAlone {
-                cell: id("c1"),
+                shard: sh("c1"),
                 epoch,
             },
         );

@@ -12,7 +12,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use topology::{CellId, CellInfo, CellMap, CellStatus, Epoch, Region, SlotOwner, SLOT_COUNT};
+use topology::{
+    CellId, CellInfo, CellMap, CellStatus, Epoch, LegacyCell, MapError, Region, ShardId, ShardInfo,
+    SlotOwner, SLOT_COUNT,
+};
 
 /// The wire forms the state is made of and published as, re-exported under their old path.
 pub use wire::{AloneGrant, BackupUnreachable, FailoverPolicy, Liveness, MapView, Switch};
@@ -23,9 +26,10 @@ mod alone;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    /// Registers a new cell or updates an existing one. A new active cell takes the slots that
-    /// consistent hashing over all non-retired cells assigns to it (about 1/N); the first cell
-    /// takes every slot.
+    /// Registers a new cell or updates an existing one. A new cell gets its own shard (of its
+    /// name, `backup` as that shard's backup); a new active cell's shard takes the slots that
+    /// consistent hashing over all non-retired cells assigns to it (about 1/N); the first
+    /// cell takes every slot. On an existing cell, `backup` sets its own shard's backup.
     RegisterCell {
         id: CellId,
         region: Region,
@@ -35,38 +39,54 @@ pub enum Command {
         #[serde(default)]
         backup: Option<CellId>,
     },
-    /// Sets (or clears) a cell's backup.
+    /// Sets (or clears) a shard's backup (`cell` in entries written before shards: the
+    /// cell's own shard has its name).
     SetBackup {
-        cell: CellId,
+        #[serde(alias = "cell")]
+        shard: ShardId,
         backup: Option<CellId>,
     },
-    /// Moves slots to a cell; each slot whose owner changes gets its epoch bumped.
-    MoveSlots { slots: Vec<u16>, to: CellId },
+    /// Moves slots to a shard; each slot whose shard changes gets its epoch bumped. (Entries
+    /// written before shards named a cell: its own shard has its name.)
+    MoveSlots { slots: Vec<u16>, to: ShardId },
     SetSwitch {
         name: String,
         on: bool,
         message: String,
     },
     SetPolicy {
-        cell: CellId,
+        #[serde(alias = "cell")]
+        shard: ShardId,
         policy: FailoverPolicy,
     },
     /// Written by the failure detector on the leader when a cell's liveness changes.
     SetLiveness { cell: CellId, liveness: Liveness },
-    /// A cell whose backup is unreachable asks to run alone at its shard's current epoch.
-    /// Applied only under a `go_async` policy and at exactly the current epoch (codes
-    /// `unknown_cell`, `policy_refuses`, `stale_epoch`); a repeat at the same epoch is a no-op.
-    GrantAlone { cell: CellId, epoch: Epoch },
-    /// The cell gives its grant back (its backup, old or new, has caught up). No-op if none.
-    WithdrawAlone { cell: CellId },
-    /// Written by the leader's re-protection loop (`reprotect.rs`): makes `backup` the cell's
-    /// backup and records it in the grant at `epoch`, in one entry, so that a grant is never
-    /// seen re-protected without the backup having moved, or the reverse.
+    /// A shard's primary, its backup unreachable, asks to run the shard alone at its current
+    /// epoch. Applied only under a `go_async` policy and at exactly the current epoch (codes
+    /// `unknown_shard`, `policy_refuses`, `stale_epoch`); a repeat at the same epoch is a no-op.
+    GrantAlone {
+        #[serde(alias = "cell")]
+        shard: ShardId,
+        epoch: Epoch,
+    },
+    /// The primary gives the shard's grant back (its backup, old or new, has caught up).
+    /// No-op if none.
+    WithdrawAlone {
+        #[serde(alias = "cell")]
+        shard: ShardId,
+    },
+    /// Written by the leader's re-protection loop (`reprotect.rs`): makes `backup` the
+    /// shard's backup and records it in the grant at `epoch`, in one entry, so that a grant is
+    /// never seen re-protected without the backup having moved, or the reverse.
     Reprotect {
-        cell: CellId,
+        #[serde(alias = "cell")]
+        shard: ShardId,
         epoch: Epoch,
         backup: CellId,
     },
+    /// Written by the leader from its primaries' heartbeats, at most every few seconds: the
+    /// position each shard's backup had durably applied. Unknown shards are ignored.
+    ReportPositions { positions: BTreeMap<ShardId, u64> },
 }
 
 /// Why a command was refused. `code` is the stable problem+json code.
@@ -95,19 +115,56 @@ pub enum Outcome {
 
 /// The whole replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredState")]
 pub struct MetaState {
     /// Bumped by every command that changes anything; a no-op leaves it alone.
     pub version: u64,
     pub cells: Arc<BTreeMap<CellId, CellInfo>>,
+    /// Every cell's own shard from its registration on, and any other shard.
+    pub shards: Arc<BTreeMap<ShardId, ShardInfo>>,
     /// Empty until the first cell registers, then exactly `SLOT_COUNT` entries.
     pub slots: Arc<Vec<SlotOwner>>,
     pub switches: Arc<BTreeMap<String, Switch>>,
-    pub policies: Arc<BTreeMap<CellId, FailoverPolicy>>,
+    /// Failover policies by shard.
+    pub policies: Arc<BTreeMap<ShardId, FailoverPolicy>>,
     pub liveness: Arc<BTreeMap<CellId, Liveness>>,
-    /// Run-alone grants by cell (see [`AloneGrant`] for the invariants). Absent from states
-    /// and snapshots written before grants existed, hence the default.
+    /// Run-alone grants by shard (see [`AloneGrant`] for the invariants).
+    pub alone: Arc<BTreeMap<ShardId, AloneGrant>>,
+}
+
+/// The state as snapshots hold it. Snapshots written before shards have no `shards` (each
+/// cell then named its backup itself) and none before grants has `alone`; both are migrated
+/// on load, the shards by [`topology::legacy_shards`], the same rule as for persisted maps.
+#[derive(Deserialize)]
+struct StoredState {
+    version: u64,
+    cells: BTreeMap<CellId, LegacyCell>,
     #[serde(default)]
-    pub alone: Arc<BTreeMap<CellId, AloneGrant>>,
+    shards: Option<BTreeMap<ShardId, ShardInfo>>,
+    slots: Vec<SlotOwner>,
+    switches: BTreeMap<String, Switch>,
+    policies: BTreeMap<ShardId, FailoverPolicy>,
+    liveness: BTreeMap<CellId, Liveness>,
+    #[serde(default)]
+    alone: BTreeMap<ShardId, AloneGrant>,
+}
+
+impl From<StoredState> for MetaState {
+    fn from(s: StoredState) -> MetaState {
+        let shards = s
+            .shards
+            .unwrap_or_else(|| topology::legacy_shards(&s.cells));
+        MetaState {
+            version: s.version,
+            cells: Arc::new(s.cells.into_iter().map(|(k, c)| (k, c.info)).collect()),
+            shards: Arc::new(shards),
+            slots: Arc::new(s.slots),
+            switches: Arc::new(s.switches),
+            policies: Arc::new(s.policies),
+            liveness: Arc::new(s.liveness),
+            alone: Arc::new(s.alone),
+        }
+    }
 }
 
 pub const MAX_SWITCH_NAME: usize = 64;
@@ -182,6 +239,7 @@ impl MetaState {
         Some(CellMap {
             version: self.version,
             cells: (*self.cells).clone(),
+            shards: (*self.shards).clone(),
             slots: (*self.slots).clone(),
         })
     }
@@ -227,21 +285,25 @@ impl MetaState {
                 status,
                 backup,
             } => self.register_cell(id, region, url, *status, backup.as_ref()),
-            Command::SetBackup { cell, backup } => {
-                let mut cells = (*self.cells).clone();
-                let info = cells.get_mut(cell).ok_or_else(|| unknown_cell(cell))?;
+            Command::SetBackup { shard, backup } => {
+                let mut shards = (*self.shards).clone();
+                let info = shards.get_mut(shard).ok_or_else(|| unknown_shard(shard))?;
                 if info.backup == *backup {
                     return Ok(false);
                 }
                 info.backup = backup.clone();
-                self.commit_cells(cells, None)
+                self.commit(None, Some(shards), None)
             }
             Command::MoveSlots { slots, to } => {
-                let target = self.cells.get(to).ok_or_else(|| unknown_cell(to))?;
-                if target.status == CellStatus::Retired {
+                let target = self.shards.get(to).ok_or_else(|| unknown_shard(to))?;
+                let serving = self.cells.get(&target.primary);
+                if serving.is_none_or(|c| c.status == CellStatus::Retired) {
                     return Err(Rejected::new(
                         "cell_retired",
-                        format!("cell {to} is retired and cannot own slots"),
+                        format!(
+                            "shard {to}'s primary {} is retired and cannot take slots",
+                            target.primary
+                        ),
                     ));
                 }
                 if self.slots.is_empty() {
@@ -251,8 +313,8 @@ impl MetaState {
                 let mut changed = false;
                 for slot in slots {
                     let owner = &mut owners[usize::from(*slot)];
-                    if owner.cell != *to {
-                        owner.cell = to.clone();
+                    if owner.shard != *to {
+                        owner.shard = to.clone();
                         owner.epoch = owner.epoch.next();
                         changed = true;
                     }
@@ -278,23 +340,37 @@ impl MetaState {
                 );
                 Ok(true)
             }
-            Command::SetPolicy { cell, policy } => {
-                if !self.cells.contains_key(cell) {
-                    return Err(unknown_cell(cell));
+            Command::SetPolicy { shard, policy } => {
+                if !self.shards.contains_key(shard) {
+                    return Err(unknown_shard(shard));
                 }
-                if self.policies.get(cell) == Some(policy) {
+                if self.policies.get(shard) == Some(policy) {
                     return Ok(false);
                 }
-                Arc::make_mut(&mut self.policies).insert(cell.clone(), *policy);
+                Arc::make_mut(&mut self.policies).insert(shard.clone(), *policy);
                 Ok(true)
             }
-            Command::GrantAlone { cell, epoch } => self.grant_alone(cell, *epoch),
-            Command::WithdrawAlone { cell } => self.withdraw_alone(cell),
+            Command::GrantAlone { shard, epoch } => self.grant_alone(shard, *epoch),
+            Command::WithdrawAlone { shard } => self.withdraw_alone(shard),
             Command::Reprotect {
-                cell,
+                shard,
                 epoch,
                 backup,
-            } => self.reprotect(cell, *epoch, backup),
+            } => self.reprotect(shard, *epoch, backup),
+            Command::ReportPositions { positions } => {
+                let mut shards = (*self.shards).clone();
+                let mut changed = false;
+                for (id, position) in positions {
+                    if let Some(shard) = shards.get_mut(id) {
+                        changed |= shard.position != *position;
+                        shard.position = *position;
+                    }
+                }
+                if changed {
+                    self.shards = Arc::new(shards);
+                }
+                Ok(changed)
+            }
             Command::SetLiveness { cell, liveness } => {
                 if !self.cells.contains_key(cell) {
                     return Err(unknown_cell(cell));
@@ -324,25 +400,34 @@ impl MetaState {
             region: region.clone(),
             url: url.to_owned(),
             status: CellStatus::Active,
-            backup: None,
         });
         info.region = region.clone();
         info.url = url.to_owned();
         if let Some(status) = status {
             info.status = status;
         }
+        let info = info.clone();
+        let own = ShardId::own(id);
+        let mut shards = (*self.shards).clone();
+        let old_shard = shards.get(&own).cloned();
+        let shard = shards.entry(own.clone()).or_insert_with(|| ShardInfo {
+            id: own.clone(),
+            primary: id.clone(),
+            backup: None,
+            position: 0,
+        });
         if let Some(backup) = backup {
-            info.backup = Some(backup.clone());
+            shard.backup = Some(backup.clone());
         }
-        if !is_new && old.as_ref() == Some(&*info) {
+        if !is_new && old.as_ref() == Some(&info) && old_shard.as_ref() == Some(&*shard) {
             return Ok(false);
         }
         if info.status == CellStatus::Retired {
-            let owned = self.slots.iter().filter(|o| &o.cell == id).count();
+            let owned = self.serving_count(id);
             if owned > 0 {
                 return Err(Rejected::new(
                     "cell_owns_slots",
-                    format!("cell {id} still owns {owned} slots; move them before retiring it"),
+                    format!("cell {id} still serves {owned} slots; move them before retiring it"),
                 ));
             }
         }
@@ -352,12 +437,25 @@ impl MetaState {
         } else {
             None
         };
-        self.commit_cells(cells, slots)
+        self.commit(Some(cells), Some(shards), slots)
+    }
+
+    /// How many slots `cell` serves (those of the shards it is the primary of).
+    fn serving_count(&self, cell: &CellId) -> usize {
+        self.slots
+            .iter()
+            .filter(|o| {
+                self.shards
+                    .get(&o.shard)
+                    .is_some_and(|s| &s.primary == cell)
+            })
+            .count()
     }
 
     /// The slot table after `new` joins: the first cell takes every slot at epoch 1; later a
-    /// slot moves (epoch + 1) exactly when consistent hashing over all non-retired cells gives it
-    /// to `new`. Slots moved earlier by an operator stay where they are otherwise.
+    /// slot moves (epoch + 1) to `new`'s own shard exactly when consistent hashing over all
+    /// non-retired cells gives it to `new`. Slots moved earlier by an operator stay where
+    /// they are otherwise.
     fn placement_with(&self, cells: &BTreeMap<CellId, CellInfo>, new: &CellId) -> Vec<SlotOwner> {
         let candidates: Vec<CellId> = cells
             .values()
@@ -366,11 +464,12 @@ impl MetaState {
             .collect();
         let proposal = topology::placement::place(&candidates)
             .expect("the new cell is a candidate, so there is at least one");
+        let own = ShardId::own(new);
         if self.slots.is_empty() {
             return proposal
                 .into_iter()
                 .map(|cell| SlotOwner {
-                    cell,
+                    shard: ShardId::own(&cell),
                     epoch: Epoch(1),
                 })
                 .collect();
@@ -379,9 +478,9 @@ impl MetaState {
             .iter()
             .zip(proposal)
             .map(|(owner, proposed)| {
-                if &proposed == new && &owner.cell != new {
+                if &proposed == new && owner.shard != own {
                     SlotOwner {
-                        cell: proposed,
+                        shard: own.clone(),
                         epoch: owner.epoch.next(),
                     }
                 } else {
@@ -391,46 +490,47 @@ impl MetaState {
             .collect()
     }
 
-    /// Installs new cells (and slots) only if the resulting map passes `CellMap::validate`.
-    pub(crate) fn commit_cells(
+    /// Installs new cells, shards and slots (each `None` keeps what is there) only if the
+    /// result passes the map's rules (`topology::check_shards`, `CellMap::validate`).
+    pub(crate) fn commit(
         &mut self,
-        cells: BTreeMap<CellId, CellInfo>,
+        cells: Option<BTreeMap<CellId, CellInfo>>,
+        shards: Option<BTreeMap<ShardId, ShardInfo>>,
         slots: Option<Vec<SlotOwner>>,
     ) -> Result<bool, Rejected> {
+        let cells = cells.unwrap_or_else(|| (*self.cells).clone());
+        let shards = shards.unwrap_or_else(|| (*self.shards).clone());
         let slots = slots.unwrap_or_else(|| (*self.slots).clone());
-        for cell in cells.values() {
-            if let Some(backup) = &cell.backup {
-                let Some(b) = cells.get(backup) else {
-                    return Err(Rejected::new(
-                        "unknown_backup",
-                        format!("cell {} names unknown backup {backup}", cell.id),
-                    ));
-                };
-                if b.region == cell.region {
-                    return Err(Rejected::new(
-                        "backup_same_region",
-                        format!(
-                            "cell {} and its backup {backup} are both in region {}",
-                            cell.id, cell.region
-                        ),
-                    ));
-                }
-            }
-        }
+        topology::check_shards(&cells, &shards).map_err(map_rejection)?;
         if !slots.is_empty() {
             let candidate = CellMap {
                 version: self.version + 1,
                 cells: cells.clone(),
+                shards: shards.clone(),
                 slots: slots.clone(),
             };
-            candidate
-                .validate()
-                .map_err(|e| Rejected::new("invalid_map", e.to_string()))?;
+            candidate.validate().map_err(map_rejection)?;
         }
         self.cells = Arc::new(cells);
+        self.shards = Arc::new(shards);
         self.slots = Arc::new(slots);
         Ok(true)
     }
+}
+
+/// A broken map rule as a rejection with its stable code.
+fn map_rejection(e: MapError) -> Rejected {
+    let code = match e {
+        MapError::UnknownBackup { .. } => "unknown_backup",
+        MapError::BackupSameRegion { .. } => "backup_same_region",
+        MapError::SelfBackup(_) => "self_backup",
+        _ => "invalid_map",
+    };
+    Rejected::new(code, e.to_string())
+}
+
+pub(crate) fn unknown_shard(shard: &ShardId) -> Rejected {
+    Rejected::new("shard_not_found", format!("no shard {shard}"))
 }
 
 pub(crate) fn unknown_cell(cell: &CellId) -> Rejected {
@@ -443,6 +543,10 @@ mod tests {
 
     fn id(s: &str) -> CellId {
         CellId::parse(s).unwrap()
+    }
+
+    fn shard(s: &str) -> ShardId {
+        ShardId::parse(s).unwrap()
     }
 
     fn register(id_: &str, region: &str) -> Command {
@@ -468,14 +572,14 @@ mod tests {
         assert!(s.cell_map().is_none());
         assert_eq!(applied(s.apply(&register("c1", "east"))), 1);
         let map = s.cell_map().unwrap();
-        assert_eq!(map.slots_of(&id("c1")).count(), 1024);
+        assert_eq!(map.slots_served_by(&id("c1")).count(), 1024);
         for n in 2..=4 {
             let before = (*s.slots).clone();
             applied(s.apply(&register(&format!("c{n}"), "west")));
             let moved: Vec<_> = before
                 .iter()
                 .zip(s.slots.iter())
-                .filter(|(a, b)| a.cell != b.cell)
+                .filter(|(a, b)| a.shard != b.shard)
                 .collect();
             let ideal = 1024 / n;
             assert!(
@@ -484,7 +588,7 @@ mod tests {
                 moved.len()
             );
             for (a, b) in moved {
-                assert_eq!(b.cell.as_str(), format!("c{n}"));
+                assert_eq!(b.shard.as_str(), format!("c{n}"));
                 assert_eq!(b.epoch, a.epoch.next());
             }
         }
@@ -499,16 +603,16 @@ mod tests {
         applied(s.apply(&register("c3", "west")));
         let before = s.clone();
         let out = s.apply(&Command::SetBackup {
-            cell: id("c1"),
+            shard: shard("c1"),
             backup: Some(id("c2")),
         });
         assert!(matches!(out, Outcome::Rejected(ref r) if r.code == "backup_same_region"));
         assert_eq!(s, before);
         applied(s.apply(&Command::SetBackup {
-            cell: id("c1"),
+            shard: shard("c1"),
             backup: Some(id("c3")),
         }));
-        assert_eq!(s.cells[&id("c1")].backup, Some(id("c3")));
+        assert_eq!(s.shards[&shard("c1")].backup, Some(id("c3")));
     }
 
     #[test]
@@ -517,27 +621,31 @@ mod tests {
         applied(s.apply(&register("c1", "east")));
         applied(s.apply(&register("c2", "west")));
         let slot0 = s.slots[0].clone();
-        let to = if slot0.cell == id("c1") { "c2" } else { "c1" };
+        let to = if slot0.shard == shard("c1") {
+            "c2"
+        } else {
+            "c1"
+        };
         let v = applied(s.apply(&Command::MoveSlots {
             slots: vec![0],
-            to: id(to),
+            to: shard(to),
         }));
         assert_eq!(s.slots[0].epoch, slot0.epoch.next());
         let again = applied(s.apply(&Command::MoveSlots {
             slots: vec![0],
-            to: id(to),
+            to: shard(to),
         }));
         assert_eq!(again, v);
         let bad = s.apply(&Command::MoveSlots {
             slots: vec![1024],
-            to: id(to),
+            to: shard(to),
         });
         assert!(matches!(bad, Outcome::Rejected(r) if r.code == "invalid_request"));
         let unknown = s.apply(&Command::MoveSlots {
             slots: vec![1],
-            to: id("nope"),
+            to: shard("nope"),
         });
-        assert!(matches!(unknown, Outcome::Rejected(r) if r.code == "cell_not_found"));
+        assert!(matches!(unknown, Outcome::Rejected(r) if r.code == "shard_not_found"));
     }
 
     #[test]
@@ -558,15 +666,96 @@ mod tests {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, o)| o.cell == id("c2"))
+            .filter(|(_, o)| o.shard == shard("c2"))
             .map(|(n, _)| n as u16)
             .collect();
         applied(s.apply(&Command::MoveSlots {
             slots: c2_slots,
-            to: id("c1"),
+            to: shard("c1"),
         }));
         applied(s.apply(&retire("c2")));
         assert_eq!(s.cells[&id("c2")].status, CellStatus::Retired);
+    }
+
+    /// A snapshot written before shards (cells naming their backup, slots naming cells, no
+    /// `shards`) loads as the same state: each cell's own shard, backed up where it said.
+    #[test]
+    fn a_state_from_before_shards_loads_with_each_cell_s_own_shard() {
+        let mut s = MetaState::default();
+        applied(s.apply(&register("c1", "east")));
+        applied(s.apply(&register("c2", "west")));
+        applied(s.apply(&Command::SetBackup {
+            shard: shard("c1"),
+            backup: Some(id("c2")),
+        }));
+        let mut old = serde_json::to_value(&s).unwrap();
+        let obj = old.as_object_mut().unwrap();
+        obj.remove("shards");
+        obj["cells"]["c1"]["backup"] = serde_json::json!("c2");
+        for slot in obj["slots"].as_array_mut().unwrap() {
+            let slot = slot.as_object_mut().unwrap();
+            let name = slot.remove("shard").unwrap();
+            slot.insert("cell".into(), name);
+        }
+        let loaded: MetaState = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded, s);
+        // And an old log entry naming a cell means its shard.
+        let cmd: Command =
+            serde_json::from_str(r#"{"op":"move_slots","slots":[3],"to":"c2"}"#).unwrap();
+        assert_eq!(
+            cmd,
+            Command::MoveSlots {
+                slots: vec![3],
+                to: shard("c2")
+            }
+        );
+        let cmd: Command = serde_json::from_str(r#"{"op":"withdraw_alone","cell":"c1"}"#).unwrap();
+        assert_eq!(cmd, Command::WithdrawAlone { shard: shard("c1") });
+    }
+
+    #[test]
+    fn reported_positions_land_on_known_shards_only() {
+        let mut s = MetaState::default();
+        applied(s.apply(&register("c1", "east")));
+        let report = |c1: u64| Command::ReportPositions {
+            positions: BTreeMap::from([(shard("c1"), c1), (shard("nope"), 9)]),
+        };
+        let v = applied(s.apply(&report(40)));
+        assert_eq!(s.shards[&shard("c1")].position, 40);
+        assert!(!s.shards.contains_key(&shard("nope")));
+        assert_eq!(
+            applied(s.apply(&report(40))),
+            v,
+            "the same again is a no-op"
+        );
+        assert_eq!(
+            s.cell_map().unwrap().shard(&shard("c1")).unwrap().position,
+            40
+        );
+    }
+
+    #[test]
+    fn a_new_cell_gets_its_own_shard_and_its_backup() {
+        let mut s = MetaState::default();
+        applied(s.apply(&register("c1", "east")));
+        applied(s.apply(&Command::RegisterCell {
+            id: id("c2"),
+            region: Region::parse("west").unwrap(),
+            url: "http://127.0.0.1:7000/c2".into(),
+            status: None,
+            backup: Some(id("c1")),
+        }));
+        let c2 = &s.shards[&shard("c2")];
+        assert_eq!((&c2.primary, &c2.backup), (&id("c2"), &Some(id("c1"))));
+        assert_eq!(s.shards[&shard("c1")].backup, None);
+        let same_region = s.apply(&Command::RegisterCell {
+            id: id("c3"),
+            region: Region::parse("west").unwrap(),
+            url: "http://127.0.0.1:7000/c3".into(),
+            status: None,
+            backup: Some(id("c2")),
+        });
+        assert!(matches!(same_region, Outcome::Rejected(r) if r.code == "backup_same_region"));
     }
 
     #[test]

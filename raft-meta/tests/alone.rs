@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 use support::{internal_token, serial, Cluster, SECRET};
 use topology::{CellId, Epoch, Region};
 
+fn sh(s: &str) -> topology::ShardId {
+    topology::ShardId::parse(s).unwrap()
+}
+
 fn cell(s: &str) -> CellId {
     CellId::parse(s).unwrap()
 }
@@ -71,11 +75,11 @@ async fn a_cell_runs_alone_under_a_grant_and_the_leader_re_protects_it() {
             .unwrap();
     }
     admin
-        .set_backup(&cell("c1"), Some(&cell("c2")))
+        .set_backup(&sh("c1"), Some(&cell("c2")))
         .await
         .unwrap();
     admin
-        .set_backup(&cell("c2"), Some(&cell("c1")))
+        .set_backup(&sh("c2"), Some(&cell("c1")))
         .await
         .unwrap();
     let leader = c.agreed_leader(&[1, 2, 3]).await;
@@ -87,36 +91,36 @@ async fn a_cell_runs_alone_under_a_grant_and_the_leader_re_protects_it() {
         .unwrap()
         .map
         .unwrap()
-        .shard_epoch(&cell("c1"));
+        .shard_epoch(&sh("c1"));
 
     // Act / Assert: refusals, each with its code, through the follower.
     let refused = cell_client
-        .request_alone(&cell("c1"), epoch)
+        .request_alone(&sh("c1"), epoch)
         .await
         .unwrap_err();
     assert_eq!(code(&refused), "policy_refuses", "{refused}");
     assert!(!refused.retryable());
-    admin.set_policy(&cell("c1"), go_async()).await.unwrap();
+    admin.set_policy(&sh("c1"), go_async()).await.unwrap();
     let stale = cell_client
-        .request_alone(&cell("c1"), epoch.next())
+        .request_alone(&sh("c1"), epoch.next())
         .await
         .unwrap_err();
     assert_eq!(code(&stale), "stale_epoch", "{stale}");
     let unknown = cell_client
-        .request_alone(&cell("nope"), epoch)
+        .request_alone(&sh("nope"), epoch)
         .await
         .unwrap_err();
-    assert_eq!(code(&unknown), "unknown_cell", "{unknown}");
+    assert_eq!(code(&unknown), "unknown_shard", "{unknown}");
 
     // The grant, and its repeat (a no-op at the same version).
     let granted_at = Instant::now();
-    let v = cell_client.request_alone(&cell("c1"), epoch).await.unwrap();
+    let v = cell_client.request_alone(&sh("c1"), epoch).await.unwrap();
     assert_eq!(
-        cell_client.request_alone(&cell("c1"), epoch).await.unwrap(),
+        cell_client.request_alone(&sh("c1"), epoch).await.unwrap(),
         v
     );
     let view = admin.map(true).await.unwrap();
-    let grant = &view.alone[&cell("c1")];
+    let grant = &view.alone[&sh("c1")];
     assert_eq!(
         (
             grant.epoch,
@@ -130,14 +134,14 @@ async fn a_cell_runs_alone_under_a_grant_and_the_leader_re_protects_it() {
     // region that is not c1's old backup, and records it in the grant.
     let view = map_until(&admin, "re-protection", Duration::from_secs(10), |v| {
         v.alone
-            .get(&cell("c1"))
+            .get(&sh("c1"))
             .is_some_and(|g| g.reprotected_to.is_some())
     })
     .await;
     let waited = granted_at.elapsed();
     let map = view.map.as_ref().unwrap();
-    assert_eq!(map.cell(&cell("c1")).unwrap().backup, Some(cell("c3")));
-    assert_eq!(view.alone[&cell("c1")].reprotected_to, Some(cell("c3")));
+    assert_eq!(map.shard(&sh("c1")).unwrap().backup, Some(cell("c3")));
+    assert_eq!(view.alone[&sh("c1")].reprotected_to, Some(cell("c3")));
     assert!(
         waited >= Duration::from_secs(2),
         "re-protected after {waited:?}, before the bound"
@@ -145,19 +149,14 @@ async fn a_cell_runs_alone_under_a_grant_and_the_leader_re_protects_it() {
 
     // The grant stays until the cell withdraws it; a second withdrawal is a no-op.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(admin
-        .map(true)
-        .await
-        .unwrap()
-        .alone
-        .contains_key(&cell("c1")));
-    let w = cell_client.withdraw_alone(&cell("c1")).await.unwrap();
+    assert!(admin.map(true).await.unwrap().alone.contains_key(&sh("c1")));
+    let w = cell_client.withdraw_alone(&sh("c1")).await.unwrap();
     assert!(w > v);
-    assert_eq!(cell_client.withdraw_alone(&cell("c1")).await.unwrap(), w);
+    assert_eq!(cell_client.withdraw_alone(&sh("c1")).await.unwrap(), w);
     let view = admin.map(true).await.unwrap();
     assert!(view.alone.is_empty());
     assert_eq!(
-        view.map.unwrap().cell(&cell("c1")).unwrap().backup,
+        view.map.unwrap().shard(&sh("c1")).unwrap().backup,
         Some(cell("c3")),
         "the new backup stays"
     );
@@ -221,7 +220,7 @@ async fn the_alone_routes_answer_problems_for_bad_callers_and_bad_input() {
     assert!(v["version"].as_u64().is_some(), "{v}");
 
     // An admin may grant too (here, once the policy allows it).
-    admin.set_policy(&cell("c1"), go_async()).await.unwrap();
+    admin.set_policy(&sh("c1"), go_async()).await.unwrap();
     let r = post(&support::admin_token(), json!({"epoch": Epoch(1)}))
         .await
         .unwrap();

@@ -6,14 +6,18 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use raft_meta::app::LeaderOp;
 use raft_meta::state::{BackupUnreachable, Command, FailoverPolicy, Liveness};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::{admin_token, internal_token, serial, Cluster, SECRET};
-use topology::{CellId, Epoch, Region};
+use topology::{CellId, Epoch, Region, ShardId};
+
+fn shard(s: &str) -> ShardId {
+    ShardId::parse(s).unwrap()
+}
 
 fn cell(s: &str) -> CellId {
     CellId::parse(s).unwrap()
@@ -60,7 +64,7 @@ fn leader_ops(scope: &str, member: u64, member_addr: &str) -> Vec<(&'static str,
         (
             "set_backup",
             write(Command::SetBackup {
-                cell: cell("c1"),
+                shard: shard("c1"),
                 backup: None,
             }),
             true,
@@ -69,7 +73,7 @@ fn leader_ops(scope: &str, member: u64, member_addr: &str) -> Vec<(&'static str,
             "move_slots",
             write(Command::MoveSlots {
                 slots: vec![1, 2],
-                to: cell("c1"),
+                to: shard("c1"),
             }),
             true,
         ),
@@ -85,7 +89,7 @@ fn leader_ops(scope: &str, member: u64, member_addr: &str) -> Vec<(&'static str,
         (
             "set_policy",
             write(Command::SetPolicy {
-                cell: cell("c1"),
+                shard: shard("c1"),
                 policy: FailoverPolicy {
                     auto_failover: false,
                     on_backup_unreachable: BackupUnreachable::RefuseWrites,
@@ -121,18 +125,32 @@ fn leader_ops(scope: &str, member: u64, member_addr: &str) -> Vec<(&'static str,
         (
             "grant_alone",
             write(Command::GrantAlone {
-                cell: cell("c1"),
+                shard: shard("c1"),
                 epoch: Epoch(1),
             }),
             false,
         ),
         (
             "withdraw_alone",
-            write(Command::WithdrawAlone { cell: cell("c1") }),
+            write(Command::WithdrawAlone { shard: shard("c1") }),
             false,
         ),
         ("read_map", LeaderOp::ReadMap, false),
-        ("heartbeat", LeaderOp::Heartbeat { cell: cell("c1") }, false),
+        (
+            "report_positions",
+            write(Command::ReportPositions {
+                positions: BTreeMap::from([(shard("c1"), 5)]),
+            }),
+            true,
+        ),
+        (
+            "heartbeat",
+            LeaderOp::Heartbeat {
+                cell: cell("c1"),
+                positions: BTreeMap::new(),
+            },
+            false,
+        ),
         ("liveness", LeaderOp::Liveness, false),
     ]
 }

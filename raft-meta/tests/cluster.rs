@@ -12,6 +12,10 @@ use raft_meta::client::ClientError;
 use support::{admin_token, internal_token, serial, Cluster};
 use topology::{CellId, Region};
 
+fn sh(s: &str) -> topology::ShardId {
+    topology::ShardId::parse(s).unwrap()
+}
+
 fn cell(s: &str) -> CellId {
     CellId::parse(s).unwrap()
 }
@@ -54,8 +58,8 @@ async fn three_nodes_form_and_writes_through_any_node_succeed() {
         assert!(view.version >= v);
         let map = view.map.expect("cells registered, so a map");
         map.validate().unwrap();
-        assert_eq!(map.cells[&cell("c2")].backup, Some(cell("c1")));
-        let c2_slots = map.slots_of(&cell("c2")).count();
+        assert_eq!(map.shards[&sh("c2")].backup, Some(cell("c1")));
+        let c2_slots = map.slots_served_by(&cell("c2")).count();
         assert!((300..=724).contains(&c2_slots), "c2 owns {c2_slots}");
         assert!(!view.switches["claims"].on);
     }
@@ -189,7 +193,10 @@ async fn heartbeats_drive_liveness_without_a_log_entry_each() {
     let follower = (1..=3).find(|i| *i != leader).unwrap();
     let via_follower = raft_meta::client::MetaClient::new(vec![c.addr(follower)], internal_token());
     for _ in 0..20 {
-        via_follower.heartbeat(&cell("c1")).await.unwrap();
+        via_follower
+            .heartbeat(&cell("c1"), &Default::default())
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -219,7 +226,10 @@ async fn heartbeats_drive_liveness_without_a_log_entry_each() {
     use raft_meta::state::Liveness::*;
     assert_eq!(seen, vec![Alive, Suspect, Down]);
     // Back.
-    cellc.heartbeat(&cell("c1")).await.unwrap();
+    cellc
+        .heartbeat(&cell("c1"), &Default::default())
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while admin.map(true).await.unwrap().liveness[&cell("c1")] != Alive {
         assert!(Instant::now() < deadline, "never back");
@@ -298,7 +308,7 @@ async fn whole_cluster_killed_and_restarted_keeps_every_committed_change() {
         )
         .await
         .unwrap();
-    client.move_slots(&[0, 1, 2, 3], &cell("c2")).await.unwrap();
+    client.move_slots(&[0, 1, 2, 3], &sh("c2")).await.unwrap();
     for i in 0..75 {
         client
             .set_switch(&format!("s{}", i % 30), i % 3 == 0, &format!("m{i}"))

@@ -440,12 +440,17 @@ fn target_for(snap: &Snapshot, slot: Slot) -> Result<Target, RouterError> {
         .map
         .as_ref()
         .ok_or_else(|| RouterError::CellUnavailable("the router has no map yet".into()))?;
+    // slot → shard (and epoch) → the shard's primary cell → its URL.
     let owner = map.owner(slot);
-    let info = map.cell(&owner.cell).ok_or_else(|| {
-        RouterError::CellUnavailable(format!("slot {slot}: owner {} unknown", owner.cell))
+    let serving = map.serving(slot);
+    let info = map.cell(serving).ok_or_else(|| {
+        RouterError::CellUnavailable(format!(
+            "slot {slot}: shard {}'s cell {serving} unknown",
+            owner.shard
+        ))
     })?;
     Ok(Target {
-        cell: owner.cell.clone(),
+        cell: serving.clone(),
         url: info.url.clone(),
         route: Some((slot, owner.epoch)),
     })

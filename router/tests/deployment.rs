@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::{call, token, Deployment};
-use topology::{CellId, Slot};
+use topology::Slot;
 
 /// method, path, token, body, expected status.
 type Case = (Method, String, Option<String>, Option<Value>, StatusCode);
@@ -401,7 +401,10 @@ async fn slot_moves_switches_and_a_dead_control_plane() {
     assert_eq!(cell.as_deref(), Some("c1"));
     let client = d.meta.client();
     client
-        .move_slots(&[slot_of(&m).get()], &CellId::parse("c2").unwrap())
+        .move_slots(
+            &[slot_of(&m).get()],
+            &topology::ShardId::parse("c2").unwrap(),
+        )
         .await
         .expect("move");
     let moved = Instant::now();

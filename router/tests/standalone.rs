@@ -36,7 +36,6 @@ async fn hanging_or_dead_cells_answer_503_and_bad_input_never_5xx() {
         region: Region::parse(region).unwrap(),
         url,
         status: CellStatus::Active,
-        backup: None,
     };
     let cells = vec![
         info("c1", "east", format!("http://{hang_addr}")),
@@ -46,7 +45,7 @@ async fn hanging_or_dead_cells_answer_503_and_bad_input_never_5xx() {
     let owners = Slot::all()
         .map(|s| CellId::parse(["c1", "c2", "c3"][usize::from(s.get() % 3)]).unwrap())
         .collect();
-    let map = CellMap::from_assignment(cells, owners).unwrap();
+    let map = CellMap::from_assignment(cells, owners, &Default::default()).unwrap();
     let file = dir.path().join("map.json");
     std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
     let args = vec![
@@ -161,7 +160,6 @@ async fn a_421_is_retried_once_at_the_newer_owner_the_cell_names() {
         region: Region::parse(region).unwrap(),
         url: format!("http://127.0.0.1:{port}"),
         status: CellStatus::Active,
-        backup: None,
     };
     let cells = vec![info("c1", "east", ports[0]), info("c2", "west", ports[1])];
     let owners = Slot::all()
@@ -169,14 +167,14 @@ async fn a_421_is_retried_once_at_the_newer_owner_the_cell_names() {
         .collect();
     // The router's map is behind the cells': x moved to c2 at epoch 2, y stayed on c1 but
     // at epoch 2 too (so c1 refuses the router's epoch 1 and names itself).
-    let router_map = CellMap::from_assignment(cells, owners).unwrap();
+    let router_map = CellMap::from_assignment(cells, owners, &Default::default()).unwrap();
     let x = support::uid_on(&router_map, "c1", &[]);
     let y = support::uid_on(&router_map, "c1", &[&x]);
     let mut cell_map = router_map.clone();
     cell_map.version = 2;
     let slot = |u: &str| Slot::of(u.as_bytes()).index();
     cell_map.slots[slot(&x)] = topology::SlotOwner {
-        cell: CellId::parse("c2").unwrap(),
+        shard: topology::ShardId::parse("c2").unwrap(),
         epoch: topology::Epoch(2),
     };
     cell_map.slots[slot(&y)].epoch = topology::Epoch(2);
@@ -239,7 +237,6 @@ async fn rate_limits_hold_across_routers_through_redis() {
         region: Region::parse("east").unwrap(),
         url: format!("http://127.0.0.1:{dead}"),
         status: CellStatus::Active,
-        backup: None,
     });
     let file = dir.path().join("map.json");
     std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
@@ -381,7 +378,6 @@ async fn spans_carry_the_route_decision_to_an_otlp_collector_and_the_trace_to_th
         region: Region::parse("east").unwrap(),
         url: format!("http://{cell_addr}"),
         status: CellStatus::Active,
-        backup: None,
     });
     let file = dir.path().join("map.json");
     std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();

@@ -1,5 +1,5 @@
 //! The shared vocabulary of redcell: slots, the ids the system mints (each carries its slot),
-//! user ids, credentials (JWT claims and their verification), cells and the `CellMap` with its JSON form, and the placement of slots onto cells.
+//! user ids, credentials (JWT claims and their verification), cells the `CellMap` (slots → shards → cells) with its JSON form, and the placement of slots onto cells.
 //!
 //! Everything here is pure: no I/O, no clocks, no global state. Every other crate depends on
 //! these types (and, for the JSON that crosses processes, on `wire`, built on them) and on
@@ -15,6 +15,9 @@ mod slot;
 mod uid;
 
 pub use ids::{IdKind, MintedId, ParseIdError};
-pub use map::{CellId, CellInfo, CellMap, CellStatus, Epoch, MapError, Region, SlotOwner};
+pub use map::{
+    check_shards, legacy_shards, CellId, CellInfo, CellMap, CellStatus, Epoch, LegacyCell,
+    MapError, Region, ShardId, ShardInfo, SlotOwner,
+};
 pub use slot::{Slot, SLOT_COUNT};
 pub use uid::{BadUid, Uid};

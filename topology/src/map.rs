@@ -1,7 +1,10 @@
-//! The map: which cell owns each slot, at which epoch, and what each cell is.
+//! The map: which shard holds each slot and at which epoch, which cell serves each shard and
+//! which backs it up, and what each cell is (DESIGN §6.1).
 //!
 //! raft-meta is its only writer; cells and routers hold read-only copies. The JSON form is the
-//! serde form of [`CellMap`]: `{"version", "cells": {id: CellInfo}, "slots": [{"cell","epoch"}; 1024]}`.
+//! serde form of [`CellMap`]: `{"version", "cells": {id: CellInfo}, "shards": {id: ShardInfo},
+//! "slots": [{"shard","epoch"}; 1024]}`; maps written before shards (`slots` naming cells,
+//! `backup` on the cell) are still read, and migrated on load.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -101,6 +104,20 @@ pub enum CellStatus {
     Retired,
 }
 
+name_type!(
+    /// A shard's name. Each cell starts with one shard of its own name (`c1`, DESIGN §6.1);
+    /// the name stays with the shard when another cell takes it over.
+    ShardId,
+    "shard id"
+);
+
+impl ShardId {
+    /// The shard a cell starts with: the one that has its name.
+    pub fn own(cell: &CellId) -> ShardId {
+        ShardId(cell.as_str().to_owned())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CellInfo {
     pub id: CellId,
@@ -109,15 +126,84 @@ pub struct CellInfo {
     pub url: String,
     #[serde(default)]
     pub status: CellStatus,
-    /// The cell in another region that holds a copy of this cell's journal.
+}
+
+/// One shard: the database holding a set of slots' rows, who serves it and who keeps its
+/// replica (DESIGN §6.1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub id: ShardId,
+    /// The cell that serves the shard's slots and writes its journal.
+    pub primary: CellId,
+    /// The cell, in another region, that hosts the shard's replica; `None` for a shard with
+    /// no backup (a lone cell, a test map).
+    #[serde(default)]
+    pub backup: Option<CellId>,
+    /// The journal position the backup had durably applied when the primary last reported
+    /// it to raft-meta (0 until then). Informational: acknowledgement never reads it.
+    #[serde(default)]
+    pub position: u64,
+}
+
+/// Where a slot lives: its shard, and the epoch it is held at (bumped whenever the slot
+/// moves to another shard or its shard to another cell).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SlotOwner {
+    pub shard: ShardId,
+    pub epoch: Epoch,
+}
+
+/// A slot as JSON: `{"shard", "epoch"}`, or `{"cell", "epoch"}` in maps written before shards
+/// (the cell's own shard has its name, so the name carries over).
+#[derive(Deserialize)]
+struct RawSlot {
+    #[serde(default)]
+    shard: Option<ShardId>,
+    #[serde(default)]
+    cell: Option<CellId>,
+    epoch: Epoch,
+}
+
+impl<'de> Deserialize<'de> for SlotOwner {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SlotOwner, D::Error> {
+        let raw = RawSlot::deserialize(d)?;
+        let shard = match (raw.shard, raw.cell) {
+            (Some(shard), _) => shard,
+            (None, Some(cell)) => ShardId::own(&cell),
+            (None, None) => return Err(serde::de::Error::missing_field("shard")),
+        };
+        Ok(SlotOwner {
+            shard,
+            epoch: raw.epoch,
+        })
+    }
+}
+
+/// A cell as JSON, with the `backup` that maps written before shards kept on the cell.
+#[derive(Deserialize)]
+pub struct LegacyCell {
+    #[serde(flatten)]
+    pub info: CellInfo,
     #[serde(default)]
     pub backup: Option<CellId>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotOwner {
-    pub cell: CellId,
-    pub epoch: Epoch,
+/// The shards of a map written before shards existed: one per cell, of the cell's name,
+/// served by it, backed up by the backup the cell named.
+pub fn legacy_shards(cells: &BTreeMap<CellId, LegacyCell>) -> BTreeMap<ShardId, ShardInfo> {
+    cells
+        .values()
+        .map(|c| {
+            let id = ShardId::own(&c.info.id);
+            let shard = ShardInfo {
+                id: id.clone(),
+                primary: c.info.id.clone(),
+                backup: c.backup.clone(),
+                position: 0,
+            };
+            (id, shard)
+        })
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -126,18 +212,23 @@ pub enum MapError {
     BadName { what: &'static str, name: String },
     #[error("the map must have exactly {SLOT_COUNT} slots, it has {0}")]
     SlotCount(usize),
-    #[error("slot {slot} is owned by unknown cell {cell}")]
-    UnknownOwner { slot: u16, cell: String },
-    #[error("cell {cell} names unknown backup {backup}")]
-    UnknownBackup { cell: String, backup: String },
-    #[error("cell {cell} and its backup {backup} are both in region {region}")]
+    #[error("slot {slot} is in unknown shard {shard}")]
+    UnknownShard { slot: u16, shard: String },
+    #[error("shard {shard} is served by unknown cell {cell}")]
+    UnknownPrimary { shard: String, cell: String },
+    #[error("shard {shard} names unknown backup {backup}")]
+    UnknownBackup { shard: String, backup: String },
+    #[error("shard {shard}'s primary {primary} and backup {backup} are both in region {region}")]
     BackupSameRegion {
-        cell: String,
+        shard: String,
+        primary: String,
         backup: String,
         region: String,
     },
-    #[error("cell {0} cannot back itself up")]
+    #[error("shard {0}'s primary cannot be its backup too")]
     SelfBackup(String),
+    #[error("shard {shard} is keyed as {key}")]
+    ShardKey { key: String, shard: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,24 +237,35 @@ pub struct CellMap {
     /// Bumped on every change; watchers ask for versions after the one they hold.
     pub version: u64,
     pub cells: BTreeMap<CellId, CellInfo>,
+    /// Every shard, by name. A shard may hold no slot (a new cell's before placement gives
+    /// it some, one emptied by moves).
+    pub shards: BTreeMap<ShardId, ShardInfo>,
     /// Exactly `SLOT_COUNT` entries, indexed by slot number.
     pub slots: Vec<SlotOwner>,
 }
 
-/// The unchecked JSON form; `CellMap` is only ever built from it through `validate`.
+/// The unchecked JSON form; `CellMap` is only ever built from it through `validate`. A map
+/// without `shards` was written before shards existed and is migrated ([`legacy_shards`]).
 #[derive(Deserialize)]
 struct RawMap {
     version: u64,
-    cells: BTreeMap<CellId, CellInfo>,
+    cells: BTreeMap<CellId, LegacyCell>,
+    #[serde(default)]
+    shards: Option<BTreeMap<ShardId, ShardInfo>>,
     slots: Vec<SlotOwner>,
 }
 
 impl TryFrom<RawMap> for CellMap {
     type Error = MapError;
     fn try_from(raw: RawMap) -> Result<Self, MapError> {
+        let shards = match raw.shards {
+            Some(shards) => shards,
+            None => legacy_shards(&raw.cells),
+        };
         let map = CellMap {
             version: raw.version,
-            cells: raw.cells,
+            cells: raw.cells.into_iter().map(|(k, c)| (k, c.info)).collect(),
+            shards,
             slots: raw.slots,
         };
         map.validate()?;
@@ -172,28 +274,45 @@ impl TryFrom<RawMap> for CellMap {
 }
 
 impl CellMap {
-    /// One cell that owns every slot at epoch 1: what a lone `cell` process starts with.
+    /// One cell that owns every slot, in its own shard, at epoch 1: what a lone `cell`
+    /// process starts with.
     pub fn single(cell: CellInfo) -> CellMap {
-        let owner = SlotOwner {
-            cell: cell.id.clone(),
-            epoch: Epoch(1),
-        };
-        CellMap {
-            version: 1,
-            slots: vec![owner; usize::from(SLOT_COUNT)],
-            cells: BTreeMap::from([(cell.id.clone(), cell)]),
-        }
+        let owners = vec![cell.id.clone(); usize::from(SLOT_COUNT)];
+        let mut map = CellMap::from_assignment(vec![cell], owners, &BTreeMap::new())
+            .expect("one cell owning every slot is a valid map");
+        map.version = 1;
+        map
     }
 
-    /// Builds a map from cells and a proposed owner per slot (all at epoch 1).
-    pub fn from_assignment(cells: Vec<CellInfo>, owners: Vec<CellId>) -> Result<CellMap, MapError> {
+    /// Builds a map from cells, a proposed owner cell per slot (each slot in its owner's own
+    /// shard, all at epoch 1) and each cell's shard's backup.
+    pub fn from_assignment(
+        cells: Vec<CellInfo>,
+        owners: Vec<CellId>,
+        backups: &BTreeMap<CellId, CellId>,
+    ) -> Result<CellMap, MapError> {
+        let cells: BTreeMap<CellId, CellInfo> =
+            cells.into_iter().map(|c| (c.id.clone(), c)).collect();
+        let shards = cells
+            .keys()
+            .map(|id| {
+                let shard = ShardInfo {
+                    id: ShardId::own(id),
+                    primary: id.clone(),
+                    backup: backups.get(id).cloned(),
+                    position: 0,
+                };
+                (shard.id.clone(), shard)
+            })
+            .collect();
         let map = CellMap {
             version: 1,
-            cells: cells.into_iter().map(|c| (c.id.clone(), c)).collect(),
+            cells,
+            shards,
             slots: owners
-                .into_iter()
+                .iter()
                 .map(|cell| SlotOwner {
-                    cell,
+                    shard: ShardId::own(cell),
                     epoch: Epoch(1),
                 })
                 .collect(),
@@ -202,6 +321,7 @@ impl CellMap {
         Ok(map)
     }
 
+    /// The slot's shard and epoch.
     pub fn owner(&self, slot: Slot) -> &SlotOwner {
         &self.slots[slot.index()]
     }
@@ -210,106 +330,238 @@ impl CellMap {
         self.cells.get(id)
     }
 
-    /// The slots a cell owns, in order.
-    pub fn slots_of<'a>(&'a self, cell: &'a CellId) -> impl Iterator<Item = Slot> + 'a {
-        Slot::all().filter(move |s| &self.owner(*s).cell == cell)
+    pub fn shard(&self, id: &ShardId) -> Option<&ShardInfo> {
+        self.shards.get(id)
     }
 
-    /// The epoch of a cell's shard: the highest epoch among the slots it owns (0 when it
-    /// owns none). Any takeover or move of one of its slots raises it, so a grant made at one
+    /// The cell serving `slot`: its shard's primary (a valid map always has one).
+    pub fn serving(&self, slot: Slot) -> &CellId {
+        &self.shards[&self.owner(slot).shard].primary
+    }
+
+    /// The serving cell's entry for `slot`.
+    pub fn serving_cell(&self, slot: Slot) -> Option<&CellInfo> {
+        self.cells.get(self.serving(slot))
+    }
+
+    /// The slots in a shard, in order.
+    pub fn slots_in<'a>(&'a self, shard: &'a ShardId) -> impl Iterator<Item = Slot> + 'a {
+        Slot::all().filter(move |s| &self.owner(*s).shard == shard)
+    }
+
+    /// The slots a cell serves (those of every shard it is the primary of), in order.
+    pub fn slots_served_by<'a>(&'a self, cell: &'a CellId) -> impl Iterator<Item = Slot> + 'a {
+        Slot::all().filter(move |s| self.serving(*s) == cell)
+    }
+
+    /// The shards a cell is the primary of.
+    pub fn shards_served_by<'a>(
+        &'a self,
+        cell: &'a CellId,
+    ) -> impl Iterator<Item = &'a ShardInfo> + 'a {
+        self.shards.values().filter(move |s| &s.primary == cell)
+    }
+
+    /// The shards a cell hosts the replica of.
+    pub fn shards_backed_up_by<'a>(
+        &'a self,
+        cell: &'a CellId,
+    ) -> impl Iterator<Item = &'a ShardInfo> + 'a {
+        self.shards
+            .values()
+            .filter(move |s| s.backup.as_ref() == Some(cell))
+    }
+
+    /// The epoch of a shard: the highest epoch among its slots (0 when it has none). Any
+    /// takeover of the shard or move of one of its slots raises it, so a grant made at one
     /// shard epoch (raft-meta's "run alone" grant, DESIGN §6.3) lapses when ownership moves.
-    pub fn shard_epoch(&self, cell: &CellId) -> Epoch {
+    pub fn shard_epoch(&self, shard: &ShardId) -> Epoch {
         self.slots
             .iter()
-            .filter(|o| &o.cell == cell)
+            .filter(|o| &o.shard == shard)
             .map(|o| o.epoch)
             .max()
             .unwrap_or_default()
     }
 
-    /// Checks the invariants every map must hold; a map that fails is never served.
+    /// Checks the invariants every map must hold; a map that fails is never served: every
+    /// slot in a known shard, every shard served by a known cell and backed up, if at all,
+    /// by another known cell in another region.
     pub fn validate(&self) -> Result<(), MapError> {
         if self.slots.len() != usize::from(SLOT_COUNT) {
             return Err(MapError::SlotCount(self.slots.len()));
         }
         for (n, owner) in self.slots.iter().enumerate() {
-            if !self.cells.contains_key(&owner.cell) {
-                return Err(MapError::UnknownOwner {
+            if !self.shards.contains_key(&owner.shard) {
+                return Err(MapError::UnknownShard {
                     slot: n as u16,
-                    cell: owner.cell.to_string(),
+                    shard: owner.shard.to_string(),
                 });
             }
         }
-        for cell in self.cells.values() {
-            let Some(backup_id) = &cell.backup else {
-                continue;
-            };
-            if backup_id == &cell.id {
-                return Err(MapError::SelfBackup(cell.id.to_string()));
-            }
-            let backup = self
-                .cells
-                .get(backup_id)
-                .ok_or_else(|| MapError::UnknownBackup {
-                    cell: cell.id.to_string(),
-                    backup: backup_id.to_string(),
-                })?;
-            if backup.region == cell.region {
-                return Err(MapError::BackupSameRegion {
-                    cell: cell.id.to_string(),
-                    backup: backup_id.to_string(),
-                    region: cell.region.to_string(),
-                });
-            }
-        }
-        Ok(())
+        check_shards(&self.cells, &self.shards)
     }
+}
+
+/// The shard rules of [`CellMap::validate`], for a state that has no slot table yet: every
+/// shard served by a known cell and backed up, if at all, by another known cell in another
+/// region.
+pub fn check_shards(
+    cells: &BTreeMap<CellId, CellInfo>,
+    shards: &BTreeMap<ShardId, ShardInfo>,
+) -> Result<(), MapError> {
+    for (key, shard) in shards {
+        if key != &shard.id {
+            return Err(MapError::ShardKey {
+                key: key.to_string(),
+                shard: shard.id.to_string(),
+            });
+        }
+        let Some(primary) = cells.get(&shard.primary) else {
+            return Err(MapError::UnknownPrimary {
+                shard: shard.id.to_string(),
+                cell: shard.primary.to_string(),
+            });
+        };
+        let Some(backup_id) = &shard.backup else {
+            continue;
+        };
+        if backup_id == &shard.primary {
+            return Err(MapError::SelfBackup(shard.id.to_string()));
+        }
+        let backup = cells
+            .get(backup_id)
+            .ok_or_else(|| MapError::UnknownBackup {
+                shard: shard.id.to_string(),
+                backup: backup_id.to_string(),
+            })?;
+        if backup.region == primary.region {
+            return Err(MapError::BackupSameRegion {
+                shard: shard.id.to_string(),
+                primary: primary.id.to_string(),
+                backup: backup_id.to_string(),
+                region: primary.region.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn info(id: &str, region: &str, backup: Option<&str>) -> CellInfo {
+    fn cell(s: &str) -> CellId {
+        CellId::parse(s).unwrap()
+    }
+
+    fn info(id: &str, region: &str) -> CellInfo {
         CellInfo {
-            id: CellId::parse(id).unwrap(),
+            id: cell(id),
             region: Region::parse(region).unwrap(),
             url: format!("http://127.0.0.1/{id}"),
             status: CellStatus::Active,
-            backup: backup.map(|b| CellId::parse(b).unwrap()),
         }
     }
 
     #[test]
     fn single_map_round_trips_through_json() {
-        let map = CellMap::single(info("c1", "east", None));
+        let map = CellMap::single(info("c1", "east"));
         let text = serde_json::to_string(&map).unwrap();
         let back: CellMap = serde_json::from_str(&text).unwrap();
         assert_eq!(back, map);
-        assert_eq!(back.slots_of(&CellId::parse("c1").unwrap()).count(), 1024);
+        assert_eq!(back.slots_served_by(&cell("c1")).count(), 1024);
+        let shard = ShardId::own(&cell("c1"));
+        assert_eq!(back.slots_in(&shard).count(), 1024);
+        assert_eq!(back.shard_epoch(&shard), Epoch(1));
     }
 
     #[test]
     fn invalid_maps_are_refused() {
-        let mut map = CellMap::single(info("c1", "east", None));
+        let mut map = CellMap::single(info("c1", "east"));
         map.slots.pop();
         assert_eq!(map.validate(), Err(MapError::SlotCount(1023)));
 
-        let same_region = vec![info("c1", "east", Some("c2")), info("c2", "east", None)];
-        let owners = vec![CellId::parse("c1").unwrap(); 1024];
+        let same_region = vec![info("c1", "east"), info("c2", "east")];
+        let owners = vec![cell("c1"); 1024];
+        let c1_to_c2 = BTreeMap::from([(cell("c1"), cell("c2"))]);
         assert!(matches!(
-            CellMap::from_assignment(same_region, owners.clone()),
+            CellMap::from_assignment(same_region, owners.clone(), &c1_to_c2),
             Err(MapError::BackupSameRegion { .. })
         ));
-        let ok = vec![
-            info("c1", "east", Some("c2")),
-            info("c2", "west", Some("c1")),
-        ];
-        assert!(CellMap::from_assignment(ok, owners).is_ok());
+        let ok = vec![info("c1", "east"), info("c2", "west")];
+        let both = BTreeMap::from([(cell("c1"), cell("c2")), (cell("c2"), cell("c1"))]);
+        let map = CellMap::from_assignment(ok, owners, &both).unwrap();
+        assert_eq!(map.shards_backed_up_by(&cell("c2")).count(), 1);
+
+        let mut orphan = map.clone();
+        orphan.shards.remove(&ShardId::own(&cell("c1")));
+        assert!(matches!(
+            orphan.validate(),
+            Err(MapError::UnknownShard { slot: 0, .. })
+        ));
+        let mut self_backup = map.clone();
+        let c1 = ShardId::own(&cell("c1"));
+        self_backup.shards.get_mut(&c1).unwrap().backup = Some(cell("c1"));
+        assert_eq!(
+            self_backup.validate(),
+            Err(MapError::SelfBackup("c1".into()))
+        );
 
         let text = r#"{"version":1,"cells":{},"slots":[]}"#;
         assert!(serde_json::from_str::<CellMap>(text).is_err());
         assert!(CellId::parse("C1").is_err());
         assert!(CellId::parse("").is_err());
+    }
+
+    /// A map persisted before shards (slots name cells, cells name their backup) loads as the
+    /// same ownership: each cell's own shard, backed up where the cell said.
+    #[test]
+    fn maps_from_before_shards_are_migrated_on_load() {
+        let slots: Vec<String> = (0..1024)
+            .map(|n| {
+                let (c, e) = if n % 2 == 0 { ("c1", 1) } else { ("c2", 3) };
+                format!(r#"{{"cell":"{c}","epoch":{e}}}"#)
+            })
+            .collect();
+        let text = format!(
+            concat!(
+                r#"{{"version":7,"cells":{{"#,
+                r#""c1":{{"id":"c1","region":"east","url":"http://127.0.0.1:1","status":"active","backup":"c2"}},"#,
+                r#""c2":{{"id":"c2","region":"west","url":"http://127.0.0.1:2","status":"active","backup":null}}}},"#,
+                r#""slots":[{}]}}"#
+            ),
+            slots.join(",")
+        );
+        let map: CellMap = serde_json::from_str(&text).unwrap();
+        let (c1, c2) = (ShardId::own(&cell("c1")), ShardId::own(&cell("c2")));
+        assert_eq!(map.shards[&c1].primary, cell("c1"));
+        assert_eq!(map.shards[&c1].backup, Some(cell("c2")));
+        assert_eq!(map.shards[&c2].backup, None);
+        assert_eq!(map.slots_in(&c1).count(), 512);
+        assert_eq!(map.shard_epoch(&c2), Epoch(3));
+        assert_eq!(map.serving(Slot::new(1).unwrap()), &cell("c2"));
+        // It is written back in the new form, which loads to the same map.
+        let again: CellMap = serde_json::from_str(&serde_json::to_string(&map).unwrap()).unwrap();
+        assert_eq!(again, map);
+        assert!(!serde_json::to_string(&map).unwrap().contains(r#""cell":"#));
+    }
+
+    /// A shard served by another cell than the one of its name (after a takeover): slots
+    /// follow the shard, not the name.
+    #[test]
+    fn a_cell_may_serve_another_shard() {
+        let cells = vec![info("c1", "east"), info("c2", "west")];
+        let owners: Vec<CellId> = (0..1024)
+            .map(|n| cell(if n < 300 { "c1" } else { "c2" }))
+            .collect();
+        let mut map = CellMap::from_assignment(cells, owners, &BTreeMap::new()).unwrap();
+        let c1 = ShardId::own(&cell("c1"));
+        map.shards.get_mut(&c1).unwrap().primary = cell("c2");
+        map.validate().unwrap();
+        assert_eq!(map.slots_served_by(&cell("c2")).count(), 1024);
+        assert_eq!(map.slots_served_by(&cell("c1")).count(), 0);
+        assert_eq!(map.shards_served_by(&cell("c2")).count(), 2);
+        assert_eq!(map.slots_in(&c1).count(), 300);
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use topology::{CellId, CellMap};
+use topology::{CellId, CellMap, ShardId};
 
 /// A named on/off flag read by routers for degradation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,10 +29,11 @@ pub enum BackupUnreachable {
     GoAsync,
 }
 
-/// A cell's failover policy.
+/// A shard's failover policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct FailoverPolicy {
-    /// Whether raft-meta may fail this cell over on its own when the detector says `down`.
+    /// Whether raft-meta may fail this shard over on its own when the detector says its
+    /// primary is `down`.
     #[serde(default)]
     pub auto_failover: bool,
     #[serde(default)]
@@ -52,9 +53,9 @@ pub enum Liveness {
 /// backup (DESIGN.md §6.3, "Going asynchronous" in FAILOVER-LESSONS.md).
 ///
 /// **Invariants** (kept by raft-meta's apply, see `raft-meta/src/state/alone.rs`): a grant
-/// exists only for a registered cell whose policy says `go_async`, and only at the cell's
-/// current shard epoch (`CellMap::shard_epoch`); the apply that moves the epoch on or sets the
-/// policy back to refuse drops it. While it stands, raft-meta does not fail the shard over
+/// exists only for a shard whose policy says `go_async`, and only at the shard's current
+/// epoch (`CellMap::shard_epoch`); the apply that moves the epoch on or sets the policy back
+/// to refuse drops it. While it stands, raft-meta does not fail the shard over
 /// automatically: the backup lacks acknowledged data.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AloneGrant {
@@ -64,12 +65,12 @@ pub struct AloneGrant {
     /// The map version that committed the grant (its identity: a later grant, even at the
     /// same epoch after a withdrawal, has another).
     pub since_version: u64,
-    /// The cell's backup when the grant was made: the one it could not reach. Re-protection
-    /// never chooses it again for this grant.
+    /// The shard's backup when the grant was made: the one its primary could not reach.
+    /// Re-protection never chooses it again for this grant.
     #[serde(default)]
     pub backup_at_grant: Option<CellId>,
     /// The backup re-protection named for this grant (`None` until it has). The grant stays
-    /// until the cell withdraws it, once that backup has caught up.
+    /// until the primary withdraws it, once that backup has caught up.
     #[serde(default)]
     pub reprotected_to: Option<CellId>,
 }
@@ -82,11 +83,12 @@ pub struct MapView {
     /// `null` until the first cell registers.
     pub map: Option<CellMap>,
     pub switches: BTreeMap<String, Switch>,
-    pub policies: BTreeMap<CellId, FailoverPolicy>,
+    /// Failover policies by shard (keyed by cell before shards: the same names).
+    pub policies: BTreeMap<ShardId, FailoverPolicy>,
     pub liveness: BTreeMap<CellId, Liveness>,
-    /// Cells running alone under a grant (absent from older nodes' answers).
+    /// Shards running alone under a grant (absent from older nodes' answers).
     #[serde(default)]
-    pub alone: BTreeMap<CellId, AloneGrant>,
+    pub alone: BTreeMap<ShardId, AloneGrant>,
 }
 
 #[cfg(test)]
@@ -161,12 +163,13 @@ mod tests {
 
     #[test]
     fn map_view() {
-        let slots = vec![r#"{"cell":"c1","epoch":1}"#; 1024].join(",");
+        let slots = vec![r#"{"shard":"c1","epoch":1}"#; 1024].join(",");
         let text = format!(
             concat!(
                 r#"{{"version":9,"map":{{"version":9,"cells":{{"#,
-                r#""c1":{{"id":"c1","region":"east","url":"http://127.0.0.1:7001","status":"active","backup":"c2"}},"#,
-                r#""c2":{{"id":"c2","region":"west","url":"http://127.0.0.1:7002","status":"active","backup":null}}}},"#,
+                r#""c1":{{"id":"c1","region":"east","url":"http://127.0.0.1:7001","status":"active"}},"#,
+                r#""c2":{{"id":"c2","region":"west","url":"http://127.0.0.1:7002","status":"active"}}}},"#,
+                r#""shards":{{"c1":{{"id":"c1","primary":"c1","backup":"c2","position":40}}}},"#,
                 r#""slots":[{}]}},"#,
                 r#""switches":{{"claims":{{"on":true,"message":"","version":2}}}},"#,
                 r#""policies":{{"c1":{{"auto_failover":false,"on_backup_unreachable":"go_async"}}}},"#,
@@ -178,15 +181,17 @@ mod tests {
         let view: MapView = serde_json::from_str(&text).unwrap();
         let map = view.map.as_ref().unwrap();
         assert_eq!(map.version, 9);
-        assert_eq!(map.slots_of(&id("c1")).count(), 1024);
-        assert_eq!(map.cell(&id("c1")).unwrap().backup, Some(id("c2")));
+        assert_eq!(map.slots_served_by(&id("c1")).count(), 1024);
+        let c1 = ShardId::own(&id("c1"));
+        assert_eq!(map.shard(&c1).unwrap().backup, Some(id("c2")));
+        assert_eq!(map.shard(&c1).unwrap().position, 40);
         assert!(view.switches["claims"].on);
         assert_eq!(
-            view.policies[&id("c1")].on_backup_unreachable,
+            view.policies[&c1].on_backup_unreachable,
             BackupUnreachable::GoAsync
         );
         assert_eq!(view.liveness[&id("c2")], Liveness::Suspect);
-        assert_eq!(view.alone[&id("c1")].since_version, 9);
+        assert_eq!(view.alone[&c1].since_version, 9);
         assert_eq!(serde_json::to_string(&view).unwrap(), text);
     }
 

@@ -104,11 +104,8 @@ pub async fn handle_status(State(ctx): State<Ctx>, caller: Caller) -> Result<Res
     require_internal_or_admin(&caller)?;
     let head = ctx.store.journal_head().await?;
     let (oldest, commits, records) = ctx.store.journal_size().await?;
-    let me = ctx.ownership.cell_id().clone();
-    let backup = ctx
-        .ownership
-        .map()
-        .and_then(|m| m.cell(&me).and_then(|c| c.backup.clone()));
+    let me = ctx.ownership.shard().clone();
+    let backup = ctx.ownership.backup();
     let ack = ctx.durability.ack();
     let durability = ctx.durability.status();
     Ok(axum::Json(json!({

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
-use topology::{CellId, Epoch};
+use topology::{CellId, Epoch, ShardId};
 
 use crate::journal::Position;
 use crate::ownership::Ownership;
@@ -61,9 +61,9 @@ pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 /// a deployment without raft-meta, where no grant can ever be had.
 pub trait AloneGrants: Send + Sync {
     /// Asks to acknowledge alone at shard epoch `epoch`; the grant arrives through the map.
-    fn request(&self, cell: CellId, epoch: Epoch) -> BoxFuture<Result<(), String>>;
+    fn request(&self, shard: ShardId, epoch: Epoch) -> BoxFuture<Result<(), String>>;
     /// Gives the grant back (the backup caught up).
-    fn withdraw(&self, cell: CellId) -> BoxFuture<Result<(), String>>;
+    fn withdraw(&self, shard: ShardId) -> BoxFuture<Result<(), String>>;
 }
 
 /// The acknowledgement gate of this cell's shard.
@@ -133,15 +133,11 @@ impl Durability {
 
     /// The backup this shard has now, per the map.
     fn backup(&self) -> Option<CellId> {
-        let map = self.ownership.map()?;
-        map.cell(self.ownership.cell_id())?.backup.clone()
+        self.ownership.backup()
     }
 
     fn shard_epoch(&self) -> Epoch {
-        self.ownership
-            .map()
-            .map(|m| m.shard_epoch(self.ownership.cell_id()))
-            .unwrap_or_default()
+        self.ownership.shard_epoch()
     }
 
     /// Records that `by` (a principal name) has durably applied everything up to `pos`.
@@ -304,7 +300,7 @@ impl Durability {
         if self.asking.swap(true, Ordering::AcqRel) {
             return;
         }
-        let me = self.ownership.cell_id().clone();
+        let me = self.ownership.shard().clone();
         let epoch = self.shard_epoch();
         tracing::warn!(shard = %me, %epoch, "the backup is not confirming writes: asking raft-meta to let this shard run alone");
         let request = grants.request(me.clone(), epoch);
@@ -354,13 +350,13 @@ impl Durability {
                 let mut r = self.resume_at.lock().expect("resume lock poisoned");
                 if r.is_none() && recently {
                     *r = Some(self.store.committed_head());
-                    tracing::info!(shard = %self.ownership.cell_id(), "the backup confirms writes again: acknowledging after it again");
+                    tracing::info!(shard = %self.ownership.shard(), "the backup confirms writes again: acknowledging after it again");
                 }
                 *r
             };
             if let Some(p) = resume_at {
                 if self.acked_by_current() >= p {
-                    let me = self.ownership.cell_id().clone();
+                    let me = self.ownership.shard().clone();
                     tracing::info!(shard = %me, pos = p, "the backup has every write acknowledged alone: giving back the run-alone grant");
                     if let Err(e) = grants.withdraw(me).await {
                         tracing::warn!(error = %e, "cannot give back the run-alone grant yet");

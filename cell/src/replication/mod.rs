@@ -30,9 +30,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use topology::CellId;
+use topology::ShardId;
 
-use crate::fence::Fence;
 use crate::journal::Position;
 use crate::ownership::Ownership;
 use crate::peer::Peers;
@@ -68,7 +67,7 @@ pub struct ReplicaStatus {
 
 /// A replica that a verify can hold at one position.
 pub struct Replica {
-    pub shard: CellId,
+    pub shard: ShardId,
     pub store: Store,
     pub status: Mutex<ReplicaStatus>,
     /// The position the puller applies up to and not beyond, while the hold lasts.
@@ -124,7 +123,7 @@ impl Replica {
 /// Every replica this cell hosts, kept in step with the map.
 #[derive(Clone)]
 pub struct Replicas {
-    inner: Arc<Mutex<BTreeMap<CellId, Arc<Replica>>>>,
+    inner: Arc<Mutex<BTreeMap<ShardId, Arc<Replica>>>>,
     home: ReplicaHome,
     ownership: Arc<Ownership>,
     peers: Peers,
@@ -175,15 +174,14 @@ impl Replicas {
     }
 
     /// The shards the map says this cell backs up.
-    fn wanted(&self) -> Vec<CellId> {
+    fn wanted(&self) -> Vec<ShardId> {
         let Some(map) = self.ownership.map() else {
             return Vec::new();
         };
         let me = self.ownership.cell_id();
-        map.cells
-            .values()
-            .filter(|c| c.backup.as_ref() == Some(me) && &c.id != me)
-            .map(|c| c.id.clone())
+        map.shards_backed_up_by(me)
+            .filter(|s| &s.primary != me)
+            .map(|s| s.id.clone())
             .collect()
     }
 
@@ -196,8 +194,7 @@ impl Replicas {
                 self.reconcile().await;
                 if let Some(map) = self.ownership.map() {
                     if map.version != epochs_of {
-                        let me = self.ownership.cell_id().clone();
-                        let owned = Fence::new(me, Some(map.clone())).owned_epochs();
+                        let owned = self.ownership.fence_with(map.clone()).owned_epochs();
                         match store.raise_epochs(&owned).await {
                             Ok(()) => epochs_of = map.version,
                             Err(e) => {
@@ -226,7 +223,7 @@ impl Replicas {
         let wanted = self.wanted();
         let stale: Vec<Arc<Replica>> = {
             let mut inner = self.inner.lock().expect("replicas lock poisoned");
-            let gone: Vec<CellId> = inner
+            let gone: Vec<ShardId> = inner
                 .keys()
                 .filter(|k| !wanted.contains(k))
                 .cloned()
@@ -261,7 +258,7 @@ impl Replicas {
         }
     }
 
-    async fn open(&self, shard: &CellId) -> Result<Arc<Replica>, crate::store::StoreError> {
+    async fn open(&self, shard: &ShardId) -> Result<Arc<Replica>, crate::store::StoreError> {
         let url = match &self.home {
             ReplicaHome::Sqlite(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| {

@@ -64,7 +64,10 @@ fn set_status(replica: &Replica, f: impl FnOnce(&mut super::ReplicaStatus)) {
 async fn step(replica: &Replica, ownership: &Ownership, peers: &Peers) -> Result<(), String> {
     let primary = ownership
         .map()
-        .and_then(|m| m.cell(&replica.shard).map(|c| c.url.clone()))
+        .and_then(|m| {
+            let shard = m.shard(&replica.shard)?;
+            m.cell(&shard.primary).map(|c| c.url.clone())
+        })
         .ok_or_else(|| format!("shard {} is not in the map", replica.shard))?;
     set_status(replica, |s| s.primary_url = primary.clone());
 

@@ -101,7 +101,6 @@ impl Workers {
     /// Local transfer ids, and remote transfers grouped by their home cell. A local claimer
     /// whose slot is not live (fenced) is left pending: its credit would be refused.
     fn split_by_home(&self, due: Vec<DueTransfer>, live: &LiveSlots) -> (Vec<String>, ByCell) {
-        let me = self.ownership.cell_id();
         let Some(map) = self.ownership.map() else {
             // No map yet: nothing can be delivered; everything stays pending.
             return (Vec::new(), ByCell::new());
@@ -109,10 +108,9 @@ impl Workers {
         let mut local = Vec::new();
         let mut remote = ByCell::new();
         for t in due {
-            let owner = Slot::new(t.slot as u16).map(|s| map.owner(s).cell.clone());
-            match owner {
-                Some(cell) if &cell != me => {
-                    let url = map.cell(&cell).map(|c| c.url.clone()).unwrap_or_default();
+            let peer = Slot::new(t.slot as u16).and_then(|s| self.ownership.peer_for(&map, s));
+            match peer {
+                Some((cell, url)) => {
                     remote
                         .entry(cell)
                         .or_insert_with(|| (url, Vec::new()))

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use topology::{CellId, CellStatus, Epoch, Region};
+use topology::{CellId, CellStatus, Epoch, Region, ShardId};
 
 use super::{authenticate, authorize, body_bytes, parse_json, path_param, ApiError, Caller, Need};
 use crate::app::{LeaderOp, LeaderReply, Node};
@@ -170,6 +170,12 @@ fn cell_id(raw: &str) -> Result<CellId, ApiError> {
     CellId::parse(raw).map_err(|e| ApiError::BadRequest(format!("cell id: {e}")))
 }
 
+/// A shard named in the path: `/v1/shards/{id}/…`, or `/v1/cells/{id}/…` from before shards,
+/// which names the cell's own shard (it has the cell's name).
+fn shard_id(raw: &str) -> Result<ShardId, ApiError> {
+    ShardId::parse(raw).map_err(|e| ApiError::BadRequest(format!("shard id: {e}")))
+}
+
 /// Commits `command` for `caller`; whether the caller may is `LeaderOp::need`'s to say.
 async fn write(node: &Node, caller: &Caller, command: Command) -> Result<Response, ApiError> {
     command.check_shape().map_err(ApiError::Rejected)?;
@@ -224,7 +230,8 @@ pub struct PutBackup {
     backup: Option<CellId>,
 }
 
-/// `PUT /v1/cells/{id}/backup` `{"backup": "c2"}` (or `null` to clear).
+/// `PUT /v1/shards/{id}/backup` (and `/v1/cells/{id}/backup`) `{"backup": "c2"}` (or `null`
+/// to clear).
 pub async fn put_backup(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -232,13 +239,13 @@ pub async fn put_backup(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&node, &headers)?;
-    let cell = cell_id(&path_param(id)?)?;
+    let shard = shard_id(&path_param(id)?)?;
     let b: PutBackup = parse_json(&body_bytes(body)?)?;
     write(
         &node,
         &caller,
         Command::SetBackup {
-            cell,
+            shard,
             backup: b.backup,
         },
     )
@@ -254,7 +261,7 @@ pub struct PutPolicy {
     on_backup_unreachable: BackupUnreachable,
 }
 
-/// `PUT /v1/cells/{id}/policy`.
+/// `PUT /v1/shards/{id}/policy` (and `/v1/cells/{id}/policy`).
 pub async fn put_policy(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -262,13 +269,13 @@ pub async fn put_policy(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&node, &headers)?;
-    let cell = cell_id(&path_param(id)?)?;
+    let shard = shard_id(&path_param(id)?)?;
     let b: PutPolicy = parse_json(&body_bytes(body)?)?;
     write(
         &node,
         &caller,
         Command::SetPolicy {
-            cell,
+            shard,
             policy: FailoverPolicy {
                 auto_failover: b.auto_failover,
                 on_backup_unreachable: b.on_backup_unreachable,
@@ -284,10 +291,11 @@ pub struct PostAlone {
     epoch: Epoch,
 }
 
-/// `POST /v1/cells/{id}/alone` `{"epoch": N}`: the cell's primary asks to acknowledge money
-/// writes without its unreachable backup, at its shard's epoch N (scope `internal`; `admin`
-/// too). 200 `{"version"}` once committed; 409 `policy_refuses`, `stale_epoch` or
-/// `unknown_cell` otherwise. Only this committed answer is a grant: a timeout is not one.
+/// `POST /v1/shards/{id}/alone` (and `/v1/cells/{id}/alone`) `{"epoch": N}`: the shard's
+/// primary asks to acknowledge money writes without its unreachable backup, at the shard's
+/// epoch N (scope `internal`; `admin` too). 200 `{"version"}` once committed; 409
+/// `policy_refuses`, `stale_epoch` or `unknown_shard` otherwise. Only this committed answer
+/// is a grant: a timeout is not one.
 pub async fn post_alone(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -295,39 +303,40 @@ pub async fn post_alone(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&node, &headers)?;
-    let cell = cell_id(&path_param(id)?)?;
+    let shard = shard_id(&path_param(id)?)?;
     let b: PostAlone = parse_json(&body_bytes(body)?)?;
     write(
         &node,
         &caller,
         Command::GrantAlone {
-            cell,
+            shard,
             epoch: b.epoch,
         },
     )
     .await
 }
 
-/// `DELETE /v1/cells/{id}/alone`: the cell gives its grant back (scope `internal`; `admin`
-/// too). 200 `{"version"}`, also when there was none; 409 `unknown_cell`.
+/// `DELETE /v1/shards/{id}/alone` (and `/v1/cells/{id}/alone`): the primary gives the shard's
+/// grant back (scope `internal`; `admin` too). 200 `{"version"}`, also when there was none;
+/// 409 `unknown_shard`.
 pub async fn delete_alone(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&node, &headers)?;
-    let cell = cell_id(&path_param(id)?)?;
-    write(&node, &caller, Command::WithdrawAlone { cell }).await
+    let shard = shard_id(&path_param(id)?)?;
+    write(&node, &caller, Command::WithdrawAlone { shard }).await
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MoveSlots {
     slots: Vec<u16>,
-    to: CellId,
+    to: ShardId,
 }
 
-/// `POST /v1/slots/move` `{"slots": [1, 2], "to": "c2"}`.
+/// `POST /v1/slots/move` `{"slots": [1, 2], "to": "c2"}`: `to` is a shard.
 pub async fn move_slots(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -389,15 +398,34 @@ pub async fn get_switches(
     .into_response())
 }
 
-/// `POST /v1/cells/{id}/heartbeat`: a cell says it is alive. Kept in the leader's memory only.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PostHeartbeat {
+    #[serde(default)]
+    positions: std::collections::BTreeMap<ShardId, u64>,
+}
+
+/// `POST /v1/cells/{id}/heartbeat`, body empty or `{"positions": {"c1": 120}}` (what each of
+/// the cell's shards has had acknowledged by its backup): a cell says it is alive. Kept in
+/// the leader's memory; positions reach the map every few seconds (`detector`).
 pub async fn post_heartbeat(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&node, &headers)?;
     let cell = cell_id(&path_param(id)?)?;
-    let op = LeaderOp::Heartbeat { cell: cell.clone() };
+    let body = body_bytes(body)?;
+    let b: PostHeartbeat = if body.is_empty() {
+        PostHeartbeat::default()
+    } else {
+        parse_json(&body)?
+    };
+    let op = LeaderOp::Heartbeat {
+        cell: cell.clone(),
+        positions: b.positions,
+    };
     // Before the lookup, so that whether a cell exists is told only to who may heartbeat.
     caller.require(op.need())?;
     if !node.map.current().cells.contains_key(&cell) {

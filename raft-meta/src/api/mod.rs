@@ -40,9 +40,16 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/map", get(map::get_map))
         .route("/v1/map/watch", get(map::watch_map))
         .route("/v1/cells/{id}", put(map::put_cell))
+        .route("/v1/shards/{id}/backup", put(map::put_backup))
+        .route("/v1/shards/{id}/policy", put(map::put_policy))
+        // The same, from before shards: a cell's name is its own shard's.
         .route("/v1/cells/{id}/backup", put(map::put_backup))
         .route("/v1/cells/{id}/policy", put(map::put_policy))
         .route("/v1/cells/{id}/heartbeat", post(map::post_heartbeat))
+        .route(
+            "/v1/shards/{id}/alone",
+            post(map::post_alone).delete(map::delete_alone),
+        )
         .route(
             "/v1/cells/{id}/alone",
             post(map::post_alone).delete(map::delete_alone),

@@ -687,7 +687,6 @@ async fn main() -> anyhow::Result<()> {
         region: Region::parse("local")?,
         url: cell_url.clone(),
         status: CellStatus::Active,
-        backup: None,
     });
     let map_file = dir.path().join("map.json");
     std::fs::write(&map_file, serde_json::to_vec(&map)?)?;
