@@ -645,3 +645,42 @@ async fn a_claim_on_a_packet_awaiting_payment_or_a_replay_with_another_body_chan
     let (_, h) = cell.get("/v1/users/s/packets", &user("s")).await;
     assert_eq!(h["items"].as_array().unwrap().len(), 1);
 }
+
+/// Finding 6 of the hardening issue: who may call a route is decided before its body is
+/// read, so a caller without the authority learns nothing from the body's validation (403,
+/// never 400 naming a field), on every route that takes a body.
+#[tokio::test]
+async fn authority_is_checked_before_the_body_is_read() {
+    let cell = TestCell::spawn().await;
+    let service = token("svc:other", Some("internal"));
+    let cases = [
+        ("/v1/subsidies", user("u1")),
+        ("/v1/internal/transfers", user("u1")),
+        ("/v1/internal/grants/reserve", user("u1")),
+        ("/v1/internal/grants/confirm", user("u1")),
+        ("/v1/internal/grants/resolve", user("u1")),
+        ("/v1/internal/replicas/c9/hold", user("u1")),
+        ("/v1/payments/P0000000000000000000000000/callback", user("u1")),
+        ("/v1/packets", service.clone()),
+        ("/v1/packets/K0000000000000000000000000/claims", service),
+    ];
+    let http = reqwest::Client::new();
+    for (path, token) in cases {
+        let res = http
+            .post(format!("{}{path}", cell.url))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "key-1")
+            .header("content-type", "application/json")
+            .body("{ not json")
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body: serde_json::Value = res.json().await.unwrap_or_default();
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden")),
+            "{path}: {body}"
+        );
+    }
+}

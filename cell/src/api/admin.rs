@@ -7,16 +7,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extract::{Caller, Json};
+use super::extract::{rule, Authorized, Json};
 use crate::app::Ctx;
 
 pub async fn handle_reconciliation(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    _caller: Authorized<rule::Admin>,
 ) -> Result<Response, ApiError> {
-    if !caller.0.is_admin() {
-        return Err(ApiError::forbidden("requires scope admin"));
-    }
     let report = ctx.store.reconcile(ctx.clock.now_ms()).await?;
     Ok(axum::Json(report).into_response())
 }
@@ -30,14 +27,11 @@ pub struct ClockBody {
 /// Moves the cell's clock forward; exists only with `--test-clock`.
 pub async fn handle_clock(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    _caller: Authorized<rule::Admin>,
     body: Json<ClockBody>,
 ) -> Result<Response, ApiError> {
     if !ctx.test_clock {
         return Err(ApiError::not_found("not_found", "no such route"));
-    }
-    if !caller.0.is_admin() {
-        return Err(ApiError::forbidden("requires scope admin"));
     }
     if !(0..=10 * 365 * 86_400).contains(&body.value.advance_s) {
         return Err(ApiError::invalid("advance_s", "must be 0..=315360000"));

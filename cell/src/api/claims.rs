@@ -7,7 +7,7 @@ use serde_json::json;
 use topology::IdKind;
 
 use super::error::ApiError;
-use super::extract::{Caller, OptionalBody, PathText};
+use super::extract::{rule, Authorized, Caller, OptionalBody, PathText};
 use crate::app::Ctx;
 use crate::claims::ClaimReply;
 use crate::domain::{rfc3339, PacketStatus};
@@ -15,7 +15,7 @@ use crate::store::ClaimOutcome;
 
 pub async fn handle_claim(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    caller: Authorized<rule::AppUser>,
     id: PathText,
     _body: OptionalBody,
 ) -> Result<Response, ApiError> {

@@ -69,6 +69,94 @@ impl Caller {
     }
 }
 
+/// Who may call a route: checked by [`Authorized`] while the request's head is extracted,
+/// before any body extractor reads a byte (axum runs the body extractor last), so a caller
+/// without the authority is told 403 and never learns what the body's validation says.
+pub trait Rule {
+    fn check(caller: &Caller) -> Result<(), ApiError>;
+}
+
+/// The verified caller, allowed by `R`. Use it in place of [`Caller`] on every route whose
+/// permission does not depend on the body.
+pub struct Authorized<R: Rule>(pub Caller, std::marker::PhantomData<R>);
+
+impl<R: Rule> std::ops::Deref for Authorized<R> {
+    type Target = Caller;
+    fn deref(&self) -> &Caller {
+        &self.0
+    }
+}
+
+impl<R: Rule> FromRequestParts<Ctx> for Authorized<R> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, ctx: &Ctx) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, ctx).await?;
+        R::check(&caller)?;
+        Ok(Authorized(caller, std::marker::PhantomData))
+    }
+}
+
+/// Rules, one per kind of caller a route admits.
+pub mod rule {
+    use super::{ApiError, Caller, Rule};
+
+    /// An app user (services cannot act as users).
+    pub struct AppUser;
+    impl Rule for AppUser {
+        fn check(c: &Caller) -> Result<(), ApiError> {
+            c.user().map(|_| ())
+        }
+    }
+
+    /// Another cell (scope `internal`).
+    pub struct Internal;
+    impl Rule for Internal {
+        fn check(c: &Caller) -> Result<(), ApiError> {
+            c.require_scope("internal")
+        }
+    }
+
+    /// Another cell or an operator (`internal` or `admin`).
+    pub struct InternalOrAdmin;
+    impl Rule for InternalOrAdmin {
+        fn check(c: &Caller) -> Result<(), ApiError> {
+            if c.0.has_scope("internal") || c.0.is_admin() {
+                Ok(())
+            } else {
+                Err(ApiError::forbidden("requires scope internal or admin"))
+            }
+        }
+    }
+
+    /// An operator (`admin`).
+    pub struct Admin;
+    impl Rule for Admin {
+        fn check(c: &Caller) -> Result<(), ApiError> {
+            if c.0.is_admin() {
+                Ok(())
+            } else {
+                Err(ApiError::forbidden("requires scope admin"))
+            }
+        }
+    }
+
+    /// The activity service granting subsidies (`subsidy:grant`).
+    pub struct GrantsSubsidies;
+    impl Rule for GrantsSubsidies {
+        fn check(c: &Caller) -> Result<(), ApiError> {
+            c.require_scope("subsidy:grant")
+        }
+    }
+
+    /// The payment provider's callback (`payment:callback`).
+    pub struct PaymentCallback;
+    impl Rule for PaymentCallback {
+        fn check(c: &Caller) -> Result<(), ApiError> {
+            c.require_scope("payment:callback")
+        }
+    }
+}
+
 /// A JSON body parsed into `T`, and its canonical text (for idempotency hashing).
 pub struct Json<T> {
     pub value: T,

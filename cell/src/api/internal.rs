@@ -8,7 +8,7 @@ use serde_json::json;
 use topology::{IdKind, MintedId, Slot, Uid};
 
 use super::error::ApiError;
-use super::extract::{Caller, Json};
+use super::extract::{rule, Authorized, Json};
 use crate::app::Ctx;
 use crate::store::DueTransfer;
 
@@ -34,10 +34,9 @@ struct TransferItem {
 
 pub async fn handle_receive_transfers(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    _caller: Authorized<rule::Internal>,
     body: Json<TransfersBody>,
 ) -> Result<Response, ApiError> {
-    caller.require_scope("internal")?;
     let fence = ctx.ownership.fence();
     let items = body.value.transfers;
     if items.is_empty() || items.len() > MAX_PER_REQUEST {
@@ -105,10 +104,9 @@ impl GrantStep {
 /// Order cell: reserve a grant id for a uid (insert-if-absent); answers the holder.
 pub async fn handle_reserve_grant(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    _caller: Authorized<rule::Internal>,
     body: Json<GrantStep>,
 ) -> Result<Response, ApiError> {
-    caller.require_scope("internal")?;
     let step = body.value;
     step.check()?;
     let uid = step.uid()?;
@@ -132,10 +130,9 @@ pub async fn handle_reserve_grant(
 /// Order cell: the home cell committed the reserved grant.
 pub async fn handle_confirm_grant(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    _caller: Authorized<rule::Internal>,
     body: Json<GrantStep>,
 ) -> Result<Response, ApiError> {
-    caller.require_scope("internal")?;
     let step = body.value;
     step.check()?;
     ctx.ownership.check(Slot::of(step.grant_id.as_bytes()))?;
@@ -149,10 +146,9 @@ pub async fn handle_confirm_grant(
 /// Home cell: settle a grant attempt the order cell found stale; the decision is final.
 pub async fn handle_resolve_grant(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    _caller: Authorized<rule::Internal>,
     body: Json<GrantStep>,
 ) -> Result<Response, ApiError> {
-    caller.require_scope("internal")?;
     let step = body.value;
     step.check()?;
     let uid = step.uid()?;

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use topology::{IdKind, MintedId};
 
 use super::error::ApiError;
-use super::extract::{Caller, Json, PathText};
+use super::extract::{rule, Authorized, Caller, Json, PathText};
 use crate::app::Ctx;
 use crate::domain::model::Packet;
 use crate::domain::validate::{self, CallbackBody, SendBody};
@@ -21,7 +21,7 @@ fn raw_json(status: StatusCode, body: String) -> Response {
 
 pub async fn handle_send(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    caller: Authorized<rule::AppUser>,
     headers: HeaderMap,
     body: Json<SendBody>,
 ) -> Result<Response, ApiError> {
@@ -98,11 +98,10 @@ pub async fn handle_get_packet(
 
 pub async fn handle_payment_callback(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    _caller: Authorized<rule::PaymentCallback>,
     id: PathText,
     body: Json<CallbackBody>,
 ) -> Result<Response, ApiError> {
-    caller.require_scope("payment:callback")?;
     let id = id.id(IdKind::Payment, "payment_id")?;
     let outcome = validate::callback(body.value)?;
     ctx.ownership.check(id.slot())?;

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extract::{Caller, Json, PathText, QueryOf};
+use super::extract::{rule, Authorized, Caller, Json, PathText, QueryOf};
 use crate::app::Ctx;
 use crate::journal::{Position, WireCommit};
 use crate::replication::Replica;
@@ -38,14 +38,6 @@ fn caller_name(caller: &Caller) -> String {
     }
 }
 
-fn require_internal_or_admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.0.has_scope("internal") || caller.0.has_scope("admin") {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("requires scope internal or admin"))
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JournalQuery {
@@ -56,10 +48,9 @@ pub struct JournalQuery {
 
 pub async fn handle_journal(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    caller: Authorized<rule::Internal>,
     QueryOf(q): QueryOf<JournalQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require_scope("internal")?;
     if q.after < 0 {
         return Err(ApiError::invalid("after", "must be a position (0 or more)"));
     }
@@ -88,20 +79,26 @@ pub async fn handle_journal(
     }
 }
 
-pub async fn handle_snapshot(State(ctx): State<Ctx>, caller: Caller) -> Result<Response, ApiError> {
-    caller.require_scope("internal")?;
+pub async fn handle_snapshot(
+    State(ctx): State<Ctx>,
+    caller: Authorized<rule::Internal>,
+) -> Result<Response, ApiError> {
     let snap = ctx.store.snapshot().await?;
     tracing::info!(pos = snap.pos, by = %caller_name(&caller), "serving a snapshot of the shard");
     Ok(axum::Json(snap).into_response())
 }
 
-pub async fn handle_digest(State(ctx): State<Ctx>, caller: Caller) -> Result<Response, ApiError> {
-    require_internal_or_admin(&caller)?;
+pub async fn handle_digest(
+    State(ctx): State<Ctx>,
+    _caller: Authorized<rule::InternalOrAdmin>,
+) -> Result<Response, ApiError> {
     Ok(axum::Json(ctx.store.digest().await?).into_response())
 }
 
-pub async fn handle_status(State(ctx): State<Ctx>, caller: Caller) -> Result<Response, ApiError> {
-    require_internal_or_admin(&caller)?;
+pub async fn handle_status(
+    State(ctx): State<Ctx>,
+    _caller: Authorized<rule::InternalOrAdmin>,
+) -> Result<Response, ApiError> {
     let head = ctx.store.journal_head().await?;
     let (oldest, commits, records) = ctx.store.journal_size().await?;
     let me = ctx.ownership.shard().clone();
@@ -141,11 +138,10 @@ pub struct HoldBody {
 
 pub async fn handle_hold(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    _caller: Authorized<rule::InternalOrAdmin>,
     shard: PathText,
     body: Json<HoldBody>,
 ) -> Result<Response, ApiError> {
-    require_internal_or_admin(&caller)?;
     let r = replica(&ctx, &shard)?;
     if body.value.at.is_some_and(|p| p < r.applied()) {
         return Err(ApiError::new(
@@ -163,10 +159,9 @@ pub async fn handle_hold(
 
 pub async fn handle_release(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    _caller: Authorized<rule::InternalOrAdmin>,
     shard: PathText,
 ) -> Result<Response, ApiError> {
-    require_internal_or_admin(&caller)?;
     let r = replica(&ctx, &shard)?;
     r.release();
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -180,11 +175,10 @@ pub struct DigestAt {
 
 pub async fn handle_replica_digest(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    _caller: Authorized<rule::InternalOrAdmin>,
     shard: PathText,
     QueryOf(q): QueryOf<DigestAt>,
 ) -> Result<Response, ApiError> {
-    require_internal_or_admin(&caller)?;
     let r = replica(&ctx, &shard)?;
     if r.applied() > q.at {
         return Err(ApiError::new(

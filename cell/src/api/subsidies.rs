@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extract::{Caller, Json, PathText};
+use super::extract::{rule, Authorized, Caller, Json, PathText};
 use crate::app::Ctx;
 use crate::domain::validate::{self, GrantBody};
 use crate::grants::{GrantError, Granted};
@@ -14,10 +14,9 @@ use crate::store::GrantOutcome;
 
 pub async fn handle_grant(
     State(ctx): State<Ctx>,
-    caller: Caller,
+    _caller: Authorized<rule::GrantsSubsidies>,
     body: Json<GrantBody>,
 ) -> Result<Response, ApiError> {
-    caller.require_scope("subsidy:grant")?;
     let now = ctx.clock.now_ms();
     let grant = validate::grant(body.value, ctx.limits, now)?;
     ctx.ownership.check(grant.uid.slot())?;
