@@ -97,6 +97,24 @@ async fn grant_ids_are_granted_once_ever() {
         0,
         "nothing granted to u2"
     );
+
+    // The same grant id and uid with other terms is a conflict too (hardening finding 7),
+    // as for an Idempotency-Key reused with another body; the first grant stands.
+    for other_terms in [
+        json!({"grant_id": "g-once", "uid": "u1", "amount": 999, "expires_at": "2099-01-01T00:00:00Z"}),
+        json!({"grant_id": "g-once", "uid": "u1", "amount": 100, "expires_at": "2098-01-01T00:00:00Z"}),
+    ] {
+        let (s, v) = cell.post("/v1/subsidies", &activity(), other_terms).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (StatusCode::CONFLICT, Some("grant_id_conflict")),
+            "{v}"
+        );
+    }
+    let (_, subs) = cell.get("/v1/users/u1/subsidies", &admin()).await;
+    let subs = subs["subsidies"].as_array().unwrap();
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0]["amount"], 100);
 }
 
 #[tokio::test]

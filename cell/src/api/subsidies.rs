@@ -20,21 +20,34 @@ pub async fn handle_grant(
     let now = ctx.clock.now_ms();
     let grant = validate::grant(body.value, ctx.limits, now)?;
     ctx.ownership.check(grant.uid.slot())?;
-    let conflict = || {
+    let conflict = |why: &str| {
         ApiError::new(
             StatusCode::CONFLICT,
             "grant_id_conflict",
-            format!("grant_id {} was granted to another user", grant.grant_id),
+            format!("grant_id {} was granted {why}", grant.grant_id),
         )
     };
     match ctx.grants.grant(&grant).await {
         Ok(Granted::Done(GrantOutcome::Created(s))) => {
             Ok((StatusCode::CREATED, axum::Json(s.view(now))).into_response())
         }
-        Ok(Granted::Done(GrantOutcome::Existing(s))) if s.uid == grant.uid.as_str() => {
+        // A retry is answered from the first grant only when it asks for exactly the same:
+        // the same grant id with other terms is a conflict, as a reused Idempotency-Key is.
+        Ok(Granted::Done(GrantOutcome::Existing(s))) if s.uid != grant.uid.as_str() => {
+            Err(conflict("to another user"))
+        }
+        Ok(Granted::Done(GrantOutcome::Existing(s)))
+            if s.amount != grant.amount || s.expires_at != grant.expires_at_ms =>
+        {
+            Err(conflict(&format!(
+                "with other terms (amount {}, expiring at {} ms)",
+                s.amount, s.expires_at
+            )))
+        }
+        Ok(Granted::Done(GrantOutcome::Existing(s))) => {
             Ok((StatusCode::OK, axum::Json(s.view(now))).into_response())
         }
-        Ok(Granted::Done(GrantOutcome::Existing(_))) | Ok(Granted::Conflict) => Err(conflict()),
+        Ok(Granted::Conflict) => Err(conflict("to another user")),
         Ok(Granted::Done(GrantOutcome::Aborted)) => Err(ApiError::unavailable(
             "an earlier attempt of this grant was settled as not granted; retry",
         )),
