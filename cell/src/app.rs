@@ -118,7 +118,7 @@ impl App {
     pub async fn build(settings: Settings) -> Result<App, StartError> {
         settings.validate().map_err(StartError::Settings)?;
         let dir = settings.data_dir.display().to_string();
-        std::fs::create_dir_all(&settings.data_dir)
+        raft_meta::files::private_dir(&settings.data_dir)
             .map_err(|e| StartError::DataDir(dir.clone(), e))?;
         let secret = config::auth_secret(settings.auth_secret.as_deref(), &settings.data_dir)
             .map_err(|e| StartError::DataDir(dir, e))?;

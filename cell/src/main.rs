@@ -43,6 +43,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    raft_meta::files::private_files();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -660,7 +660,10 @@ async fn authority_is_checked_before_the_body_is_read() {
         ("/v1/internal/grants/confirm", user("u1")),
         ("/v1/internal/grants/resolve", user("u1")),
         ("/v1/internal/replicas/c9/hold", user("u1")),
-        ("/v1/payments/P0000000000000000000000000/callback", user("u1")),
+        (
+            "/v1/payments/P0000000000000000000000000/callback",
+            user("u1"),
+        ),
         ("/v1/packets", service.clone()),
         ("/v1/packets/K0000000000000000000000000/claims", service),
     ];

@@ -108,6 +108,7 @@ enum OnOff {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    raft_meta::files::private_files();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -79,7 +79,8 @@ pub struct UpArgs {
 
 /// Runs the deployment until Ctrl-C or SIGTERM.
 pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(layout.logs())
+    raft_meta::files::private_dir(&layout.root)
+        .and_then(|()| raft_meta::files::private_dir(&layout.logs()))
         .with_context(|| format!("creating {}", layout.root.display()))?;
     let root = layout.root.canonicalize().context("resolving --data-dir")?;
     let layout = &Layout::new(root);

@@ -8,6 +8,7 @@ use raft_meta::settings::Settings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    raft_meta::files::private_files();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -21,6 +21,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    raft_meta::files::private_files();
     let cli = Cli::parse();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.settings.workers())

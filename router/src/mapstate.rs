@@ -116,7 +116,7 @@ impl MapState {
         static_map: Option<&Path>,
         meta: Option<MetaClient>,
     ) -> Result<MapState, MapStateError> {
-        std::fs::create_dir_all(state_dir)
+        raft_meta::files::private_dir(state_dir)
             .map_err(|e| MapStateError::StateDir(state_dir.display().to_string(), e))?;
         let file = MapFile::new(state_dir.join("map.json"));
         // A damaged file must not stop the router: it starts as if it had none.

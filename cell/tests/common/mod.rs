@@ -157,7 +157,17 @@ impl TestCell {
     }
 
     async fn start(&mut self) {
-        let log = std::fs::File::create(self.log_path()).expect("log file");
+        // Private like everything the cell writes there (tests/files.rs checks the dir).
+        let log = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(self.log_path())
+                .expect("log file")
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_cell"))
             .arg("--listen")
             .arg(&self.listen)

@@ -20,7 +20,7 @@ pub use sm::{MapHandle, StateMachineStore};
 
 /// Opens the log store and the state machine kept under `dir`.
 pub fn open(dir: &std::path::Path) -> Result<(LogStore, StateMachineStore), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+    files::private_dir(dir).map_err(|e| StoreError::Io {
         what: "create data dir",
         source: e,
     })?;
