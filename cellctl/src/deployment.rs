@@ -31,6 +31,11 @@ impl Layout {
     pub fn secret(&self) -> PathBuf {
         self.root.join("secret")
     }
+    /// When `up` took the secret from `REDCELL_AUTH_SECRET`: its fingerprint (never the
+    /// secret), so later commands can say which value to set.
+    pub fn secret_from_env(&self) -> PathBuf {
+        self.root.join("secret.from-env")
+    }
     /// The pid of the `cellctl up` that supervises this deployment.
     pub fn lock(&self) -> PathBuf {
         self.root.join("cellctl.pid")
@@ -245,11 +250,47 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
 /// The deployment secret: `REDCELL_AUTH_SECRET` when set, else the one generated into the
 /// data dir on the first `up` (created with `create`, mode 0600).
 pub fn secret(layout: &Layout, create: bool) -> anyhow::Result<String> {
-    if let Ok(s) = std::env::var("REDCELL_AUTH_SECRET") {
+    secret_given(layout, create, std::env::var("REDCELL_AUTH_SECRET").ok())
+}
+
+/// [`secret`] with the environment's value passed in.
+fn secret_given(layout: &Layout, create: bool, env: Option<String>) -> anyhow::Result<String> {
+    let marker = layout.secret_from_env();
+    if let Some(s) = env {
         if s.len() < 16 {
             bail!("REDCELL_AUTH_SECRET must be at least 16 characters");
         }
+        let mine = fingerprint(&s);
+        match std::fs::read_to_string(&marker) {
+            Ok(theirs) if theirs.trim() != mine => bail!(
+                "REDCELL_AUTH_SECRET here (fingerprint {mine}) is not the one `cellctl up` \
+                 runs this deployment with (fingerprint {}): set the same value",
+                theirs.trim()
+            ),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                // `up`: remember that the secret is the environment's, by fingerprint only.
+                raft_meta::files::write_atomic(&marker, format!("{mine}\n").as_bytes())
+                    .with_context(|| format!("writing {}", marker.display()))?;
+            }
+            Err(_) => {}
+        }
         return Ok(s);
+    }
+    if let Ok(theirs) = std::fs::read_to_string(&marker) {
+        // Checked before the secret file: a data dir may hold a generated secret from an
+        // earlier `up` that the processes no longer use.
+        bail!(
+            "this deployment's secret came from REDCELL_AUTH_SECRET when `cellctl up` started \
+             (fingerprint {}), and it is not kept on disk: export REDCELL_AUTH_SECRET with \
+             that same value in this shell{}",
+            theirs.trim(),
+            if create {
+                " (or remove secret.from-env to let `up` generate one)"
+            } else {
+                ""
+            }
+        )
     }
     let path = layout.secret();
     match std::fs::read_to_string(&path) {
@@ -277,9 +318,48 @@ pub fn secret(layout: &Layout, create: bool) -> anyhow::Result<String> {
     Ok(secret)
 }
 
+/// A short public name for a secret: the first 12 hex digits of its SHA-256 under a
+/// redcell-specific prefix. Tells two values apart; says nothing usable about either.
+pub fn fingerprint(secret: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("redcell-secret-fingerprint:{secret}"));
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hardening finding 10: after `up` took the secret from the environment, a command in
+    /// another shell without it is told exactly what to set, and a wrong value is refused,
+    /// instead of "no secret"; a generated secret keeps working from the data dir alone.
+    #[test]
+    fn later_commands_know_where_the_secret_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().to_path_buf());
+        let env = "an-operator-given-secret-0123".to_owned();
+        assert_eq!(secret_given(&layout, true, Some(env.clone())).unwrap(), env);
+        let fp = fingerprint(&env);
+        let err = secret_given(&layout, false, None).unwrap_err().to_string();
+        assert!(
+            err.contains("REDCELL_AUTH_SECRET") && err.contains(&fp),
+            "{err}"
+        );
+        let wrong = secret_given(&layout, false, Some("another-secret-of-length".into()));
+        assert!(wrong.unwrap_err().to_string().contains("not the one"));
+        assert_eq!(
+            secret_given(&layout, false, Some(env.clone())).unwrap(),
+            env
+        );
+        assert!(!std::fs::read_to_string(layout.secret_from_env())
+            .unwrap()
+            .contains(&env));
+
+        let generated = tempfile::tempdir().unwrap();
+        let layout = Layout::new(generated.path().to_path_buf());
+        let s = secret_given(&layout, true, None).unwrap();
+        assert_eq!(secret_given(&layout, false, None).unwrap(), s);
+    }
 
     #[test]
     fn four_cells_over_two_regions_pair_across() {
