@@ -69,6 +69,7 @@ async fn spawn_pair_with(
         CellOptions {
             extra_args,
             listen: Some(format!("127.0.0.1:{port}")),
+            database_via: None,
         }
     };
     let c1 = TestCell::spawn_with(opts("c1", p1, c1_args)).await;

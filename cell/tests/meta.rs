@@ -45,6 +45,7 @@ async fn cells_follow_the_map_from_raft_meta() {
             "100".into(),
         ],
         listen: Some(format!("127.0.0.1:{port}")),
+        database_via: None,
     };
     let mut c1 = TestCell::spawn_with(opts("c1", p1)).await;
     let c2 = TestCell::spawn_with(opts("c2", p2)).await;

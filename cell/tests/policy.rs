@@ -68,6 +68,7 @@ async fn deployment(policy: BackupUnreachable) -> Deployment {
                 "100".into(),
             ],
             listen: Some(format!("127.0.0.1:{port}")),
+            database_via: None,
         })
     };
     let c2 = spawn("c2", ports[1]).await;

@@ -41,6 +41,7 @@ async fn pair_with(extra: &[&str]) -> (TestCell, TestCell, tempfile::TempDir) {
             .chain(extra.iter().map(|s| s.to_string()))
             .collect(),
             listen: Some(format!("127.0.0.1:{port}")),
+            database_via: None,
         })
     };
     let c2 = spawn("c2", p2).await;

@@ -109,6 +109,14 @@ pub struct Store {
     epochs_seen: std::sync::Arc<std::sync::Mutex<Option<fence::SeenEpochs>>>,
 }
 
+/// How long a Postgres operation waits for a connection before the request answers 503
+/// (hardening finding 9): with the database stopped, each connection attempt is refused
+/// and retried until this bound, so it is what a client waits before `cell_unavailable`.
+/// Transactions hold a connection for milliseconds (claims are batched per packet), so a
+/// wait this long means the database is gone or the cell overloaded: either way the right
+/// answer is a prompt 503 with Retry-After.
+pub const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Opens (creating if needed) and migrates the shard at `url`.
     pub async fn open(url: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
@@ -131,7 +139,7 @@ impl Store {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = AnyPoolOptions::new()
                 .max_connections(opts.max_connections)
-                .acquire_timeout(Duration::from_secs(5))
+                .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
                 .after_connect(postgres_session)
                 .connect(url)
                 .await?;

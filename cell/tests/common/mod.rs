@@ -36,6 +36,9 @@ pub struct CellOptions {
     pub extra_args: Vec<String>,
     /// A fixed listen address (kept across restarts); default: an ephemeral port.
     pub listen: Option<String>,
+    /// On Postgres: reach the cell's database through this `host:port` (a test's proxy)
+    /// instead of the server's own address.
+    pub database_via: Option<String>,
 }
 
 pub struct TestCell {
@@ -96,7 +99,18 @@ impl TestCell {
         let (mut database_url, mut database_name) = (None, None);
         if let Some(admin) = &backend.postgres {
             let name = unique("redcell_t");
-            let url = create_database(admin, &name).await;
+            let mut url = create_database(admin, &name).await;
+            if let Some(via) = &opts.database_via {
+                let (scheme, rest) = url.split_once("://").expect("a URL");
+                let (auth, path) = rest.split_once('@').map_or(("", rest), |(a, p)| (a, p));
+                let (_, db) = path.split_once('/').expect("a database in the URL");
+                let auth = if auth.is_empty() {
+                    String::new()
+                } else {
+                    format!("{auth}@")
+                };
+                url = format!("{scheme}://{auth}{via}/{db}");
+            }
             args.extend(["--database-url".to_owned(), url.clone()]);
             database_url = Some(url);
             database_name = Some(name);
