@@ -55,6 +55,8 @@ pub struct Ctx {
     pub metrics: PrometheusHandle,
     request_metrics: RequestMetrics,
     body_timeout: Duration,
+    /// How long a request may be retried while its cell answers 503 with Retry-After.
+    retry_unavailable: Duration,
 }
 
 /// The per-request metrics' handles, registered once per label set and reused: looking them
@@ -175,6 +177,7 @@ impl App {
             metrics: metrics_handle(),
             request_metrics: RequestMetrics::default(),
             body_timeout: Duration::from_millis(settings.body_timeout_ms),
+            retry_unavailable: Duration::from_millis(settings.retry_unavailable_ms),
         });
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -456,7 +459,65 @@ fn target_for(snap: &Snapshot, slot: Slot) -> Result<Target, RouterError> {
     })
 }
 
+/// Sends the request to the slot's cell, and when the cell answers a deliberate `503` (it
+/// carries `Retry-After`: a shard pausing its writes for a failover or a slot move, a backup
+/// not confirming yet) sends it again, at the cell the map then names, after a short backoff
+/// no longer than the delay the cell asked for, for as long as the retry budget lasts; the client sees the first answer
+/// that is not such a 503, or the last one. Safe to repeat: every money write through the
+/// router is idempotent by its key (Idempotency-Key, packet and uid, grant id, payment id),
+/// and a 503 from a cell means "not done" or "done, not yet confirmed; repeat to learn".
 async fn forward(
+    ctx: &Ctx,
+    snap: &Snapshot,
+    decision: &Decision,
+    out: &Outgoing,
+    labels: &mut Labels,
+    span: &tracing::Span,
+) -> Result<Response, RouterError> {
+    let deadline = Instant::now() + ctx.retry_unavailable;
+    // After the first try, each retry routes by the map as it is then.
+    let mut fresh: Option<Arc<Snapshot>> = None;
+    let mut attempt = 0u32;
+    loop {
+        let snap = fresh.as_deref().unwrap_or(snap);
+        let resp = forward_once(ctx, snap, decision, out, labels, span).await?;
+        let Some(wait) = retry_after(&resp) else {
+            return Ok(resp);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(resp);
+        }
+        attempt += 1;
+        metrics::counter!("router_unavailable_retries_total").increment(1);
+        tracing::debug!(slot = decision.slot.get(), cell = %labels.cell, attempt, trace_id = %labels.trace_id, "503 with Retry-After: retrying");
+        // Sooner than the cell's whole-second delay at first (a failover's pause is meant
+        // to last well under a second): 50 ms, doubling, at most the cell's delay, always
+        // within the budget.
+        let backoff = Duration::from_millis(50u64 << (attempt - 1).min(6));
+        tokio::time::sleep(backoff.min(wait.max(Duration::from_millis(50))).min(left)).await;
+        fresh = Some(ctx.maps.current());
+    }
+}
+
+/// How long the cell asked to wait, when its answer is a deliberate `503` (with
+/// `Retry-After` in seconds); `None` for any other answer.
+fn retry_after(resp: &Response) -> Option<Duration> {
+    if resp.status() != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    let secs: u64 = resp
+        .headers()
+        .get(axum::http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+async fn forward_once(
     ctx: &Ctx,
     snap: &Snapshot,
     decision: &Decision,

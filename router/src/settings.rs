@@ -48,6 +48,17 @@ pub struct Settings {
     )]
     pub connect_timeout_ms: u64,
 
+    /// How long, in milliseconds, the router keeps retrying a request whose cell answers
+    /// `503` with `Retry-After` (a shard pausing writes for a failover or a slot move, a
+    /// backup not confirming yet), waiting what the cell asks between tries and following
+    /// the map; the client sees the first other answer, or the last 503. 0: never retry.
+    #[arg(
+        long,
+        env = "REDCELL_ROUTER_RETRY_UNAVAILABLE_MS",
+        default_value_t = 2_000
+    )]
+    pub retry_unavailable_ms: u64,
+
     /// Time a client has to send its (at most 64 KiB) request body, in milliseconds.
     #[arg(long, env = "REDCELL_ROUTER_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_timeout_ms: u64,

@@ -477,3 +477,110 @@ async fn without_any_map_the_router_is_not_ready_and_answers_503() {
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 }
+
+/// A fake cell that answers `503` + `Retry-After: 1` (problem+json) to its first `pauses`
+/// requests, then `200`; counts what it got.
+async fn pausing_cell(pauses: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            if n < pauses {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [("content-type", "application/problem+json"), ("retry-after", "1")],
+                    r#"{"type":"about:blank","title":"Service Unavailable","status":503,"code":"cell_unavailable","detail":"shard paused"}"#,
+                )
+            } else {
+                (
+                    StatusCode::OK,
+                    [("content-type", "application/json"), ("retry-after", "0")],
+                    r#"{"uid":"u1","balance":0}"#,
+                )
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, seen)
+}
+
+/// A cell pausing writes (a failover, a slot move) answers 503 with Retry-After: the router
+/// retries within its budget so the client sees the answer after the pause, and gives the
+/// 503 back once the budget is spent; with no budget the client sees the 503 itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_s_503_with_retry_after_is_retried_within_the_budget() {
+    use std::sync::atomic::Ordering;
+    let _serial = support::serial().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let http = reqwest::Client::new();
+    let wallet = |router: String| {
+        let http = http.clone();
+        async move {
+            let started = Instant::now();
+            let (s, _, body, headers) = own_wallet(&http, &router, "u1").await;
+            (s, body, headers, started.elapsed())
+        }
+    };
+    let router_on = |port: u16, budget_ms: u64, name: &'static str| {
+        let map = CellMap::single(CellInfo {
+            id: CellId::parse("c1").unwrap(),
+            region: Region::parse("east").unwrap(),
+            url: format!("http://127.0.0.1:{port}"),
+            status: CellStatus::Active,
+        });
+        let file = dir.path().join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
+        let args = vec![
+            "--map".to_owned(),
+            file.display().to_string(),
+            "--retry-unavailable-ms".to_owned(),
+            budget_ms.to_string(),
+        ];
+        let state = dir.path().join(format!("{name}-state"));
+        let log = dir.path().join(format!("{name}.log"));
+        async move { support::spawn_router(&args, &state, log).await }
+    };
+
+    // Three pauses, then the answer: the client sees only the answer.
+    let (port, seen) = pausing_cell(3).await;
+    let router = router_on(port, 5_000, "patient").await;
+    let (s, body, _, took) = wallet(router.url.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        4,
+        "three 503s, then the answer"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "backoff well under the cell's 1 s each: {took:?}"
+    );
+
+    // A pause longer than the budget: the client gets the cell's 503 and its Retry-After.
+    let (port, seen) = pausing_cell(usize::MAX).await;
+    let router = router_on(port, 400, "short").await;
+    let (s, body, headers, took) = wallet(router.url.clone()).await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("cell_unavailable")),
+        "{body}"
+    );
+    assert!(headers.contains_key("retry-after"));
+    assert!(seen.load(Ordering::SeqCst) > 1, "retried before giving up");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+
+    // No budget: the first 503 goes to the client.
+    let (port, seen) = pausing_cell(1).await;
+    let router = router_on(port, 0, "none").await;
+    let (s, body, _, _) = wallet(router.url.clone()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
