@@ -75,7 +75,9 @@ impl LeaderOp {
                 // Only the leader's own re-protection loop writes it, in process, likewise.
                 | Command::Reprotect { .. }
                 // Only the leader's own detector writes positions, from heartbeats.
-                | Command::ReportPositions { .. } => Need::Admin,
+                | Command::ReportPositions { .. }
+                // An operator's failover; the leader's automatic one is written in process.
+                | Command::FailOver { .. } => Need::Admin,
                 // A primary asks for (and gives back) its grant with its own token. The
                 // grant cannot move slots or backups; apply admits it only under the cell's
                 // `go_async` policy (which only an admin sets) at the current epoch.

@@ -256,6 +256,7 @@ impl Persisted {
             policies: BTreeMap::new(),
             liveness: BTreeMap::new(),
             alone: BTreeMap::new(),
+            failovers: BTreeMap::new(),
         }
     }
 }
@@ -299,6 +300,7 @@ mod tests {
             policies: BTreeMap::new(),
             liveness: BTreeMap::new(),
             alone: BTreeMap::new(),
+            failovers: BTreeMap::new(),
         };
         let text = serde_json::to_string(&view).unwrap();
         assert_eq!(file_with(&dir, &text).load(), Some(view.clone()));
@@ -339,6 +341,7 @@ mod tests {
             policies: BTreeMap::new(),
             liveness: BTreeMap::new(),
             alone: BTreeMap::new(),
+            failovers: BTreeMap::new(),
         };
         write_atomic(file.path(), &serde_json::to_vec(&view).unwrap()).unwrap();
         assert_eq!(file.load(), Some(view));

@@ -18,9 +18,13 @@ use topology::{
 };
 
 /// The wire forms the state is made of and published as, re-exported under their old path.
-pub use wire::{AloneGrant, BackupUnreachable, FailoverPolicy, Liveness, MapView, Switch};
+pub use wire::{
+    AloneGrant, BackupUnreachable, FailoverKind, FailoverPolicy, FailoverRecord, Liveness, MapView,
+    Switch,
+};
 
 mod alone;
+mod failover;
 
 /// A change to the map. The only way the map ever changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +91,17 @@ pub enum Command {
     /// Written by the leader from its primaries' heartbeats, at most every few seconds: the
     /// position each shard's backup had durably applied. Unknown shards are ignored.
     ReportPositions { positions: BTreeMap<ShardId, u64> },
+    /// Moves a shard to its backup cell in one entry (DESIGN §6.5; rules in
+    /// `state/failover.rs`): applied only at exactly the shard's epoch `at_epoch`, so of two
+    /// decisions taken at one epoch (an operator's and the detector's) exactly one applies.
+    FailOver {
+        shard: ShardId,
+        at_epoch: Epoch,
+        kind: FailoverKind,
+        /// The proposer's wall clock, in milliseconds since the Unix epoch (for the record
+        /// and the automatic cool-down; in the entry, so every node applies the same).
+        at_ms: u64,
+    },
 }
 
 /// Why a command was refused. `code` is the stable problem+json code.
@@ -130,6 +145,8 @@ pub struct MetaState {
     pub liveness: Arc<BTreeMap<CellId, Liveness>>,
     /// Run-alone grants by shard (see [`AloneGrant`] for the invariants).
     pub alone: Arc<BTreeMap<ShardId, AloneGrant>>,
+    /// The last failover of each shard that has had one.
+    pub failovers: Arc<BTreeMap<ShardId, FailoverRecord>>,
 }
 
 /// The state as snapshots hold it. Snapshots written before shards have no `shards` (each
@@ -147,6 +164,8 @@ struct StoredState {
     liveness: BTreeMap<CellId, Liveness>,
     #[serde(default)]
     alone: BTreeMap<ShardId, AloneGrant>,
+    #[serde(default)]
+    failovers: BTreeMap<ShardId, FailoverRecord>,
 }
 
 impl From<StoredState> for MetaState {
@@ -163,6 +182,7 @@ impl From<StoredState> for MetaState {
             policies: Arc::new(s.policies),
             liveness: Arc::new(s.liveness),
             alone: Arc::new(s.alone),
+            failovers: Arc::new(s.failovers),
         }
     }
 }
@@ -252,6 +272,7 @@ impl MetaState {
             policies: (*self.policies).clone(),
             liveness: (*self.liveness).clone(),
             alone: (*self.alone).clone(),
+            failovers: (*self.failovers).clone(),
         }
     }
 
@@ -357,6 +378,12 @@ impl MetaState {
                 epoch,
                 backup,
             } => self.reprotect(shard, *epoch, backup),
+            Command::FailOver {
+                shard,
+                at_epoch,
+                kind,
+                at_ms,
+            } => self.fail_over(shard, *at_epoch, *kind, *at_ms),
             Command::ReportPositions { positions } => {
                 let mut shards = (*self.shards).clone();
                 let mut changed = false;

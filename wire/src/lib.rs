@@ -16,5 +16,8 @@ pub mod headers;
 pub mod map;
 pub mod problem;
 
-pub use map::{AloneGrant, BackupUnreachable, FailoverPolicy, Liveness, MapView, Switch};
+pub use map::{
+    AloneGrant, BackupUnreachable, FailoverKind, FailoverPolicy, FailoverRecord, Liveness, MapView,
+    Switch,
+};
 pub use problem::{Problem, WrongCell};

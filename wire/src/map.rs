@@ -75,6 +75,35 @@ pub struct AloneGrant {
     pub reprotected_to: Option<CellId>,
 }
 
+/// Why a shard moved to its backup (DESIGN §6.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverKind {
+    /// An operator's switchover: the primary paused and the backup caught up first; the old
+    /// primary becomes the backup.
+    Planned,
+    /// An operator's move away from a primary that is dead or cut off; the backup promotes
+    /// what it durably has; the old primary serves nothing until rebuilt.
+    Emergency,
+    /// The leader's own emergency failover, after the detector saw the primary down.
+    Automatic,
+}
+
+/// The last failover of a shard, as raft-meta committed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    pub kind: FailoverKind,
+    /// The cell that served the shard before, and the one that serves it since.
+    pub from: CellId,
+    pub to: CellId,
+    /// The epoch every slot of the shard holds since the move.
+    pub epoch: u64,
+    /// The map version that committed it.
+    pub version: u64,
+    /// The proposer's wall clock at the decision, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
 /// The public JSON form of one version of raft-meta's state (`GET /v1/map`, watch), and what
 /// cells and routers persist as their last map (`map.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +118,9 @@ pub struct MapView {
     /// Shards running alone under a grant (absent from older nodes' answers).
     #[serde(default)]
     pub alone: BTreeMap<ShardId, AloneGrant>,
+    /// The last failover of each shard that has had one (absent from older nodes' answers).
+    #[serde(default)]
+    pub failovers: BTreeMap<ShardId, FailoverRecord>,
 }
 
 #[cfg(test)]
@@ -174,7 +206,8 @@ mod tests {
                 r#""switches":{{"claims":{{"on":true,"message":"","version":2}}}},"#,
                 r#""policies":{{"c1":{{"auto_failover":false,"on_backup_unreachable":"go_async"}}}},"#,
                 r#""liveness":{{"c1":"alive","c2":"suspect"}},"#,
-                r#""alone":{{"c1":{{"epoch":1,"since_version":9,"backup_at_grant":"c2","reprotected_to":null}}}}}}"#,
+                r#""alone":{{"c1":{{"epoch":1,"since_version":9,"backup_at_grant":"c2","reprotected_to":null}}}},"#,
+                r#""failovers":{{"c2":{{"kind":"planned","from":"c2","to":"c1","epoch":4,"version":8,"at_ms":1700000000000}}}}}}"#,
             ),
             slots
         );
@@ -198,7 +231,7 @@ mod tests {
     #[test]
     fn map_view_before_the_first_cell_and_from_older_nodes() {
         round_trip(
-            r#"{"version":0,"map":null,"switches":{},"policies":{},"liveness":{},"alone":{}}"#,
+            r#"{"version":0,"map":null,"switches":{},"policies":{},"liveness":{},"alone":{},"failovers":{}}"#,
             &MapView {
                 version: 0,
                 map: None,
@@ -206,6 +239,7 @@ mod tests {
                 policies: BTreeMap::new(),
                 liveness: BTreeMap::new(),
                 alone: BTreeMap::new(),
+                failovers: BTreeMap::new(),
             },
         );
         // Nodes from before run-alone grants answer without `alone`.

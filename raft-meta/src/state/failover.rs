@@ -1,0 +1,388 @@
+//! Failover (DESIGN §6.5): the state rules, pure like the rest of `state`.
+//!
+//! [`Command::FailOver`](super::Command) moves a shard to its backup cell in one entry. The
+//! invariants, each enforced at apply time:
+//! - **one decision per epoch**: the command applies only when its `at_epoch` is the shard's
+//!   epoch now, and the entry that applies raises every slot of the shard to `at_epoch + 1`;
+//!   any other decision taken at `at_epoch` (an operator racing the detector, two operators)
+//!   is refused `stale_epoch` and changes nothing;
+//! - **never two owners of a slot at one epoch**: the shard's primary changes in the very
+//!   entry that raises its slots' epochs, strictly, so each (slot, epoch) names one serving
+//!   cell for ever, and a cell fenced at the old epoch can never write at the new one;
+//! - the backup becomes the primary. After a planned failover the old primary becomes the
+//!   backup (it paused and the backup caught up: reversed replication, nothing to rebuild);
+//!   after an emergency the shard has no backup until the old primary is rebuilt (it may hold
+//!   a divergent tail it acknowledged to no one);
+//! - a run-alone grant lapses in the same apply (its epoch moved on: `lapse_alone`);
+//! - automatic only when [`MetaState::may_fail_over_automatically`] (the policy allows it and
+//!   no run-alone grant stands: the backup would lack acknowledged writes), the primary is
+//!   seen `down`, the backup is not, and the shard's last failover is at least
+//!   [`AUTO_COOLDOWN_MS`] old (a flapping cell is failed over once).
+
+use std::sync::Arc;
+
+use topology::{Epoch, ShardId};
+
+use super::{
+    unknown_shard, FailoverKind, FailoverRecord, Liveness, MetaState, Rejected, SlotOwner,
+};
+
+/// How long after a shard's failover the leader may not fail it over again on its own.
+pub const AUTO_COOLDOWN_MS: u64 = 60_000;
+
+impl MetaState {
+    pub(super) fn fail_over(
+        &mut self,
+        shard: &ShardId,
+        at_epoch: Epoch,
+        kind: FailoverKind,
+        at_ms: u64,
+    ) -> Result<bool, Rejected> {
+        let info = self
+            .shards
+            .get(shard)
+            .cloned()
+            .ok_or_else(|| unknown_shard(shard))?;
+        let current = self.shard_epoch(shard);
+        if current == Epoch(0) {
+            return Err(Rejected::new(
+                "empty_shard",
+                format!("shard {shard} holds no slots"),
+            ));
+        }
+        if at_epoch != current {
+            return Err(Rejected::new(
+                "stale_epoch",
+                format!(
+                    "shard {shard} is at epoch {current}, not {at_epoch}: another decision was taken"
+                ),
+            ));
+        }
+        let Some(to) = info.backup.clone() else {
+            return Err(Rejected::new(
+                "no_backup",
+                format!("shard {shard} has no backup to fail over to"),
+            ));
+        };
+        if kind == FailoverKind::Automatic {
+            self.automatic_allowed(shard, &info.primary, &to, at_ms)?;
+        }
+        let next = at_epoch.next();
+        let slots: Vec<SlotOwner> = self
+            .slots
+            .iter()
+            .map(|o| {
+                if &o.shard == shard {
+                    SlotOwner {
+                        shard: o.shard.clone(),
+                        epoch: next,
+                    }
+                } else {
+                    o.clone()
+                }
+            })
+            .collect();
+        let mut shards = (*self.shards).clone();
+        let moved = shards.get_mut(shard).expect("looked up above");
+        moved.primary = to.clone();
+        moved.backup = match kind {
+            FailoverKind::Planned => Some(info.primary.clone()),
+            FailoverKind::Emergency | FailoverKind::Automatic => None,
+        };
+        self.commit(None, Some(shards), Some(slots))?;
+        Arc::make_mut(&mut self.failovers).insert(
+            shard.clone(),
+            FailoverRecord {
+                kind,
+                from: info.primary,
+                to,
+                epoch: next.0,
+                version: self.version + 1,
+                at_ms,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Why the leader may not fail `shard` over on its own now, if it may not.
+    fn automatic_allowed(
+        &self,
+        shard: &ShardId,
+        primary: &topology::CellId,
+        backup: &topology::CellId,
+        at_ms: u64,
+    ) -> Result<(), Rejected> {
+        if self.alone.contains_key(shard) {
+            return Err(Rejected::new(
+                "running_alone",
+                format!(
+                    "shard {shard} runs alone under a grant: its backup lacks acknowledged writes; only an operator's emergency failover may move it"
+                ),
+            ));
+        }
+        if !self.may_fail_over_automatically(shard) {
+            return Err(Rejected::new(
+                "policy_forbids",
+                format!("shard {shard}'s policy does not allow automatic failover"),
+            ));
+        }
+        if self.liveness.get(primary) != Some(&Liveness::Down) {
+            return Err(Rejected::new(
+                "primary_not_down",
+                format!("shard {shard}'s primary {primary} is not seen down"),
+            ));
+        }
+        if self.liveness.get(backup) == Some(&Liveness::Down) {
+            return Err(Rejected::new(
+                "backup_down",
+                format!("shard {shard}'s backup {backup} is down too"),
+            ));
+        }
+        if let Some(last) = self.failovers.get(shard) {
+            if at_ms < last.at_ms.saturating_add(AUTO_COOLDOWN_MS) {
+                return Err(Rejected::new(
+                    "cooling_down",
+                    format!(
+                        "shard {shard} failed over {} ms ago; not again on its own for {AUTO_COOLDOWN_MS} ms",
+                        at_ms.saturating_sub(last.at_ms)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use topology::{CellId, Region};
+
+    use super::super::{BackupUnreachable, Command, FailoverPolicy, Outcome};
+    use super::*;
+
+    fn id(s: &str) -> CellId {
+        CellId::parse(s).unwrap()
+    }
+
+    fn sh(s: &str) -> ShardId {
+        ShardId::parse(s).unwrap()
+    }
+
+    fn applied(o: Outcome) -> u64 {
+        match o {
+            Outcome::Applied { version } => version,
+            Outcome::Rejected(r) => panic!("rejected: {r}"),
+        }
+    }
+
+    fn rejected(o: Outcome) -> String {
+        match o {
+            Outcome::Applied { version } => panic!("applied at version {version}"),
+            Outcome::Rejected(r) => r.code,
+        }
+    }
+
+    /// c1 east backed up by c2 west, c2 backed up by c1; c1's policy automatic.
+    fn two_cells() -> MetaState {
+        let mut s = MetaState::default();
+        for (c, r, b) in [("c1", "east", None), ("c2", "west", Some("c1"))] {
+            applied(s.apply(&Command::RegisterCell {
+                id: id(c),
+                region: Region::parse(r).unwrap(),
+                url: format!("http://127.0.0.1:7000/{c}"),
+                status: None,
+                backup: b.map(id),
+            }));
+        }
+        applied(s.apply(&Command::SetBackup {
+            shard: sh("c1"),
+            backup: Some(id("c2")),
+        }));
+        applied(s.apply(&Command::SetPolicy {
+            shard: sh("c1"),
+            policy: FailoverPolicy {
+                auto_failover: true,
+                on_backup_unreachable: BackupUnreachable::GoAsync,
+            },
+        }));
+        s
+    }
+
+    fn fail_over(s: &MetaState, kind: FailoverKind, at_ms: u64) -> Command {
+        Command::FailOver {
+            shard: sh("c1"),
+            at_epoch: s.shard_epoch(&sh("c1")),
+            kind,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn a_planned_failover_reverses_the_pair_and_raises_every_slot_of_the_shard() {
+        let mut s = two_cells();
+        let before = s.cell_map().unwrap();
+        let epoch = s.shard_epoch(&sh("c1"));
+        let v = applied(s.apply(&fail_over(&s, FailoverKind::Planned, 1_000)));
+
+        let after = s.cell_map().unwrap();
+        let c1 = after.shard(&sh("c1")).unwrap();
+        assert_eq!((&c1.primary, &c1.backup), (&id("c2"), &Some(id("c1"))));
+        for slot in topology::Slot::all() {
+            let (old, new) = (before.owner(slot), after.owner(slot));
+            if old.shard == sh("c1") {
+                assert_eq!(
+                    new.epoch,
+                    epoch.next(),
+                    "every slot of the shard, one epoch"
+                );
+                assert_eq!(after.serving(slot), &id("c2"));
+            } else {
+                assert_eq!(old, new, "other shards untouched");
+            }
+        }
+        let record = &s.failovers[&sh("c1")];
+        assert_eq!(
+            (
+                record.kind,
+                &record.from,
+                &record.to,
+                record.epoch,
+                record.version
+            ),
+            (
+                FailoverKind::Planned,
+                &id("c1"),
+                &id("c2"),
+                epoch.next().0,
+                v
+            )
+        );
+        assert_eq!(s.view().failovers.len(), 1);
+    }
+
+    #[test]
+    fn of_two_decisions_at_one_epoch_exactly_one_applies() {
+        let mut s = two_cells();
+        applied(s.apply(&Command::SetLiveness {
+            cell: id("c1"),
+            liveness: Liveness::Down,
+        }));
+        let operator = fail_over(&s, FailoverKind::Emergency, 5_000);
+        let detector = fail_over(&s, FailoverKind::Automatic, 5_001);
+        applied(s.apply(&operator));
+        let after = s.clone();
+        assert_eq!(rejected(s.apply(&detector)), "stale_epoch");
+        assert_eq!(s, after, "the loser changes nothing");
+        // After an emergency the old primary is no backup: it must be rebuilt first.
+        assert_eq!(s.shards[&sh("c1")].backup, None);
+        assert_eq!(
+            rejected(s.apply(&fail_over(&s, FailoverKind::Emergency, 6_000))),
+            "no_backup"
+        );
+    }
+
+    #[test]
+    fn automatic_failover_needs_the_policy_a_down_primary_no_grant_and_no_recent_move() {
+        let mut s = two_cells();
+        assert_eq!(
+            rejected(s.apply(&fail_over(&s, FailoverKind::Automatic, 1))),
+            "primary_not_down",
+            "a merely slow or suspect primary is not failed over"
+        );
+        applied(s.apply(&Command::SetLiveness {
+            cell: id("c1"),
+            liveness: Liveness::Down,
+        }));
+        let epoch = s.shard_epoch(&sh("c1"));
+        applied(s.apply(&Command::GrantAlone {
+            shard: sh("c1"),
+            epoch,
+        }));
+        assert_eq!(
+            rejected(s.apply(&fail_over(&s, FailoverKind::Automatic, 2))),
+            "running_alone"
+        );
+        applied(s.apply(&Command::WithdrawAlone { shard: sh("c1") }));
+        applied(s.apply(&Command::SetLiveness {
+            cell: id("c2"),
+            liveness: Liveness::Down,
+        }));
+        assert_eq!(
+            rejected(s.apply(&fail_over(&s, FailoverKind::Automatic, 3))),
+            "backup_down"
+        );
+        applied(s.apply(&Command::SetLiveness {
+            cell: id("c2"),
+            liveness: Liveness::Alive,
+        }));
+        applied(s.apply(&fail_over(&s, FailoverKind::Automatic, 10_000)));
+        assert_eq!(s.shards[&sh("c1")].primary, id("c2"));
+
+        // Back home by an operator's planned failover once c1 is a backup again; then the
+        // leader may not move it on its own again within the cool-down.
+        applied(s.apply(&Command::SetBackup {
+            shard: sh("c1"),
+            backup: Some(id("c1")),
+        }));
+        applied(s.apply(&fail_over(&s, FailoverKind::Planned, 20_000)));
+        applied(s.apply(&Command::SetLiveness {
+            cell: id("c1"),
+            liveness: Liveness::Down,
+        }));
+        assert_eq!(
+            rejected(s.apply(&fail_over(&s, FailoverKind::Automatic, 20_000 + 1))),
+            "cooling_down"
+        );
+        applied(s.apply(&fail_over(
+            &s,
+            FailoverKind::Automatic,
+            20_000 + AUTO_COOLDOWN_MS,
+        )));
+
+        let mut refusing = two_cells();
+        applied(refusing.apply(&Command::SetPolicy {
+            shard: sh("c1"),
+            policy: FailoverPolicy::default(),
+        }));
+        applied(refusing.apply(&Command::SetLiveness {
+            cell: id("c1"),
+            liveness: Liveness::Down,
+        }));
+        assert_eq!(
+            rejected(refusing.apply(&fail_over(&refusing, FailoverKind::Automatic, 1))),
+            "policy_forbids"
+        );
+    }
+
+    #[test]
+    fn a_failover_needs_a_backup_slots_and_a_known_shard() {
+        let mut s = two_cells();
+        applied(s.apply(&Command::SetBackup {
+            shard: sh("c1"),
+            backup: None,
+        }));
+        assert_eq!(
+            rejected(s.apply(&fail_over(&s, FailoverKind::Planned, 1))),
+            "no_backup"
+        );
+        let unknown = Command::FailOver {
+            shard: sh("nope"),
+            at_epoch: Epoch(1),
+            kind: FailoverKind::Planned,
+            at_ms: 1,
+        };
+        assert_eq!(rejected(s.apply(&unknown)), "shard_not_found");
+    }
+
+    #[test]
+    fn a_grant_lapses_in_the_failover_that_moves_its_shard() {
+        let mut s = two_cells();
+        let epoch = s.shard_epoch(&sh("c1"));
+        applied(s.apply(&Command::GrantAlone {
+            shard: sh("c1"),
+            epoch,
+        }));
+        applied(s.apply(&fail_over(&s, FailoverKind::Emergency, 1)));
+        assert!(s.alone.is_empty());
+    }
+}
