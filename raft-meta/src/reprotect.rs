@@ -152,13 +152,7 @@ mod tests {
     use super::*;
     use crate::state::{BackupUnreachable, FailoverPolicy, Outcome};
 
-    fn id(s: &str) -> CellId {
-        CellId::parse(s).unwrap()
-    }
-
-    fn sh(s: &str) -> ShardId {
-        ShardId::parse(s).unwrap()
-    }
+    use crate::state::testkit::{id, sh};
 
     fn apply(s: &mut MetaState, cmd: Command) {
         assert!(matches!(s.apply(&cmd), Outcome::Applied { .. }), "{cmd:?}");

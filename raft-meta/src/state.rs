@@ -26,6 +26,49 @@ pub use wire::{
 mod alone;
 mod failover;
 
+/// What the state rules' tests share: names, registration, and the outcome of an apply.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use topology::{CellId, Region, ShardId};
+
+    use super::{Command, Outcome};
+
+    pub fn id(s: &str) -> CellId {
+        CellId::parse(s).unwrap()
+    }
+
+    pub fn sh(s: &str) -> ShardId {
+        ShardId::parse(s).unwrap()
+    }
+
+    /// Registers cell `id_` in `region` with its own shard backed up by `backup`.
+    pub fn register(id_: &str, region: &str, backup: Option<&str>) -> Command {
+        Command::RegisterCell {
+            id: id(id_),
+            region: Region::parse(region).unwrap(),
+            url: format!("http://127.0.0.1:7000/{id_}"),
+            status: None,
+            backup: backup.map(id),
+        }
+    }
+
+    /// The version an applied command left; panics on a rejection.
+    pub fn applied(o: Outcome) -> u64 {
+        match o {
+            Outcome::Applied { version } => version,
+            Outcome::Rejected(r) => panic!("rejected: {r}"),
+        }
+    }
+
+    /// The code of a rejection; panics if the command applied.
+    pub fn rejected(o: Outcome) -> String {
+        match o {
+            Outcome::Applied { version } => panic!("applied at version {version}"),
+            Outcome::Rejected(r) => r.code,
+        }
+    }
+}
+
 /// A change to the map. The only way the map ever changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -568,29 +611,10 @@ pub(crate) fn unknown_cell(cell: &CellId) -> Rejected {
 mod tests {
     use super::*;
 
-    fn id(s: &str) -> CellId {
-        CellId::parse(s).unwrap()
-    }
-
-    fn shard(s: &str) -> ShardId {
-        ShardId::parse(s).unwrap()
-    }
+    use super::testkit::{applied, id, sh as shard};
 
     fn register(id_: &str, region: &str) -> Command {
-        Command::RegisterCell {
-            id: id(id_),
-            region: Region::parse(region).unwrap(),
-            url: format!("http://127.0.0.1:7000/{id_}"),
-            status: None,
-            backup: None,
-        }
-    }
-
-    fn applied(o: Outcome) -> u64 {
-        match o {
-            Outcome::Applied { version } => version,
-            Outcome::Rejected(r) => panic!("rejected: {r}"),
-        }
+        super::testkit::register(id_, region, None)
     }
 
     #[test]

@@ -223,42 +223,10 @@ impl MetaState {
 
 #[cfg(test)]
 mod tests {
-    use topology::Region;
-
-    use super::super::{Command, FailoverPolicy, MapView, Outcome};
+    use super::super::{Command, FailoverPolicy, MapView};
     use super::*;
 
-    fn id(s: &str) -> CellId {
-        CellId::parse(s).unwrap()
-    }
-
-    fn sh(s: &str) -> ShardId {
-        ShardId::parse(s).unwrap()
-    }
-
-    fn register(id_: &str, region: &str, backup: Option<&str>) -> Command {
-        Command::RegisterCell {
-            id: id(id_),
-            region: Region::parse(region).unwrap(),
-            url: format!("http://127.0.0.1:7000/{id_}"),
-            status: None,
-            backup: backup.map(id),
-        }
-    }
-
-    fn applied(o: Outcome) -> u64 {
-        match o {
-            Outcome::Applied { version } => version,
-            Outcome::Rejected(r) => panic!("rejected: {r}"),
-        }
-    }
-
-    fn rejected(o: Outcome) -> String {
-        match o {
-            Outcome::Applied { version } => panic!("applied at version {version}"),
-            Outcome::Rejected(r) => r.code,
-        }
-    }
+    use super::super::testkit::{applied, id, register, rejected, sh};
 
     fn policy(cell: &str, auto_failover: bool, go_async: bool) -> Command {
         Command::SetPolicy {

@@ -155,45 +155,16 @@ impl MetaState {
 
 #[cfg(test)]
 mod tests {
-    use topology::{CellId, Region};
-
-    use super::super::{BackupUnreachable, Command, FailoverPolicy, Outcome};
+    use super::super::{BackupUnreachable, Command, FailoverPolicy};
     use super::*;
 
-    fn id(s: &str) -> CellId {
-        CellId::parse(s).unwrap()
-    }
-
-    fn sh(s: &str) -> ShardId {
-        ShardId::parse(s).unwrap()
-    }
-
-    fn applied(o: Outcome) -> u64 {
-        match o {
-            Outcome::Applied { version } => version,
-            Outcome::Rejected(r) => panic!("rejected: {r}"),
-        }
-    }
-
-    fn rejected(o: Outcome) -> String {
-        match o {
-            Outcome::Applied { version } => panic!("applied at version {version}"),
-            Outcome::Rejected(r) => r.code,
-        }
-    }
+    use super::super::testkit::{applied, id, register, rejected, sh};
 
     /// c1 east backed up by c2 west, c2 backed up by c1; c1's policy automatic.
     fn two_cells() -> MetaState {
         let mut s = MetaState::default();
-        for (c, r, b) in [("c1", "east", None), ("c2", "west", Some("c1"))] {
-            applied(s.apply(&Command::RegisterCell {
-                id: id(c),
-                region: Region::parse(r).unwrap(),
-                url: format!("http://127.0.0.1:7000/{c}"),
-                status: None,
-                backup: b.map(id),
-            }));
-        }
+        applied(s.apply(&register("c1", "east", None)));
+        applied(s.apply(&register("c2", "west", Some("c1"))));
         applied(s.apply(&Command::SetBackup {
             shard: sh("c1"),
             backup: Some(id("c2")),
