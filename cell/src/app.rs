@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use raft_meta::client::MetaClient;
 use raft_meta::follow::MapFile;
@@ -44,6 +43,8 @@ pub struct CtxInner {
     /// Time a new C2C payment has to be confirmed, in milliseconds.
     pub payment_deadline_ms: i64,
     pub limits: Limits,
+    /// Time a client has to send its whole (at most 64 KiB) request body; past it 408.
+    pub body_timeout: Duration,
     pub metrics: PrometheusHandle,
     pub test_clock: bool,
     /// Wakes time-driven workers when the test clock moves.
@@ -89,6 +90,8 @@ pub struct App {
     follower: Option<Follower>,
     journal_retention: Duration,
     journal_prune_every: Duration,
+    /// The serving loop's connection limits.
+    http: serve::Limits,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -200,6 +203,9 @@ impl App {
         let cancel = CancellationToken::new();
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(8)
+            // Below the peers' idle bound (`serve::Limits::header_timeout_ms`, 40 s by
+            // default): a connection is never reused just as the other cell closes it.
+            .pool_idle_timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| StartError::Settings(format!("http client: {e}")))?;
@@ -271,6 +277,7 @@ impl App {
                 max_total: settings.max_total,
                 max_count: settings.max_count,
             },
+            body_timeout: Duration::from_millis(settings.body_timeout_ms),
             metrics: metrics_handle(),
             test_clock: settings.test_clock,
             wake: wake.clone(),
@@ -319,6 +326,7 @@ impl App {
             follower,
             journal_retention: Duration::from_secs(settings.journal_retention_s),
             journal_prune_every: Duration::from_millis(settings.journal_prune_every_ms.max(100)),
+            http: settings.http.clone(),
         })
     }
 
@@ -339,6 +347,7 @@ impl App {
             follower,
             journal_retention,
             journal_prune_every,
+            http,
         } = self;
         let cancel = workers.cancel.clone();
         let mut handles = workers.spawn();
@@ -369,20 +378,13 @@ impl App {
         ));
         let router = crate::api::router(ctx.clone());
         let stop = cancel.clone();
-        // Nagle's algorithm off: a response written in pieces must not wait for the
-        // client's delayed ACK.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-        });
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                tracing::info!("shutting down: draining in-flight requests");
-                stop.cancel();
-            })
-            .await?;
+        // `serve` sets TCP_NODELAY, bounds header and idle time and the connection count.
+        serve::serve(listener, router, http, async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining in-flight requests");
+            stop.cancel();
+        })
+        .await?;
         cancel.cancel();
         for h in handles {
             let _ = h.await;

@@ -141,12 +141,25 @@ pub struct Settings {
     /// Enables `POST /v1/admin/clock` so tests can move this cell's clock. Never in production.
     #[arg(long, env = "REDCELL_TEST_CLOCK")]
     pub test_clock: bool,
+
+    /// Time a client has to send its (at most 64 KiB) request body once the request head
+    /// has arrived, in milliseconds; past it the answer is `408 request_timeout`.
+    #[arg(long, env = "REDCELL_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+
+    /// Connection limits of the HTTP server (header/idle timeout, connection cap).
+    #[command(flatten)]
+    pub http: serve::Limits,
 }
 
 impl Settings {
     /// Checks what clap cannot: ranges and the shape of URLs.
     pub fn validate(&self) -> Result<(), String> {
         topology::CellId::parse(&self.cell_id).map_err(|e| e.to_string())?;
+        self.http.validate()?;
+        if !(1..=600_000).contains(&self.body_timeout_ms) {
+            return Err("--body-timeout-ms must be 1..=600000".into());
+        }
         if !(1..=i64::from(u32::MAX)).contains(&self.max_total) {
             return Err("--max-total must be at least 1".into());
         }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::header::AUTHORIZATION;
-use axum::serve::ListenerExt;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -468,16 +467,15 @@ impl App {
         });
         let router = api::router(self.node.clone());
         let shutdown = stop.clone();
-        // No Nagle: hyper may write a response in two segments, and waiting for the peer's
-        // delayed ACK adds 40-200 ms to a Raft round trip or a commit.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("set TCP_NODELAY: {e}");
-            }
-        });
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        // `serve` turns Nagle off: hyper may write a response in two segments, and waiting
+        // for the peer's delayed ACK adds 40-200 ms to a Raft round trip or a commit.
+        let served = serve::serve(
+            self.listener,
+            router,
+            self.settings.http.clone(),
+            async move { shutdown.cancelled().await },
+        )
+        .await;
         stop.cancel();
         let _ = detector.await;
         let _ = reprotect.await;

@@ -66,6 +66,9 @@ pub struct Settings {
     /// Test only: enables `POST /internal/fault` to cut this node off from its peers.
     #[arg(long, hide = true)]
     pub fault_hooks: bool,
+    /// Connection limits of the HTTP server (header/idle timeout, connection cap).
+    #[command(flatten)]
+    pub http: serve::Limits,
 }
 
 /// The `--peers` list: node id → address.

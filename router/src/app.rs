@@ -22,8 +22,7 @@ use axum::http::uri::PathAndQuery;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
-use axum::{Router, ServiceExt as _};
+use axum::Router;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use raft_meta::client::MetaClient;
@@ -103,6 +102,8 @@ pub struct App {
     ctx: Arc<Ctx>,
     cancel: CancellationToken,
     follower: Option<tokio::task::JoinHandle<()>>,
+    /// The serving loop's connection limits.
+    http: serve::Limits,
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -188,6 +189,7 @@ impl App {
             ctx,
             cancel,
             follower,
+            http: settings.http.clone(),
         })
     }
 
@@ -213,22 +215,16 @@ impl App {
 
     /// Serves until SIGTERM or Ctrl-C; in-flight requests finish first.
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
-        let app = App::service(self.ctx.clone()).into_make_service();
+        let app = App::service(self.ctx.clone());
         let cancel = self.cancel.clone();
         // Responses stream through in pieces (the head, then the cell's body as it comes):
-        // with Nagle's algorithm on, a piece could wait for the client's delayed ACK.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-        });
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                tracing::info!("stopping: draining in-flight requests");
-                cancel.cancel();
-            })
-            .await;
+        // `serve` turns Nagle's algorithm off, so a piece never waits for a delayed ACK.
+        let result = serve::serve(self.listener, app, self.http.clone(), async move {
+            shutdown_signal().await;
+            tracing::info!("stopping: draining in-flight requests");
+            cancel.cancel();
+        })
+        .await;
         self.cancel.cancel();
         if let Some(f) = self.follower.take() {
             let _ = f.await;

@@ -87,11 +87,16 @@ pub struct Settings {
     /// each router counts alone. While Redis cannot answer, the local counts apply.
     #[arg(long, env = "REDCELL_ROUTER_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// Connection limits of the HTTP server (header/idle timeout, connection cap).
+    #[command(flatten)]
+    pub http: serve::Limits,
 }
 
 impl Settings {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
+        self.http.validate()?;
         if self.auth_secret.len() < 16 {
             return Err("REDCELL_AUTH_SECRET must be at least 16 characters".into());
         }

@@ -163,16 +163,26 @@ pub struct Json<T> {
     pub canonical: String,
 }
 
-async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(req.into_body(), BODY_LIMIT)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("bodies are limited to {BODY_LIMIT} bytes"),
-            )
-        })
+/// The whole body, within [`BODY_LIMIT`] bytes and the cell's body timeout: a client that
+/// declares a body and never sends it gets a timely 408, not the request timeout's 503.
+async fn body_bytes(req: Request, ctx: &Ctx) -> Result<Bytes, ApiError> {
+    let read = axum::body::to_bytes(req.into_body(), BODY_LIMIT);
+    match tokio::time::timeout(ctx.body_timeout, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("bodies are limited to {BODY_LIMIT} bytes"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                ctx.body_timeout.as_millis()
+            ),
+        )),
+    }
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Json<T>, ApiError> {
@@ -192,8 +202,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Json<T>, ApiError
 
 impl<T: DeserializeOwned> FromRequest<Ctx> for Json<T> {
     type Rejection = ApiError;
-    async fn from_request(req: Request, _: &Ctx) -> Result<Self, ApiError> {
-        let bytes = body_bytes(req).await?;
+    async fn from_request(req: Request, ctx: &Ctx) -> Result<Self, ApiError> {
+        let bytes = body_bytes(req, ctx).await?;
         if bytes.is_empty() {
             return Err(ApiError::invalid("body", "a JSON body is required"));
         }
@@ -206,8 +216,8 @@ pub struct OptionalBody;
 
 impl FromRequest<Ctx> for OptionalBody {
     type Rejection = ApiError;
-    async fn from_request(req: Request, _: &Ctx) -> Result<Self, ApiError> {
-        let bytes = body_bytes(req).await?;
+    async fn from_request(req: Request, ctx: &Ctx) -> Result<Self, ApiError> {
+        let bytes = body_bytes(req, ctx).await?;
         if !bytes.iter().all(u8::is_ascii_whitespace) {
             parse_json::<serde_json::Map<String, serde_json::Value>>(&bytes)?;
         }

@@ -18,7 +18,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tower_http::timeout::TimeoutLayer;
 use wire::headers;
 
 use crate::app::Ctx;
@@ -102,12 +101,24 @@ pub fn router(ctx: Ctx) -> Router {
         })
         .layer(middleware::from_fn_with_state(ctx.clone(), fence))
         .layer(middleware::from_fn_with_state(ctx.clone(), observe))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_TIMEOUT,
-        ))
+        .layer(middleware::from_fn(request_timeout))
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .with_state(ctx)
+}
+
+/// Ends a request still running after [`REQUEST_TIMEOUT`] with `503 timeout` (problem+json,
+/// `Retry-After`); a body that never arrives is answered 408 well before, by the extractor.
+async fn request_timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("no answer within {} s; retry", REQUEST_TIMEOUT.as_secs()),
+        )
+        .retry_after(1)
+        .into_response(),
+    }
 }
 
 /// Fencing on the router's route decision: when a request says which slot and epoch it
