@@ -39,10 +39,9 @@ async fn slowloris_is_cut_off_and_a_flood_gets_503_overloaded() {
         region: Region::parse("east").unwrap(),
         url: format!("http://127.0.0.1:{}", support::free_port()),
         status: CellStatus::Active,
-        backup: None,
     };
     let owners = Slot::all().map(|_| cell.id.clone()).collect();
-    let map = CellMap::from_assignment(vec![cell], owners).unwrap();
+    let map = CellMap::from_assignment(vec![cell], owners, &Default::default()).unwrap();
     let file = dir.path().join("map.json");
     std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
     let args: Vec<String> = [
