@@ -122,21 +122,23 @@ pub(super) async fn append_events(
 ) -> Result<(), StoreError> {
     let txn = txn_expr(tx.dialect);
     for chunk in entries.chunks(512) {
-        // (slot, kind, entity_id, payload, created_at) bound; txn and epoch computed.
+        // (slot, slot again for its epoch, kind, entity_id, payload, created_at) bound in
+        // this order; txn computed. Anonymous placeholders on SQLite (see `values_list`).
         let mut values = String::new();
         for i in 0..chunk.len() {
             if i > 0 {
                 values.push_str(", ");
             }
-            let b = i * 5;
+            let p: Vec<String> = (1..=6)
+                .map(|k| match tx.dialect {
+                    Dialect::Sqlite => "?".to_owned(),
+                    Dialect::Postgres => format!("${}", i * 6 + k),
+                })
+                .collect();
             values.push_str(&format!(
-                "({txn}, ${s}, COALESCE((SELECT epoch FROM slot_epochs WHERE slot = ${s}), 0), \
-                 ${k}, ${e}, ${p}, ${c})",
-                s = b + 1,
-                k = b + 2,
-                e = b + 3,
-                p = b + 4,
-                c = b + 5
+                "({txn}, {}, COALESCE((SELECT epoch FROM slot_epochs WHERE slot = {}), 0), \
+                 {}, {}, {}, {})",
+                p[0], p[1], p[2], p[3], p[4], p[5]
             ));
         }
         let sql = format!(
@@ -145,6 +147,7 @@ pub(super) async fn append_events(
         let mut q = sqlx::query(&sql);
         for e in chunk {
             q = q
+                .bind(e.slot)
                 .bind(e.slot)
                 .bind(e.event.as_str())
                 .bind(e.entity_id)
@@ -404,7 +407,7 @@ pub(super) async fn raise_epochs_in(
         let sql = format!(
             "INSERT INTO slot_epochs (slot, epoch) VALUES {} ON CONFLICT (slot) DO UPDATE \
              SET epoch = {greatest}(slot_epochs.epoch, excluded.epoch)",
-            values_list(chunk.len(), 2, 1)
+            values_list(tx.dialect, chunk.len(), 2)
         );
         let mut q = sqlx::query(&sql);
         for (slot, epoch) in chunk {

@@ -174,7 +174,7 @@ impl Store {
         for chunk in slots.chunks(500) {
             let sql = format!(
                 "SELECT slot, epoch FROM slot_epochs WHERE slot IN ({})",
-                super::placeholders(1, chunk.len())
+                super::only_placeholders(tx.dialect, chunk.len())
             );
             let mut q = sqlx::query(&sql);
             for s in chunk {
@@ -408,7 +408,7 @@ async fn upsert_rows(tx: &mut WriteTx, table: &Table, rows: &[Row]) -> Result<()
             "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {updates}",
             table.name,
             cols.join(", "),
-            values_list(chunk.len(), cols.len(), 1),
+            values_list(tx.dialect, chunk.len(), cols.len()),
             table.key.join(", ")
         );
         let mut q = sqlx::query(&sql);
@@ -462,7 +462,7 @@ async fn copy_records(tx: &mut WriteTx, commits: &[&Commit]) -> Result<(), Store
     for chunk in records.chunks(500) {
         let sql = format!(
             "INSERT INTO journal (txn, slot, epoch, kind, entity_id, payload, created_at) VALUES {}",
-            values_list(chunk.len(), 7, 1)
+            values_list(tx.dialect, chunk.len(), 7)
         );
         let mut q = sqlx::query(&sql);
         for (pos, r) in chunk {
@@ -481,7 +481,7 @@ async fn copy_records(tx: &mut WriteTx, commits: &[&Commit]) -> Result<(), Store
     for chunk in commits.chunks(1000) {
         let sql = format!(
             "INSERT INTO journal_commits (pos, txn, created_at) VALUES {}",
-            values_list(chunk.len(), 3, 1)
+            values_list(tx.dialect, chunk.len(), 3)
         );
         let mut q = sqlx::query(&sql);
         for c in chunk {
