@@ -74,6 +74,8 @@ impl WriteTx {
                 row.map(|r| get(&r, "pos")).transpose()?
             }
             Dialect::Sqlite => {
+                // One statement: the insert's trigger (migration 0007) advances
+                // journal_head to the new position.
                 let row = sqlx::query(
                     "INSERT INTO journal_commits (pos, txn, created_at) \
                      SELECT pos + 1, pos + 1, $1 FROM journal_head WHERE id = 1 \
@@ -83,13 +85,7 @@ impl WriteTx {
                 .bind(now)
                 .fetch_optional(&mut *self.tx)
                 .await?;
-                let pos = row.map(|r| get(&r, "pos")).transpose()?;
-                if pos.is_some() {
-                    sqlx::query("UPDATE journal_head SET pos = pos + 1 WHERE id = 1")
-                        .execute(&mut *self.tx)
-                        .await?;
-                }
-                pos
+                row.map(|r| get(&r, "pos")).transpose()?
             }
         };
         self.tx.commit().await?;
