@@ -115,8 +115,12 @@ impl Store {
         sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
             let synchronous = if opts.fsync_commits { "FULL" } else { "NORMAL" };
+            // No ping before each acquire (sqlx's default): on SQLite a ping is one more
+            // hand-off to the connection's thread and back, on every transaction and read,
+            // and a local file connection does not go stale the way a socket does.
             let write = AnyPoolOptions::new()
                 .max_connections(1)
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(30))
                 .after_connect(move |c, m| sqlite_pragmas(c, m, synchronous))
                 .connect(url)
@@ -124,6 +128,7 @@ impl Store {
             Self::migrate(&write, Dialect::Sqlite).await?;
             let read = AnyPoolOptions::new()
                 .max_connections(4)
+                .test_before_acquire(false)
                 .after_connect(move |c, m| sqlite_pragmas(c, m, synchronous))
                 .connect(url)
                 .await?;
