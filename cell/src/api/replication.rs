@@ -75,16 +75,32 @@ pub async fn handle_journal(
     ctx.durability.record_ack(q.after, &caller_name(&caller));
     let mut head = ctx.store.watch_head();
     let deadline = tokio::time::Instant::now() + wait;
+    // The head's sender is gone (the store is closing): answer with what there is.
+    let mut closed = false;
     loop {
-        head.mark_unchanged();
+        // This process's head says whether there is news (only this process writes the
+        // shard): while it is at or below `after`, wait for the next commit without asking
+        // the database. The database is still read once the wait is over, so a commit the
+        // head missed is shipped by the next pull at the latest.
+        let known = *head.borrow_and_update();
+        if known <= q.after && !closed && tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, head.wait_for(|h| *h > q.after)).await {
+                Ok(Err(_)) => closed = true,
+                Ok(Ok(_)) | Err(_) => continue,
+            }
+        }
         let commits = ctx.store.commits_after(q.after, max).await?;
-        if !commits.is_empty() || tokio::time::Instant::now() >= deadline {
-            let head = ctx.store.journal_head().await?;
+        if !commits.is_empty() || closed || tokio::time::Instant::now() >= deadline {
+            let shipped = commits.last().map_or(0, |c| c.pos);
+            let head = ctx.store.committed_head().max(shipped);
             let wire: Vec<WireCommit> = commits.iter().map(WireCommit::from).collect();
             return Ok(axum::Json(json!({"head": head, "commits": wire})).into_response());
         }
-        // Woken by this process's next commit; the deadline bounds the wait.
-        let _ = tokio::time::timeout_at(deadline, head.changed()).await;
+        // The head moved past `after` but the read did not see its commit yet: wait for the
+        // next one; the deadline bounds the wait.
+        if let Ok(Err(_)) = tokio::time::timeout_at(deadline, head.changed()).await {
+            closed = true;
+        }
     }
 }
 

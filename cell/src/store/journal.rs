@@ -15,7 +15,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Transaction};
 use tokio::sync::watch;
 
-use super::{get, placeholders, values_list, Dialect, Store, StoreError};
+use super::{get, values_list, Dialect, Store, StoreError};
 pub use crate::journal::Position;
 use crate::journal::{Commit, Event, Record};
 
@@ -205,45 +205,40 @@ impl Store {
     }
 
     /// Up to `max` commits after `after`, oldest first, with their records in order.
+    ///
+    /// One statement (a pull runs it once per cycle): the commits, each joined with its
+    /// records. A LEFT JOIN so a commit without records would still come back (none is
+    /// written so, but a missing one would read as a gap to the replica).
     pub async fn commits_after(
         &self,
         after: Position,
         max: i64,
     ) -> Result<Vec<Commit>, StoreError> {
-        let heads = sqlx::query(
-            "SELECT pos, txn, created_at FROM journal_commits WHERE pos > $1 ORDER BY pos LIMIT $2",
+        let rows = sqlx::query(
+            "SELECT c.pos AS pos, c.created_at AS committed_at, j.slot AS slot, \
+             j.epoch AS epoch, j.kind AS kind, j.entity_id AS entity_id, j.payload AS payload, \
+             j.created_at AS created_at \
+             FROM (SELECT pos, txn, created_at FROM journal_commits WHERE pos > $1 \
+                   ORDER BY pos LIMIT $2) c \
+             LEFT JOIN journal j ON j.txn = c.txn ORDER BY c.pos, j.seq",
         )
         .bind(after)
         .bind(max)
         .fetch_all(&self.read)
         .await?;
-        if heads.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut commits = Vec::with_capacity(heads.len());
-        let mut by_txn: HashMap<i64, usize> = HashMap::with_capacity(heads.len());
-        for (i, h) in heads.iter().enumerate() {
-            by_txn.insert(get(h, "txn")?, i);
-            commits.push(Commit {
-                pos: get(h, "pos")?,
-                committed_at: get(h, "created_at")?,
-                records: Vec::new(),
-            });
-        }
-        let txns: Vec<i64> = by_txn.keys().copied().collect();
-        for chunk in txns.chunks(500) {
-            let sql = format!(
-                "SELECT txn, slot, epoch, kind, entity_id, payload, created_at FROM journal \
-                 WHERE txn IN ({}) ORDER BY seq",
-                placeholders(1, chunk.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for t in chunk {
-                q = q.bind(*t);
+        let mut commits: Vec<Commit> = Vec::new();
+        for row in &rows {
+            let pos: Position = get(row, "pos")?;
+            if commits.last().is_none_or(|c| c.pos != pos) {
+                commits.push(Commit {
+                    pos,
+                    committed_at: get(row, "committed_at")?,
+                    records: Vec::new(),
+                });
             }
-            for row in q.fetch_all(&self.read).await? {
-                let i = by_txn[&get::<i64>(&row, "txn")?];
-                commits[i].records.push(decode_record(&row)?);
+            if get::<Option<String>>(row, "kind")?.is_some() {
+                let commit = commits.last_mut().expect("pushed above");
+                commit.records.push(decode_record(row)?);
             }
         }
         Ok(commits)
