@@ -253,10 +253,23 @@ impl Store {
         after: Position,
         limit: i64,
     ) -> Result<Vec<(Position, String)>, StoreError> {
+        // SQLite: where to start in the (kind, seq) index. Its single writer (and a replica's
+        // in-order copy) gives records seqs in position order, so every record of a commit
+        // after `after` has a seq above that commit's last one. Without this bound the index
+        // is read from the first record of the kind still in the journal (a minute of
+        // claims at the default retention) on every pass of the worker. Only a shortcut:
+        // `c.pos > $1` still decides, and a pruned commit `after` gives the bound 0.
+        let seek = match self.dialect {
+            Dialect::Sqlite => {
+                " AND j.seq > COALESCE((SELECT MAX(seq) FROM journal WHERE txn = \
+                 (SELECT txn FROM journal_commits WHERE pos = $1)), 0)"
+            }
+            Dialect::Postgres => "",
+        };
         let read = |limit: Option<i64>| {
             let sql = format!(
                 "SELECT c.pos, j.entity_id FROM journal_commits c JOIN journal j ON j.txn = c.txn \
-                 WHERE c.pos > $1 AND j.kind = $2 ORDER BY c.pos, j.seq{}",
+                 WHERE c.pos > $1 AND j.kind = $2{seek} ORDER BY c.pos, j.seq{}",
                 if limit.is_some() { " LIMIT $3" } else { "" }
             );
             async move {
