@@ -30,6 +30,13 @@ use crate::replication::Replica;
 const MAX_COMMITS: i64 = 1_000;
 /// Longest a pull may wait for news.
 const MAX_WAIT_MS: u64 = 10_000;
+/// With news but no money answer waiting for it, how long a pull may wait for more
+/// commits to gather, and how many are enough. Each answer costs the backup one applying
+/// transaction (an fsync and about ten statements), so commits nobody waits for (workers'
+/// completions, `--acknowledge local`) are shipped in batches; a money answer that starts
+/// waiting meanwhile ends the wait at once.
+const GATHER_MS: u64 = 10;
+const GATHER_COMMITS: i64 = 64;
 
 fn caller_name(caller: &Caller) -> String {
     match &caller.0 {
@@ -66,16 +73,53 @@ pub async fn handle_journal(
     ctx.durability.record_ack(q.after, &caller_name(&caller));
     let mut head = ctx.store.watch_head();
     let deadline = tokio::time::Instant::now() + wait;
+    // The head's sender is gone (the store is closing): answer with what there is.
+    let mut closed = false;
+    let mut gathered = false;
     loop {
-        head.mark_unchanged();
+        // This process's head says whether there is news (only this process writes the
+        // shard): while it is at or below `after`, wait for the next commit without asking
+        // the database. The database is still read once the wait is over, so a commit the
+        // head missed is shipped by the next pull at the latest.
+        let known = *head.borrow_and_update();
+        if known <= q.after && !closed && tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, head.wait_for(|h| *h > q.after)).await {
+                Ok(Err(_)) => closed = true,
+                Ok(Ok(_)) | Err(_) => continue,
+            }
+        }
+        if !gathered && wait > Duration::ZERO {
+            gathered = true;
+            gather(&ctx, q.after, max.min(GATHER_COMMITS), deadline).await;
+        }
         let commits = ctx.store.commits_after(q.after, max).await?;
-        if !commits.is_empty() || tokio::time::Instant::now() >= deadline {
-            let head = ctx.store.journal_head().await?;
+        if !commits.is_empty() || closed || tokio::time::Instant::now() >= deadline {
+            let shipped = commits.last().map_or(0, |c| c.pos);
+            let head = ctx.store.committed_head().max(shipped);
             let wire: Vec<WireCommit> = commits.iter().map(WireCommit::from).collect();
             return Ok(axum::Json(json!({"head": head, "commits": wire})).into_response());
         }
-        // Woken by this process's next commit; the deadline bounds the wait.
-        let _ = tokio::time::timeout_at(deadline, head.changed()).await;
+        // The head moved past `after` but the read did not see its commit yet: wait for the
+        // next one; the deadline bounds the wait.
+        if let Ok(Err(_)) = tokio::time::timeout_at(deadline, head.changed()).await {
+            closed = true;
+        }
+    }
+}
+
+/// Lets commits after `after` gather (see `GATHER_MS`) unless a money answer waits for one
+/// of them: returns once one does, once `enough` have been committed, or after `GATHER_MS`.
+async fn gather(ctx: &Ctx, after: Position, enough: i64, deadline: tokio::time::Instant) {
+    let mut wanted = ctx.durability.watch_wanted();
+    if *wanted.borrow_and_update() > after {
+        return;
+    }
+    let mut head = ctx.store.watch_head();
+    let until = deadline.min(tokio::time::Instant::now() + Duration::from_millis(GATHER_MS));
+    tokio::select! {
+        _ = wanted.wait_for(|w| *w > after) => {}
+        _ = head.wait_for(|h| *h >= after + enough) => {}
+        _ = tokio::time::sleep_until(until) => {}
     }
 }
 

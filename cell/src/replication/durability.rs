@@ -83,6 +83,11 @@ pub struct Durability {
     last_refusal: Mutex<Option<Instant>>,
     /// `--acknowledge local`: answer without waiting (the benchmarks' baseline).
     local_only: bool,
+    /// The highest position a money answer has waited for the backup to acknowledge. The
+    /// journal long-poll answers at once when it is past the backup's position, and may
+    /// let commits gather when it is not (nobody waits for them). Timing only: what counts
+    /// as acknowledged is `ack` alone.
+    wanted: watch::Sender<Position>,
     /// Winding a grant down: the backup is confirming again, so new writes wait for it, and
     /// the grant is given back once the backup has this position (the head when the wind
     /// down began, which covers every write acknowledged alone; see `run_withdrawals`).
@@ -122,6 +127,7 @@ impl Durability {
             last_refusal: Mutex::new(None),
             local_only: false,
             resume_at: Mutex::new(None),
+            wanted: watch::Sender::new(0),
         }
     }
 
@@ -164,6 +170,11 @@ impl Durability {
 
     pub fn ack(&self) -> Ack {
         self.ack.borrow().clone()
+    }
+
+    /// Follows the highest position a money answer has waited for (see `wanted`).
+    pub fn watch_wanted(&self) -> watch::Receiver<Position> {
+        self.wanted.subscribe()
     }
 
     /// Takes raft-meta's latest word on this shard (from the map watch).
@@ -236,6 +247,13 @@ impl Durability {
             self.count_at_risk();
             return Ok(());
         }
+        self.wanted.send_if_modified(|w| {
+            let higher = target > *w;
+            if higher {
+                *w = target;
+            }
+            higher
+        });
         let mut ack = self.ack.subscribe();
         // (Reduced to a bool at once: the watch's guard must not live across an await.)
         let acked = tokio::time::timeout(

@@ -244,7 +244,7 @@ impl Store {
         let sql = format!(
             "INSERT INTO claims (claim_id, slot, packet_id, uid, amount, claimed_at, remaining_count, transfer_id) \
              VALUES {} ON CONFLICT (packet_id, uid) DO NOTHING RETURNING claim_id",
-            values_list(created.len(), 8, 1)
+            values_list(self.dialect, created.len(), 8)
         );
         let mut q = sqlx::query(&sql);
         for n in created {
@@ -265,7 +265,7 @@ impl Store {
 
         let sql = format!(
             "INSERT INTO transfers (transfer_id, slot, claim_id, packet_id, to_uid, amount, status, created_at) VALUES {}",
-            values_list(created.len(), 8, 1)
+            values_list(self.dialect, created.len(), 8)
         );
         let mut q = sqlx::query(&sql);
         for n in created {

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::fence::{fenced, live_filter};
+use super::fence::{bind_live, fenced, live_filter};
 use super::journal::append_event;
 use super::wallets::{credit, Credit};
 use super::{get, Store, StoreError, WriteTx};
@@ -20,14 +20,12 @@ impl Store {
         fence: &Fence,
         live: &LiveSlots,
     ) -> Result<usize, StoreError> {
-        let (only_live, slots) = live_filter("slot", live, 3);
+        let (only_live, slots) = live_filter(self.dialect, "slot", live, 3);
         let sql = format!(
             "SELECT packet_id, slot FROM packets WHERE status = 'active' AND expires_at <= $1{only_live} LIMIT $2"
         );
         let mut q = sqlx::query(&sql).bind(now).bind(limit);
-        for s in slots {
-            q = q.bind(s);
-        }
+        q = bind_live(q, slots);
         let due = q.fetch_all(&self.read).await?;
         let mut n = 0;
         for row in &due {
@@ -78,13 +76,11 @@ impl Store {
         fence: &Fence,
         live: &LiveSlots,
     ) -> Result<usize, StoreError> {
-        let (only_live, slots) = live_filter("slot", live, 2);
+        let (only_live, slots) = live_filter(self.dialect, "slot", live, 2);
         let sql =
             format!("SELECT packet_id FROM packets WHERE status = 'expired'{only_live} LIMIT $1");
         let mut q = sqlx::query(&sql).bind(limit);
-        for s in slots {
-            q = q.bind(s);
-        }
+        q = bind_live(q, slots);
         let due = q.fetch_all(&self.read).await?;
         let lock = format!(
             "SELECT slot, sender, kind, remaining_amount, status FROM packets WHERE packet_id = $1{}",
@@ -157,14 +153,12 @@ impl Store {
         fence: &Fence,
         live: &LiveSlots,
     ) -> Result<usize, StoreError> {
-        let (only_live, slots) = live_filter("slot", live, 3);
+        let (only_live, slots) = live_filter(self.dialect, "slot", live, 3);
         let sql = format!(
             "SELECT subsidy_id, slot FROM subsidies WHERE status = 'available' AND expires_at <= $1{only_live} LIMIT $2"
         );
         let mut q = sqlx::query(&sql).bind(now).bind(limit);
-        for s in slots {
-            q = q.bind(s);
-        }
+        q = bind_live(q, slots);
         let due = q.fetch_all(&self.read).await?;
         let mut n = 0;
         for row in &due {

@@ -116,22 +116,64 @@ impl WriteTx {
     }
 }
 
-/// ` AND {column} IN ($first, …)` restricting a sweep's selection to `live` slots, and the
-/// values to bind; nothing when every slot is live.
-pub(super) fn live_filter(column: &str, live: &LiveSlots, first: usize) -> (String, Vec<i64>) {
+/// The values a [`live_filter`] binds, in its placeholders' order.
+pub(super) enum LiveBinds {
+    /// One per slot (Postgres, `$first, …`).
+    Slots(Vec<i64>),
+    /// The slots as one JSON array (SQLite, `json_each($first)`).
+    Json(String),
+}
+
+/// ` AND {column} IN (…)` restricting a sweep's selection to `live` slots, and the values
+/// to bind ([`bind_live`]); nothing when every slot is live.
+///
+/// On SQLite the slots go as one JSON array read by `json_each`: a cell of four owns 256
+/// slots, and 256 numbered placeholders cost SQLite a linear scan of their names per
+/// placeholder, at parse and again at every bind (see `values_list`), on every sweep.
+pub(super) fn live_filter(
+    dialect: Dialect,
+    column: &str,
+    live: &LiveSlots,
+    first: usize,
+) -> (String, LiveBinds) {
     if live.all() {
-        return (String::new(), Vec::new());
+        return (String::new(), LiveBinds::Slots(Vec::new()));
     }
     if live.is_empty() {
-        return (" AND 1 = 0".to_owned(), Vec::new());
+        return (" AND 1 = 0".to_owned(), LiveBinds::Slots(Vec::new()));
     }
-    (
-        format!(
-            " AND {column} IN ({})",
-            super::placeholders(first, live.len())
+    match dialect {
+        Dialect::Sqlite => (
+            format!(" AND {column} IN (SELECT value FROM json_each(${first}))"),
+            LiveBinds::Json(
+                serde_json::to_string(&live.iter().collect::<Vec<i64>>())
+                    .expect("integers serialize"),
+            ),
         ),
-        live.iter().collect(),
-    )
+        Dialect::Postgres => (
+            format!(
+                " AND {column} IN ({})",
+                super::placeholders(first, live.len())
+            ),
+            LiveBinds::Slots(live.iter().collect()),
+        ),
+    }
+}
+
+/// Binds what [`live_filter`] asked for.
+pub(super) fn bind_live<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    binds: LiveBinds,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    match binds {
+        LiveBinds::Slots(slots) => {
+            for s in slots {
+                q = q.bind(s);
+            }
+        }
+        LiveBinds::Json(j) => q = q.bind(j),
+    }
+    q
 }
 
 /// Splits a fence check's result: `Ok(Some(refusal))` when the fence refused (the caller

@@ -15,7 +15,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Transaction};
 use tokio::sync::watch;
 
-use super::{get, placeholders, values_list, Dialect, Store, StoreError};
+use super::{get, values_list, Dialect, Store, StoreError};
 pub use crate::journal::Position;
 use crate::journal::{Commit, Event, Record};
 
@@ -74,6 +74,8 @@ impl WriteTx {
                 row.map(|r| get(&r, "pos")).transpose()?
             }
             Dialect::Sqlite => {
+                // One statement: the insert's trigger (migration 0007) advances
+                // journal_head to the new position.
                 let row = sqlx::query(
                     "INSERT INTO journal_commits (pos, txn, created_at) \
                      SELECT pos + 1, pos + 1, $1 FROM journal_head WHERE id = 1 \
@@ -83,13 +85,7 @@ impl WriteTx {
                 .bind(now)
                 .fetch_optional(&mut *self.tx)
                 .await?;
-                let pos = row.map(|r| get(&r, "pos")).transpose()?;
-                if pos.is_some() {
-                    sqlx::query("UPDATE journal_head SET pos = pos + 1 WHERE id = 1")
-                        .execute(&mut *self.tx)
-                        .await?;
-                }
-                pos
+                row.map(|r| get(&r, "pos")).transpose()?
             }
         };
         self.tx.commit().await?;
@@ -122,21 +118,23 @@ pub(super) async fn append_events(
 ) -> Result<(), StoreError> {
     let txn = txn_expr(tx.dialect);
     for chunk in entries.chunks(512) {
-        // (slot, kind, entity_id, payload, created_at) bound; txn and epoch computed.
+        // (slot, slot again for its epoch, kind, entity_id, payload, created_at) bound in
+        // this order; txn computed. Anonymous placeholders on SQLite (see `values_list`).
         let mut values = String::new();
         for i in 0..chunk.len() {
             if i > 0 {
                 values.push_str(", ");
             }
-            let b = i * 5;
+            let p: Vec<String> = (1..=6)
+                .map(|k| match tx.dialect {
+                    Dialect::Sqlite => "?".to_owned(),
+                    Dialect::Postgres => format!("${}", i * 6 + k),
+                })
+                .collect();
             values.push_str(&format!(
-                "({txn}, ${s}, COALESCE((SELECT epoch FROM slot_epochs WHERE slot = ${s}), 0), \
-                 ${k}, ${e}, ${p}, ${c})",
-                s = b + 1,
-                k = b + 2,
-                e = b + 3,
-                p = b + 4,
-                c = b + 5
+                "({txn}, {}, COALESCE((SELECT epoch FROM slot_epochs WHERE slot = {}), 0), \
+                 {}, {}, {}, {})",
+                p[0], p[1], p[2], p[3], p[4], p[5]
             ));
         }
         let sql = format!(
@@ -145,6 +143,7 @@ pub(super) async fn append_events(
         let mut q = sqlx::query(&sql);
         for e in chunk {
             q = q
+                .bind(e.slot)
                 .bind(e.slot)
                 .bind(e.event.as_str())
                 .bind(e.entity_id)
@@ -206,45 +205,40 @@ impl Store {
     }
 
     /// Up to `max` commits after `after`, oldest first, with their records in order.
+    ///
+    /// One statement (a pull runs it once per cycle): the commits, each joined with its
+    /// records. A LEFT JOIN so a commit without records would still come back (none is
+    /// written so, but a missing one would read as a gap to the replica).
     pub async fn commits_after(
         &self,
         after: Position,
         max: i64,
     ) -> Result<Vec<Commit>, StoreError> {
-        let heads = sqlx::query(
-            "SELECT pos, txn, created_at FROM journal_commits WHERE pos > $1 ORDER BY pos LIMIT $2",
+        let rows = sqlx::query(
+            "SELECT c.pos AS pos, c.created_at AS committed_at, j.slot AS slot, \
+             j.epoch AS epoch, j.kind AS kind, j.entity_id AS entity_id, j.payload AS payload, \
+             j.created_at AS created_at \
+             FROM (SELECT pos, txn, created_at FROM journal_commits WHERE pos > $1 \
+                   ORDER BY pos LIMIT $2) c \
+             LEFT JOIN journal j ON j.txn = c.txn ORDER BY c.pos, j.seq",
         )
         .bind(after)
         .bind(max)
         .fetch_all(&self.read)
         .await?;
-        if heads.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut commits = Vec::with_capacity(heads.len());
-        let mut by_txn: HashMap<i64, usize> = HashMap::with_capacity(heads.len());
-        for (i, h) in heads.iter().enumerate() {
-            by_txn.insert(get(h, "txn")?, i);
-            commits.push(Commit {
-                pos: get(h, "pos")?,
-                committed_at: get(h, "created_at")?,
-                records: Vec::new(),
-            });
-        }
-        let txns: Vec<i64> = by_txn.keys().copied().collect();
-        for chunk in txns.chunks(500) {
-            let sql = format!(
-                "SELECT txn, slot, epoch, kind, entity_id, payload, created_at FROM journal \
-                 WHERE txn IN ({}) ORDER BY seq",
-                placeholders(1, chunk.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for t in chunk {
-                q = q.bind(*t);
+        let mut commits: Vec<Commit> = Vec::new();
+        for row in &rows {
+            let pos: Position = get(row, "pos")?;
+            if commits.last().is_none_or(|c| c.pos != pos) {
+                commits.push(Commit {
+                    pos,
+                    committed_at: get(row, "committed_at")?,
+                    records: Vec::new(),
+                });
             }
-            for row in q.fetch_all(&self.read).await? {
-                let i = by_txn[&get::<i64>(&row, "txn")?];
-                commits[i].records.push(decode_record(&row)?);
+            if get::<Option<String>>(row, "kind")?.is_some() {
+                let commit = commits.last_mut().expect("pushed above");
+                commit.records.push(decode_record(row)?);
             }
         }
         Ok(commits)
@@ -259,10 +253,23 @@ impl Store {
         after: Position,
         limit: i64,
     ) -> Result<Vec<(Position, String)>, StoreError> {
+        // SQLite: where to start in the (kind, seq) index. Its single writer (and a replica's
+        // in-order copy) gives records seqs in position order, so every record of a commit
+        // after `after` has a seq above that commit's last one. Without this bound the index
+        // is read from the first record of the kind still in the journal (a minute of
+        // claims at the default retention) on every pass of the worker. Only a shortcut:
+        // `c.pos > $1` still decides, and a pruned commit `after` gives the bound 0.
+        let seek = match self.dialect {
+            Dialect::Sqlite => {
+                " AND j.seq > COALESCE((SELECT MAX(seq) FROM journal WHERE txn = \
+                 (SELECT txn FROM journal_commits WHERE pos = $1)), 0)"
+            }
+            Dialect::Postgres => "",
+        };
         let read = |limit: Option<i64>| {
             let sql = format!(
                 "SELECT c.pos, j.entity_id FROM journal_commits c JOIN journal j ON j.txn = c.txn \
-                 WHERE c.pos > $1 AND j.kind = $2 ORDER BY c.pos, j.seq{}",
+                 WHERE c.pos > $1 AND j.kind = $2{seek} ORDER BY c.pos, j.seq{}",
                 if limit.is_some() { " LIMIT $3" } else { "" }
             );
             async move {
@@ -404,7 +411,7 @@ pub(super) async fn raise_epochs_in(
         let sql = format!(
             "INSERT INTO slot_epochs (slot, epoch) VALUES {} ON CONFLICT (slot) DO UPDATE \
              SET epoch = {greatest}(slot_epochs.epoch, excluded.epoch)",
-            values_list(chunk.len(), 2, 1)
+            values_list(tx.dialect, chunk.len(), 2)
         );
         let mut q = sqlx::query(&sql);
         for (slot, epoch) in chunk {

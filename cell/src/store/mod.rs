@@ -123,8 +123,12 @@ impl Store {
         sqlx::any::install_default_drivers();
         if url.starts_with("sqlite:") {
             let synchronous = if opts.fsync_commits { "FULL" } else { "NORMAL" };
+            // No ping before each acquire (sqlx's default): on SQLite a ping is one more
+            // hand-off to the connection's thread and back, on every transaction and read,
+            // and a local file connection does not go stale the way a socket does.
             let write = AnyPoolOptions::new()
                 .max_connections(1)
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(30))
                 .after_connect(move |c, m| sqlite_pragmas(c, m, synchronous))
                 .connect(url)
@@ -132,6 +136,7 @@ impl Store {
             Self::migrate(&write, Dialect::Sqlite).await?;
             let read = AnyPoolOptions::new()
                 .max_connections(4)
+                .test_before_acquire(false)
                 .after_connect(move |c, m| sqlite_pragmas(c, m, synchronous))
                 .connect(url)
                 .await?;
@@ -239,9 +244,16 @@ fn postgres_session(
     })
 }
 
-/// `($1, $2, …), (…)` for a multi-row insert of `rows` rows of `cols` columns, numbering
-/// placeholders from `first`.
-fn values_list(rows: usize, cols: usize, first: usize) -> String {
+/// `($1, $2, …), (…)` for a multi-row insert of `rows` rows of `cols` columns: the
+/// statement's only parameters, bound in order.
+///
+/// On SQLite the placeholders are anonymous (`(?, ?), (?, ?)`): SQLite finds a numbered
+/// placeholder's name by a linear scan of the statement's names, both when it parses one
+/// and when sqlx binds one (sqlx asks every parameter's name), so a statement of n numbered
+/// placeholders costs O(n²). At the thousands of parameters of a replica's batch (or a claim
+/// batch's journal append) that scan was most of the shard writer's time and grew with the
+/// backlog it was trying to clear. Anonymous ones are numbered by position, with no names.
+fn values_list(dialect: Dialect, rows: usize, cols: usize) -> String {
     let mut out = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
         if r > 0 {
@@ -252,12 +264,26 @@ fn values_list(rows: usize, cols: usize, first: usize) -> String {
             if c > 0 {
                 out.push_str(", ");
             }
-            out.push('$');
-            out.push_str(&(first + r * cols + c).to_string());
+            match dialect {
+                Dialect::Sqlite => out.push('?'),
+                Dialect::Postgres => {
+                    out.push('$');
+                    out.push_str(&(1 + r * cols + c).to_string());
+                }
+            }
         }
         out.push(')');
     }
     out
+}
+
+/// `$1, $2, …` (`n` placeholders) for an `IN (…)` list that holds the statement's only
+/// parameters, bound in order: anonymous on SQLite (see `values_list`).
+fn only_placeholders(dialect: Dialect, n: usize) -> String {
+    match dialect {
+        Dialect::Sqlite => vec!["?"; n].join(", "),
+        Dialect::Postgres => placeholders(1, n),
+    }
 }
 
 /// `$first, $first+1, …` (`n` placeholders) for an `IN (…)` list.
@@ -323,8 +349,9 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn values_list_numbers_placeholders() {
-        assert_eq!(super::values_list(2, 2, 1), "($1, $2), ($3, $4)");
-        assert_eq!(super::values_list(1, 3, 4), "($4, $5, $6)");
+        use super::Dialect::{Postgres, Sqlite};
+        assert_eq!(super::values_list(Postgres, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(super::values_list(Sqlite, 2, 2), "(?, ?), (?, ?)");
     }
 
     #[test]

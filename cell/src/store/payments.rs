@@ -1,7 +1,7 @@
 //! What the payment worker reads and writes: payments to register with the provider,
 //! re-checks that are due, and payments past their deadline.
 
-use super::fence::live_filter;
+use super::fence::{bind_live, live_filter};
 use super::{get, Store, StoreError};
 use crate::fence::{Fence, LiveSlots};
 
@@ -38,7 +38,7 @@ impl Store {
     ) -> Result<Vec<PendingPayment>, StoreError> {
         let mut out = Vec::new();
         for chunk in ids.chunks(256) {
-            let (only_live, slots) = live_filter("slot", live, chunk.len() + 1);
+            let (only_live, slots) = live_filter(self.dialect, "slot", live, chunk.len() + 1);
             let sql = format!(
                 "SELECT {COLS} FROM payments WHERE status = 'pending' AND registered = 0 AND payment_id IN ({}){only_live}",
                 super::placeholders(1, chunk.len())
@@ -47,9 +47,7 @@ impl Store {
             for id in chunk {
                 q = q.bind(id);
             }
-            for s in slots {
-                q = q.bind(s);
-            }
+            q = bind_live(q, slots);
             out.extend(pending(&q.fetch_all(&self.read).await?)?);
         }
         Ok(out)
@@ -133,12 +131,10 @@ impl Store {
         limit: i64,
         live: &LiveSlots,
     ) -> Result<Vec<PendingPayment>, StoreError> {
-        let (only_live, slots) = live_filter("slot", live, 3);
+        let (only_live, slots) = live_filter(self.dialect, "slot", live, 3);
         let sql = format!("SELECT {COLS} FROM payments WHERE status = 'pending' AND {condition}{only_live} ORDER BY {order} LIMIT $2");
         let mut q = sqlx::query(&sql).bind(now).bind(limit);
-        for s in slots {
-            q = q.bind(s);
-        }
+        q = bind_live(q, slots);
         let rows = q.fetch_all(&self.read).await?;
         pending(&rows)
     }

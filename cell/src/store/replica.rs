@@ -125,7 +125,7 @@ impl Store {
 
     /// Replaces this replica's whole content with `snap` and stands at its position.
     pub async fn install_snapshot(&self, shard: &str, snap: &Snapshot) -> Result<(), ApplyError> {
-        let mut tx = self.begin_apply().await?;
+        let (mut tx, _) = self.begin_apply().await?;
         for table in &TABLES {
             sqlx::query(&format!("DELETE FROM {}", table.name))
                 .execute(&mut *tx)
@@ -157,13 +157,7 @@ impl Store {
 
     /// Applies a primary's commits in order (see the module's invariants).
     pub async fn apply_commits(&self, commits: &[Commit]) -> Result<Applied, ApplyError> {
-        let mut tx = self.begin_apply().await?;
-        let mut pos: Position = get(
-            &sqlx::query("SELECT pos FROM journal_head WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await?,
-            "pos",
-        )?;
+        let (mut tx, mut pos) = self.begin_apply().await?;
         // The epochs of the slots this batch writes (one statement, few rows).
         let slots: BTreeSet<i64> = commits
             .iter()
@@ -174,7 +168,7 @@ impl Store {
         for chunk in slots.chunks(500) {
             let sql = format!(
                 "SELECT slot, epoch FROM slot_epochs WHERE slot IN ({})",
-                super::placeholders(1, chunk.len())
+                super::only_placeholders(tx.dialect, chunk.len())
             );
             let mut q = sqlx::query(&sql);
             for s in chunk {
@@ -238,22 +232,27 @@ impl Store {
     }
 
     /// A write transaction in which the journal triggers stand still: the records applied
-    /// are copied, not generated again.
-    async fn begin_apply(&self) -> Result<WriteTx, StoreError> {
+    /// are copied, not generated again. Also returns the position the replica stands at
+    /// (read in the same statement, inside the transaction).
+    async fn begin_apply(&self) -> Result<(WriteTx, Position), StoreError> {
         let mut tx = self.begin().await?;
-        match self.dialect {
+        let row = match self.dialect {
             Dialect::Postgres => {
-                sqlx::query("SELECT set_config('redcell.applying', 'on', true)")
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "SELECT set_config('redcell.applying', 'on', true), \
+                     (SELECT pos FROM journal_head WHERE id = 1) AS pos",
+                )
+                .fetch_one(&mut *tx)
+                .await?
             }
             Dialect::Sqlite => {
-                sqlx::query("UPDATE journal_head SET applying = 1 WHERE id = 1")
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query("UPDATE journal_head SET applying = 1 WHERE id = 1 RETURNING pos")
+                    .fetch_one(&mut *tx)
+                    .await?
             }
-        }
-        Ok(tx)
+        };
+        let pos = get(&row, "pos")?;
+        Ok((tx, pos))
     }
 
     async fn end_apply(
@@ -408,7 +407,7 @@ async fn upsert_rows(tx: &mut WriteTx, table: &Table, rows: &[Row]) -> Result<()
             "INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {updates}",
             table.name,
             cols.join(", "),
-            values_list(chunk.len(), cols.len(), 1),
+            values_list(tx.dialect, chunk.len(), cols.len()),
             table.key.join(", ")
         );
         let mut q = sqlx::query(&sql);
@@ -462,7 +461,7 @@ async fn copy_records(tx: &mut WriteTx, commits: &[&Commit]) -> Result<(), Store
     for chunk in records.chunks(500) {
         let sql = format!(
             "INSERT INTO journal (txn, slot, epoch, kind, entity_id, payload, created_at) VALUES {}",
-            values_list(chunk.len(), 7, 1)
+            values_list(tx.dialect, chunk.len(), 7)
         );
         let mut q = sqlx::query(&sql);
         for (pos, r) in chunk {
@@ -481,7 +480,7 @@ async fn copy_records(tx: &mut WriteTx, commits: &[&Commit]) -> Result<(), Store
     for chunk in commits.chunks(1000) {
         let sql = format!(
             "INSERT INTO journal_commits (pos, txn, created_at) VALUES {}",
-            values_list(chunk.len(), 3, 1)
+            values_list(tx.dialect, chunk.len(), 3)
         );
         let mut q = sqlx::query(&sql);
         for c in chunk {

@@ -6,7 +6,7 @@
 use serde_json::json;
 use topology::Uid;
 
-use super::fence::live_filter;
+use super::fence::{bind_live, live_filter};
 use super::journal::append_event;
 use super::rows::{self, Subsidy, SUBSIDY_COLS};
 use super::{get, Store, StoreError, WriteTx};
@@ -134,15 +134,13 @@ impl Store {
         limit: i64,
         live: &LiveSlots,
     ) -> Result<Vec<(String, String, String)>, StoreError> {
-        let (only_live, slots) = live_filter("slot", live, 3);
+        let (only_live, slots) = live_filter(self.dialect, "slot", live, 3);
         let sql = format!(
             "SELECT order_id, uid, result FROM idem_order WHERE operation = 'grant' \
              AND state = 'pending' AND created_at < $1{only_live} ORDER BY created_at LIMIT $2"
         );
         let mut q = sqlx::query(&sql).bind(before).bind(limit);
-        for s in slots {
-            q = q.bind(s);
-        }
+        q = bind_live(q, slots);
         let found = q.fetch_all(&self.read).await?;
         found
             .iter()

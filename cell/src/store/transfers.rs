@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::cursors::set_cursor;
-use super::fence::live_filter;
+use super::fence::{bind_live, live_filter};
 use super::journal::{append_events, EventEntry};
 use super::wallets::{credit_many, Credit};
 use super::{get, placeholders, Store, StoreError};
@@ -46,16 +46,14 @@ impl Store {
         live: &LiveSlots,
     ) -> Result<Vec<String>, StoreError> {
         // A transfer row names its claimer's slot; it is written under its packet's slot.
-        let (only_live, slots) = live_filter("p.slot", live, 4);
+        let (only_live, slots) = live_filter(self.dialect, "p.slot", live, 4);
         let sql = format!(
             "SELECT t.transfer_id FROM transfers t JOIN packets p ON p.packet_id = t.packet_id \
              WHERE t.status = 'pending' AND t.created_at <= $1 AND t.next_attempt_at <= $2{only_live} \
              ORDER BY t.created_at LIMIT $3"
         );
         let mut q = sqlx::query(&sql).bind(created_before).bind(now).bind(limit);
-        for s in slots {
-            q = q.bind(s);
-        }
+        q = bind_live(q, slots);
         let found = q.fetch_all(&self.read).await?;
         found.iter().map(|r| get(r, "transfer_id")).collect()
     }
@@ -69,7 +67,7 @@ impl Store {
     ) -> Result<Vec<DueTransfer>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(256) {
-            let (only_live, slots) = live_filter("p.slot", live, chunk.len() + 1);
+            let (only_live, slots) = live_filter(self.dialect, "p.slot", live, chunk.len() + 1);
             let sql = format!(
                 "SELECT t.transfer_id, t.to_uid, t.amount, t.slot, t.packet_id FROM transfers t \
                  JOIN packets p ON p.packet_id = t.packet_id \
@@ -80,9 +78,7 @@ impl Store {
             for id in chunk {
                 q = q.bind(id);
             }
-            for s in slots {
-                q = q.bind(s);
-            }
+            q = bind_live(q, slots);
             for row in q.fetch_all(&self.read).await? {
                 out.push(DueTransfer {
                     transfer_id: get(&row, "transfer_id")?,

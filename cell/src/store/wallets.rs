@@ -34,7 +34,7 @@ pub(super) async fn credit_many(
     let sql = format!(
         "INSERT INTO wallet_credits (source_id, slot, uid, amount, kind, created_at, packet_id) VALUES {} \
          ON CONFLICT DO NOTHING RETURNING source_id",
-        values_list(credits.len(), 7, 1)
+        values_list(tx.dialect, credits.len(), 7)
     );
     let mut q = sqlx::query(&sql);
     for c in credits {
@@ -66,7 +66,7 @@ pub(super) async fn credit_many(
     let sql = format!(
         "INSERT INTO wallets (uid, slot, balance) VALUES {} \
          ON CONFLICT (uid) DO UPDATE SET balance = wallets.balance + excluded.balance",
-        values_list(per_wallet.len(), 3, 1)
+        values_list(tx.dialect, per_wallet.len(), 3)
     );
     let mut q = sqlx::query(&sql);
     for (uid, (slot, amount)) in &per_wallet {
