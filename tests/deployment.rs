@@ -400,6 +400,40 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     .await;
     books_balance_at(&up, 7600).await;
 
+    // An operator holds a process down: unlike the crash above, the supervisor leaves it
+    // down (and status says why) until `cellctl start`; a stop is not counted as a restart.
+    let (code, out) = up.cellctl(&["stop", "meta3"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(up.record()["meta"][2]["pid"].is_null(), "{}", up.record());
+    let held_since = std::time::Instant::now();
+    let (code, out) = up.cellctl(&["status"]);
+    assert_ne!(code, 0, "a held-down process is not green: {out}");
+    assert!(out.contains("held down by `cellctl stop`"), "{out}");
+    // Still down well past the supervisor's first restart delay (250 ms).
+    while held_since.elapsed() < Duration::from_millis(1_500) {
+        assert!(
+            up.record()["meta"][2]["pid"].is_null(),
+            "restarted while held"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, out) = up.cellctl(&["stop", "c9"]);
+    assert_ne!(code, 0, "no such process: {out}");
+    let (code, out) = up.cellctl(&["start", "meta3"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(up.record()["meta"][2]["pid"].as_u64().is_some());
+    assert!(
+        up.record()["restarts"]["meta3"].is_null(),
+        "{}",
+        up.record()
+    );
+    eventually(
+        "status green after the start",
+        Duration::from_secs(30),
+        || async { (up.cellctl(&["status"]).0 == 0).then_some(()) },
+    )
+    .await;
+
     // `cellctl load` drives every flow through the router without an error, and the books
     // still balance afterwards.
     let (code, out) = up.cellctl(&[

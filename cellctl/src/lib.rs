@@ -2,12 +2,13 @@
 //!
 //! It owns the local launcher (`up`: raft-meta ×3, the cells, the router as supervised child
 //! processes on loopback, recorded in `DIR/deployment.json`), the operator's views and actions
-//! (`status`, `token`, `switch`, `policy`, `reconcile`) and the open-loop load generator (`load`).
+//! (`status`, `token`, `switch`, `policy`, `reconcile`, `stop`/`start` of one process) and the open-loop load generator (`load`).
 //! It talks to the processes only over their HTTP APIs and through their command lines: it
 //! never opens a cell's database, never decides ownership itself (raft-meta does), and never
 //! sends traffic anywhere but the deployment it was pointed at.
 
 pub mod deployment;
+pub mod hold;
 pub mod load;
 pub mod policy;
 pub mod status;

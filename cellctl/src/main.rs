@@ -37,6 +37,17 @@ enum Cmd {
     Up(up::UpArgs),
     /// Stop the deployment a `cellctl up` runs on --data-dir (as Ctrl-C there would).
     Down,
+    /// Stop one process of the deployment and keep it down (a crash is restarted by `up`; a
+    /// stop is not) until `cellctl start` brings it back: `meta1`…, `cell-c1` (or `c1`),
+    /// `router`. The hold is the file DATA_DIR/held/NAME; it outlives a restart of `up`.
+    Stop {
+        process: String,
+        /// SIGKILL instead of SIGTERM (no drain: a crash the supervisor will not repair).
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Lift a `cellctl stop` hold and wait until the process runs again.
+    Start { process: String },
     /// Every process with its health (green / amber / red), the raft leader, the map
     /// version, slots per cell, and a shard table: primary, backup, journal head, the
     /// backup's acknowledged position, lag (records, ms), policy and alarm. A shard is amber
@@ -135,6 +146,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Down => down(&layout).await,
+        Cmd::Stop { process, kill } => {
+            let (name, pid) = cellctl::hold::stop(&layout, &process, kill).await?;
+            match pid {
+                Some(pid) => {
+                    println!("{name} (pid {pid}) stopped; held down until `cellctl start {name}`")
+                }
+                None => println!("{name} was not running; held down until `cellctl start {name}`"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Start { process } => {
+            let (name, pid) = cellctl::hold::start(&layout, &process).await?;
+            println!("{name} running (pid {pid})");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status { json } => {
             let s = status::gather(&layout).await?;
             if json {

@@ -305,6 +305,8 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
         .timeout(Duration::from_secs(2))
         .build()?;
     let restarts = |name: &str| record.restarts.get(name).copied().unwrap_or(0);
+    // Held down by `cellctl stop`: said so, instead of "not running".
+    let held = |name: &str| crate::hold::is_held(layout, name);
 
     // Every process at once: a deployment that is down answers after one timeout, not one
     // per process.
@@ -354,8 +356,18 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
     let (cluster, view) = tokio::join!(client.cluster(), client.map(false));
     let cluster = cluster.ok();
     let view = view.ok();
-    let router = router.await?;
+    let note_hold = |p: &mut Process, name: &str| {
+        if held(name) {
+            p.detail = format!("{}, held down by `cellctl stop`", p.detail);
+        }
+    };
+    let mut router = router.await?;
+    note_hold(&mut router, "router");
     let mut meta = join_all(meta).await?;
+    for m in &mut meta {
+        let name = m.name.clone();
+        note_hold(m, &name);
+    }
     let leader = cluster.as_ref().and_then(|c| c.leader);
     for m in &mut meta {
         if leader.is_some_and(|l| m.name == format!("meta{l}")) {
@@ -365,6 +377,7 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
 
     let mut cells = Vec::new();
     for (c, mut process) in record.cells.iter().zip(join_all(cell_probes).await?) {
+        note_hold(&mut process, &format!("cell-{}", c.id));
         let id = topology::CellId::parse(&c.id).ok();
         let slots = view
             .as_ref()

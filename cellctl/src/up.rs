@@ -703,6 +703,18 @@ impl Shared {
             let mut backoff = Duration::from_millis(250);
             let mut restarted = false;
             loop {
+                // Held down by `cellctl stop`: not started until `cellctl start` lifts it.
+                if crate::hold::is_held(&shared.layout, &name) {
+                    tracing::info!(process = %name, "held down by `cellctl stop`; `cellctl start {name}` brings it back");
+                    while crate::hold::is_held(&shared.layout, &name) {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            _ = token.cancelled() => return,
+                        }
+                    }
+                    tracing::info!(process = %name, "hold lifted: starting");
+                    backoff = Duration::from_millis(250);
+                }
                 let mut child = match spawn_logged(&mut cmd, &log) {
                     Ok(child) => child,
                     Err(e) => {
@@ -729,6 +741,12 @@ impl Shared {
                             Ok(s) => describe_exit(s),
                             Err(e) => format!("wait failed: {e}"),
                         };
+                        if crate::hold::is_held(&shared.layout, &name) {
+                            tracing::info!(process = %name, pid, "stopped by `cellctl stop` ({how})");
+                            shared.set_pid(&kind, None, false);
+                            restarted = false;
+                            continue;
+                        }
                         if up_since.elapsed() > Duration::from_secs(30) {
                             backoff = Duration::from_millis(250);
                         }
