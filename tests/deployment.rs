@@ -102,6 +102,15 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     // The record names every process, the cells pair across regions, and status is green.
     let record = up.record();
     assert_eq!(record["meta"].as_array().unwrap().len(), 3);
+    // raft-meta's voters stand in three failure domains: both cell regions and a
+    // tie-breaker with no cell, so a lost region leaves a quorum.
+    let meta_regions: Vec<&str> = record["meta"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(meta_regions, ["east", "west", "tiebreak"], "{record}");
     let cells = record["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 4);
     let regions: BTreeMap<&str, &str> = cells

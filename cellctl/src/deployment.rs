@@ -76,6 +76,10 @@ pub struct Plan {
 pub struct PlannedMeta {
     pub id: u64,
     pub listen: String,
+    /// The failure domain the voter stands in (see [`place_meta`]); empty in plans written
+    /// before regions were planned for raft-meta.
+    #[serde(default)]
+    pub region: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -120,6 +124,25 @@ pub fn region_names(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The region of each of `voters` raft-meta voters (DESIGN §6.5): spread over the cells'
+/// regions and one tie-breaker region that holds no cell, so that with two cell regions and
+/// three voters, losing a whole cell region leaves a quorum (the other region's voter and the
+/// tie-breaker) able to fail its shards over. With one cell region the quorum lives there.
+pub fn place_meta(voters: usize, cell_regions: &[String]) -> Vec<String> {
+    let domains: Vec<String> = cell_regions
+        .iter()
+        .cloned()
+        .chain(std::iter::once(TIE_BREAKER.to_owned()))
+        .collect();
+    // One voter per domain, round robin: for 3 voters over 2 regions, east, west, tiebreak.
+    (0..voters)
+        .map(|i| domains[i % domains.len()].clone())
+        .collect()
+}
+
+/// The region of the raft-meta voter that breaks ties; no cell lives there.
+pub const TIE_BREAKER: &str = "tiebreak";
+
 /// Cells `c1..cN` in contiguous blocks per region (c1, c2 east; c3, c4 west for 4 over 2;
 /// every region gets at least one cell when `cells >= regions`), each backed up by the cell
 /// at the same position (wrapping) in the next region.
@@ -163,6 +186,9 @@ pub struct MetaRecord {
     pub id: u64,
     pub url: String,
     pub pid: Option<u32>,
+    /// Its failure domain (empty for plans from before regions were planned for raft-meta).
+    #[serde(default)]
+    pub region: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -189,6 +215,7 @@ impl Record {
                     id: m.id,
                     url: format!("http://{}", m.listen),
                     pid: None,
+                    region: m.region.clone(),
                 })
                 .collect(),
             cells: plan
@@ -395,6 +422,22 @@ mod tests {
                 assert_eq!(used.len(), regions, "{cells} cells over {regions} regions");
             }
         }
+    }
+
+    #[test]
+    fn raft_meta_voters_stand_in_both_cell_regions_and_a_tie_breaker() {
+        let two = region_names(2);
+        assert_eq!(place_meta(3, &two), ["east", "west", TIE_BREAKER]);
+        // Losing either cell region leaves two of three voters.
+        for lost in &two {
+            let left = place_meta(3, &two).iter().filter(|r| *r != lost).count();
+            assert!(left >= 2, "losing {lost} leaves {left}");
+        }
+        assert_eq!(
+            place_meta(3, &region_names(1)),
+            ["east", TIE_BREAKER, "east"]
+        );
+        topology::Region::parse(TIE_BREAKER).expect("a valid region name");
     }
 
     #[test]

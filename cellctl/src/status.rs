@@ -59,6 +59,9 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct Process {
     pub name: String,
+    /// Its failure domain: a cell's region, a raft-meta voter's (the tie-breaker's has no
+    /// cells), `-` where none is planned (the router, older plans).
+    pub region: String,
     pub url: String,
     pub pid: Option<u32>,
     pub health: Health,
@@ -68,9 +71,9 @@ pub struct Process {
 
 #[derive(Debug, Serialize)]
 pub struct CellStatus {
+    /// With the cell's region in it.
     #[serde(flatten)]
     pub process: Process,
-    pub region: String,
     pub backup: Option<String>,
     pub slots: usize,
     /// raft-meta's view from the cell's heartbeats: alive, suspect, down (or unknown).
@@ -364,9 +367,12 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
     let mut router = router.await?;
     note_hold(&mut router, "router");
     let mut meta = join_all(meta).await?;
-    for m in &mut meta {
+    for (m, planned) in meta.iter_mut().zip(&record.meta) {
         let name = m.name.clone();
         note_hold(m, &name);
+        if !planned.region.is_empty() {
+            m.region = planned.region.clone();
+        }
     }
     let leader = cluster.as_ref().and_then(|c| c.leader);
     for m in &mut meta {
@@ -378,6 +384,7 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
     let mut cells = Vec::new();
     for (c, mut process) in record.cells.iter().zip(join_all(cell_probes).await?) {
         note_hold(&mut process, &format!("cell-{}", c.id));
+        process.region = c.region.clone();
         let id = topology::CellId::parse(&c.id).ok();
         let slots = view
             .as_ref()
@@ -409,7 +416,6 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
             .unwrap_or_else(|| c.backup.clone());
         cells.push(CellStatus {
             process,
-            region: c.region.clone(),
             backup,
             slots,
             liveness,
@@ -481,6 +487,7 @@ async fn probe(
     };
     Process {
         name: name.to_owned(),
+        region: "-".to_owned(),
         url: url.to_owned(),
         pid,
         health,
@@ -514,15 +521,16 @@ impl std::fmt::Display for Status {
         writeln!(f)?;
         writeln!(
             f,
-            "{:<7} {:<8} {:<8} {:<28} {:>8}  detail",
-            "health", "process", "pid", "url", "restarts"
+            "{:<7} {:<8} {:<9} {:<8} {:<28} {:>8}  detail",
+            "health", "process", "region", "pid", "url", "restarts"
         )?;
         for p in std::iter::once(&self.router).chain(&self.meta) {
             writeln!(
                 f,
-                "{:<7} {:<8} {:<8} {:<28} {:>8}  {}",
+                "{:<7} {:<8} {:<9} {:<8} {:<28} {:>8}  {}",
                 mark(p.health),
                 p.name,
+                p.region,
                 pid(p.pid),
                 p.url,
                 p.restarts,
@@ -533,9 +541,10 @@ impl std::fmt::Display for Status {
             let p = &c.process;
             writeln!(
                 f,
-                "{:<7} {:<8} {:<8} {:<28} {:>8}  {}",
+                "{:<7} {:<8} {:<9} {:<8} {:<28} {:>8}  {}",
                 mark(p.health),
                 format!("cell {}", p.name),
+                p.region,
                 pid(p.pid),
                 p.url,
                 p.restarts,
@@ -553,7 +562,7 @@ impl std::fmt::Display for Status {
                 f,
                 "{:<6} {:<8} {:>6}  {:<7} {}",
                 c.process.name,
-                c.region,
+                c.process.region,
                 c.slots,
                 c.backup.as_deref().unwrap_or("-"),
                 c.liveness

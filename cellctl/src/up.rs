@@ -393,6 +393,13 @@ async fn load_or_make_plan(layout: &Layout, args: &UpArgs) -> anyhow::Result<Pla
             );
         }
     }
+    let cell_regions: Vec<String> = planned.iter().fold(Vec::new(), |mut acc, c| {
+        if !acc.contains(&c.region) {
+            acc.push(c.region.clone());
+        }
+        acc
+    });
+    let meta_regions = deployment::place_meta(3, &cell_regions);
     let plan = Plan {
         router_listen,
         meta: (1..=3)
@@ -400,6 +407,7 @@ async fn load_or_make_plan(layout: &Layout, args: &UpArgs) -> anyhow::Result<Pla
                 Ok(PlannedMeta {
                     id,
                     listen: port(id as u16 - 1)?,
+                    region: meta_regions[id as usize - 1].clone(),
                 })
             })
             .collect::<anyhow::Result<_>>()?,
