@@ -459,7 +459,9 @@ fn target_for(snap: &Snapshot, slot: Slot) -> Result<Target, RouterError> {
 /// carries `Retry-After`: a shard pausing its writes for a failover or a slot move, a backup
 /// not confirming yet) sends it again, at the cell the map then names, after a short backoff
 /// no longer than the delay the cell asked for, for as long as the retry budget lasts; the client sees the first answer
-/// that is not such a 503, or the last one. Safe to repeat: every money write through the
+/// that is not such a 503, or the last one. A connection that could not be opened within the
+/// connect timeout (a listen queue full under a burst) is tried again the same way: that
+/// request was never sent. Safe to repeat: every money write through the
 /// router is idempotent by its key (Idempotency-Key, packet and uid, grant id, payment id),
 /// and a 503 from a cell means "not done" or "done, not yet confirmed; repeat to learn".
 async fn forward(
@@ -476,17 +478,23 @@ async fn forward(
     let mut attempt = 0u32;
     loop {
         let snap = fresh.as_deref().unwrap_or(snap);
-        let resp = forward_once(ctx, snap, decision, out, labels, span).await?;
-        let Some(wait) = retry_after(&resp) else {
-            return Ok(resp);
+        // A deliberate 503 from the cell, or no connection at all (never sent), is tried
+        // again while the budget lasts; anything else is the answer.
+        let (wait, last) = match forward_once(ctx, snap, decision, out, labels, span).await {
+            Ok(resp) => match retry_after(&resp) {
+                Some(wait) => (wait, Ok(resp)),
+                None => return Ok(resp),
+            },
+            Err(e @ RouterError::NotSent(_)) => (Duration::from_secs(1), Err(e)),
+            Err(e) => return Err(e),
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(resp);
+            return last;
         }
         attempt += 1;
         metrics::counter!("router_unavailable_retries_total").increment(1);
-        tracing::debug!(slot = decision.slot.get(), cell = %labels.cell, attempt, trace_id = %labels.trace_id, "503 with Retry-After: retrying");
+        tracing::debug!(slot = decision.slot.get(), cell = %labels.cell, attempt, trace_id = %labels.trace_id, "cell paused or not connected: retrying");
         // Sooner than the cell's whole-second delay at first (a failover's pause is meant
         // to last well under a second): 50 ms, doubling, at most the cell's delay, always
         // within the budget.

@@ -23,6 +23,10 @@ pub enum RouterError {
     Degraded { switch: String, message: String },
     #[error("{0}")]
     CellUnavailable(String),
+    /// The cell could not be reached in time and the request was never sent: safe to try
+    /// again whatever it is (the router does, within its retry budget).
+    #[error("{0}")]
+    NotSent(String),
     #[error("too many requests ({0})")]
     RateLimited(&'static str, u64),
 }
@@ -43,9 +47,9 @@ impl RouterError {
             RouterError::Forbidden(_) => StatusCode::FORBIDDEN,
             RouterError::Invalid { .. } => StatusCode::BAD_REQUEST,
             RouterError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            RouterError::Degraded { .. } | RouterError::CellUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            RouterError::Degraded { .. }
+            | RouterError::CellUnavailable(_)
+            | RouterError::NotSent(_) => StatusCode::SERVICE_UNAVAILABLE,
             RouterError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -60,7 +64,7 @@ impl RouterError {
             RouterError::Invalid { .. } => "invalid_request",
             RouterError::PayloadTooLarge => "payload_too_large",
             RouterError::Degraded { .. } => "degraded",
-            RouterError::CellUnavailable(_) => "cell_unavailable",
+            RouterError::CellUnavailable(_) | RouterError::NotSent(_) => "cell_unavailable",
             RouterError::RateLimited(..) => "rate_limited",
         }
     }
@@ -69,7 +73,7 @@ impl RouterError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             RouterError::Degraded { .. } => Some(5),
-            RouterError::CellUnavailable(_) => Some(1),
+            RouterError::CellUnavailable(_) | RouterError::NotSent(_) => Some(1),
             RouterError::RateLimited(_, s) => Some(*s),
             _ => None,
         }

@@ -72,11 +72,18 @@ pub enum ForwardError {
     Unreachable(CellId, String),
     #[error("cell {0} did not answer within {1:?}")]
     Timeout(CellId, Duration),
+    /// No connection within the connect timeout: the request was never sent (a cell whose
+    /// listen queue is full under a burst, or one that is gone without a word).
+    #[error("no connection to cell {0} within {1:?}")]
+    NoConnection(CellId, Duration),
 }
 
 impl From<ForwardError> for RouterError {
     fn from(e: ForwardError) -> RouterError {
-        RouterError::CellUnavailable(e.to_string())
+        match e {
+            ForwardError::NoConnection(..) => RouterError::NotSent(e.to_string()),
+            _ => RouterError::CellUnavailable(e.to_string()),
+        }
     }
 }
 
@@ -176,12 +183,7 @@ impl Forwarder {
             tokio::net::TcpStream::connect((authority.host(), authority.port_u16().unwrap_or(80))),
         )
         .await
-        .map_err(|_| {
-            ForwardError::Unreachable(
-                target.cell.clone(),
-                format!("no connection within {:?}", self.connect_timeout),
-            )
-        })?
+        .map_err(|_| ForwardError::NoConnection(target.cell.clone(), self.connect_timeout))?
         .map_err(|e| unreachable(&e))?;
         // Requests and responses are written in pieces (head, then body): with Nagle's
         // algorithm a piece could wait for the cell's delayed ACK.

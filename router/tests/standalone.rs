@@ -584,3 +584,78 @@ async fn a_cell_s_503_with_retry_after_is_retried_within_the_budget() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
+
+/// Hardening finding 4: a cell whose listen queue is full for a moment (a burst) is not a
+/// dead cell. The router's connection attempt times out, the request was never sent, and the
+/// router tries again within its retry budget, so the client gets the answer once the cell
+/// accepts; with no budget the client sees the 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_is_merely_slow_is_retried_not_failed() {
+    let _serial = support::serial().await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let router_on = |port: u16, budget_ms: u64, name: &'static str| {
+        let map = CellMap::single(CellInfo {
+            id: CellId::parse("c1").unwrap(),
+            region: Region::parse("east").unwrap(),
+            url: format!("http://127.0.0.1:{port}"),
+            status: CellStatus::Active,
+        });
+        let file = dir.path().join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
+        let args = vec![
+            "--map".to_owned(),
+            file.display().to_string(),
+            "--connect-timeout-ms".to_owned(),
+            "300".to_owned(),
+            "--retry-unavailable-ms".to_owned(),
+            budget_ms.to_string(),
+        ];
+        let state = dir.path().join(format!("{name}-state"));
+        let log = dir.path().join(format!("{name}.log"));
+        async move { support::spawn_router(&args, &state, log).await }
+    };
+    for (budget_ms, want) in [
+        (3_000, StatusCode::OK),
+        (0, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        // A cell listening with a queue of one, filled, that accepts only when told.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut fillers = Vec::new();
+        for _ in 0..3 {
+            let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+                fillers.push(s);
+            }
+        }
+        let (open, opened) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = opened.await;
+            let app = axum::Router::new().fallback(|| async {
+                (
+                    [("content-type", "application/json")],
+                    r#"{"uid":"u1","balance":0}"#,
+                )
+            });
+            let _ = axum::serve(listener, app).await;
+        });
+        let router = router_on(
+            port,
+            budget_ms,
+            if budget_ms > 0 { "patient" } else { "none" },
+        )
+        .await;
+
+        let url = router.url.clone();
+        let asked =
+            tokio::spawn(async move { own_wallet(&reqwest::Client::new(), &url, "u1").await });
+        // Past at least one connect timeout (300 ms), the cell starts accepting.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let _ = open.send(());
+        let (s, _, body, _) = asked.await.unwrap();
+        assert_eq!(s, want, "budget {budget_ms} ms: {body}");
+        drop(fillers);
+    }
+}
