@@ -466,6 +466,23 @@ async fn whole_flow_across_cells_survives_a_killed_cell_and_a_restart() {
     let wallets_after_load = recon["totals"]["wallets"].as_i64().unwrap();
     assert!(wallets_after_load > 7600, "{recon}");
 
+    // The positions the backups acknowledged reach raft-meta's map through the primaries'
+    // heartbeats (the shard table's `reported`), for every shard that has written.
+    eventually(
+        "acknowledged positions in the map",
+        Duration::from_secs(20),
+        || async {
+            let (_, out) = up.cellctl(&["status", "--json"]);
+            let status: Value = serde_json::from_str(&out).ok()?;
+            let shards = status["shards"].as_array()?;
+            shards
+                .iter()
+                .all(|s| s["reported"].as_u64() > Some(0))
+                .then_some(())
+        },
+    )
+    .await;
+
     // Ctrl-C stops everything; `up` again on the same dir resumes with the same data.
     let exit = up.stop().expect("cellctl up ran");
     assert!(exit.success(), "cellctl up exits cleanly: {exit}");

@@ -91,6 +91,9 @@ pub struct ShardStatus {
     pub head: Option<i64>,
     /// The position the backup last acknowledged as durable.
     pub acked: Option<i64>,
+    /// The acknowledged position as raft-meta's map has it (reported with the primary's
+    /// heartbeats, written every few seconds; `null` without a map).
+    pub reported: Option<u64>,
     pub lag_records: Option<i64>,
     /// The backup's own view: how old its oldest unapplied commit is (`null`: unknown).
     pub lag_ms: Option<i64>,
@@ -287,6 +290,7 @@ pub fn shard_rows(
             backup,
             head: me.map(|r| r.head),
             acked: side.map(|s| s.acked),
+            reported: info.map(|i| i.position),
             lag_records: side.map(|s| s.lag_records),
             lag_ms,
             last_pull_ms_ago,
