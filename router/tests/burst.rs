@@ -31,13 +31,7 @@ async fn five_hundred_concurrent_claimers_get_answers_not_503s() {
         dir.path(),
     )
     .await;
-    let args = vec!["--map".to_owned(), file.display().to_string()];
-    let router = support::spawn_router(
-        &args,
-        &dir.path().join("state"),
-        dir.path().join("router.log"),
-    )
-    .await;
+    let router = support::router_on_one_cell(dir.path(), "router", port, &[]).await;
     support::wait_ready(&router.url, "router").await;
 
     // A paid packet of 100 shares: 100 claimers win, the rest learn it is gone.

@@ -527,23 +527,9 @@ async fn a_cell_s_503_with_retry_after_is_retried_within_the_budget() {
         }
     };
     let router_on = |port: u16, budget_ms: u64, name: &'static str| {
-        let map = CellMap::single(CellInfo {
-            id: CellId::parse("c1").unwrap(),
-            region: Region::parse("east").unwrap(),
-            url: format!("http://127.0.0.1:{port}"),
-            status: CellStatus::Active,
-        });
-        let file = dir.path().join(format!("{name}.json"));
-        std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
-        let args = vec![
-            "--map".to_owned(),
-            file.display().to_string(),
-            "--retry-unavailable-ms".to_owned(),
-            budget_ms.to_string(),
-        ];
-        let state = dir.path().join(format!("{name}-state"));
-        let log = dir.path().join(format!("{name}.log"));
-        async move { support::spawn_router(&args, &state, log).await }
+        let extra = ["--retry-unavailable-ms".to_owned(), budget_ms.to_string()];
+        let dir = dir.path().to_path_buf();
+        async move { support::router_on_one_cell(&dir, name, port, &extra).await }
     };
 
     // Three pauses, then the answer: the client sees only the answer.
@@ -594,25 +580,14 @@ async fn a_connect_that_is_merely_slow_is_retried_not_failed() {
     let _serial = support::serial().await;
     let dir = tempfile::TempDir::new().unwrap();
     let router_on = |port: u16, budget_ms: u64, name: &'static str| {
-        let map = CellMap::single(CellInfo {
-            id: CellId::parse("c1").unwrap(),
-            region: Region::parse("east").unwrap(),
-            url: format!("http://127.0.0.1:{port}"),
-            status: CellStatus::Active,
-        });
-        let file = dir.path().join(format!("{name}.json"));
-        std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
-        let args = vec![
-            "--map".to_owned(),
-            file.display().to_string(),
+        let extra = [
             "--connect-timeout-ms".to_owned(),
             "300".to_owned(),
             "--retry-unavailable-ms".to_owned(),
             budget_ms.to_string(),
         ];
-        let state = dir.path().join(format!("{name}-state"));
-        let log = dir.path().join(format!("{name}.log"));
-        async move { support::spawn_router(&args, &state, log).await }
+        let dir = dir.path().to_path_buf();
+        async move { support::router_on_one_cell(&dir, name, port, &extra).await }
     };
     for (budget_ms, want) in [
         (3_000, StatusCode::OK),

@@ -251,6 +251,27 @@ pub async fn spawn_cell(id: &str, port: u16, source: CellMapSource<'_>, dir: &Pa
     p
 }
 
+/// Writes a map in which one cell `c1` at `127.0.0.1:port` owns every slot, as `DIR/NAME.json`,
+/// and starts a router on it with `extra` flags, its state and log named after `name` too.
+pub async fn router_on_one_cell(dir: &Path, name: &str, port: u16, extra: &[String]) -> Proc {
+    let map = CellMap::single(topology::CellInfo {
+        id: CellId::parse("c1").unwrap(),
+        region: Region::parse("east").unwrap(),
+        url: format!("http://127.0.0.1:{port}"),
+        status: topology::CellStatus::Active,
+    });
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_vec(&map).unwrap()).unwrap();
+    let mut args = vec!["--map".to_owned(), file.display().to_string()];
+    args.extend_from_slice(extra);
+    spawn_router(
+        &args,
+        &dir.join(format!("{name}-state")),
+        dir.join(format!("{name}.log")),
+    )
+    .await
+}
+
 pub async fn spawn_router(args: &[String], state_dir: &Path, log: PathBuf) -> Proc {
     spawn_router_env(args, state_dir, log, &[]).await
 }
