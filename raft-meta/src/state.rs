@@ -52,6 +52,14 @@ pub(crate) mod testkit {
         }
     }
 
+    /// What the detector writes when it sees `cell` at `liveness`.
+    pub fn seen(cell: &str, liveness: super::Liveness) -> Command {
+        Command::SetLiveness {
+            cell: id(cell),
+            liveness,
+        }
+    }
+
     /// The version an applied command left; panics on a rejection.
     pub fn applied(o: Outcome) -> u64 {
         match o {
@@ -568,22 +576,22 @@ impl MetaState {
         shards: Option<BTreeMap<ShardId, ShardInfo>>,
         slots: Option<Vec<SlotOwner>>,
     ) -> Result<bool, Rejected> {
-        let cells = cells.unwrap_or_else(|| (*self.cells).clone());
-        let shards = shards.unwrap_or_else(|| (*self.shards).clone());
-        let slots = slots.unwrap_or_else(|| (*self.slots).clone());
-        topology::check_shards(&cells, &shards).map_err(map_rejection)?;
-        if !slots.is_empty() {
-            let candidate = CellMap {
-                version: self.version + 1,
-                cells: cells.clone(),
-                shards: shards.clone(),
-                slots: slots.clone(),
-            };
-            candidate.validate().map_err(map_rejection)?;
+        let candidate = CellMap {
+            version: self.version + 1,
+            cells: cells.unwrap_or_else(|| (*self.cells).clone()),
+            shards: shards.unwrap_or_else(|| (*self.shards).clone()),
+            slots: slots.unwrap_or_else(|| (*self.slots).clone()),
+        };
+        // Before the first slot table (cells registered inactive) only the shard rules apply.
+        if candidate.slots.is_empty() {
+            topology::check_shards(&candidate.cells, &candidate.shards)
+        } else {
+            candidate.validate()
         }
-        self.cells = Arc::new(cells);
-        self.shards = Arc::new(shards);
-        self.slots = Arc::new(slots);
+        .map_err(map_rejection)?;
+        self.cells = Arc::new(candidate.cells);
+        self.shards = Arc::new(candidate.shards);
+        self.slots = Arc::new(candidate.slots);
         Ok(true)
     }
 }
