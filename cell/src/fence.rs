@@ -67,8 +67,8 @@ impl Fence {
 
     /// The slot's entry when the map puts it in this fence's shard, served by this cell.
     fn held_here<'a>(&self, map: &'a CellMap, slot: Slot) -> Option<&'a SlotOwner> {
-        let owner = map.owner(slot);
-        (owner.shard == self.shard && map.serving(slot) == &self.me).then_some(owner)
+        map.serves_from(slot, &self.me, &self.shard)
+            .then(|| map.owner(slot))
     }
 
     /// The epoch this cell's map gives for `slot`, if the map gives the slot to this cell.

@@ -103,10 +103,10 @@ impl Ownership {
     /// serving cell and its URL (which may be this cell's own, for a shard it serves but this
     /// process does not hold: that cell answers 503 until it does). `None` without a map.
     pub fn peer_for(&self, map: &CellMap, slot: Slot) -> Option<(CellId, String)> {
-        let serving = map.serving(slot);
-        if serving == &self.me && map.owner(slot).shard == self.shard {
+        if map.serves_from(slot, &self.me, &self.shard) {
             return None;
         }
+        let serving = map.serving(slot);
         let url = map.cell(serving).map(|c| c.url.clone()).unwrap_or_default();
         Some((serving.clone(), url))
     }

@@ -344,6 +344,12 @@ impl CellMap {
         self.cells.get(self.serving(slot))
     }
 
+    /// Whether `cell` serves `slot` from `shard`: the slot lives in that shard and the shard's
+    /// primary is that cell. The one rule for "this process writes that slot".
+    pub fn serves_from(&self, slot: Slot, cell: &CellId, shard: &ShardId) -> bool {
+        &self.owner(slot).shard == shard && self.serving(slot) == cell
+    }
+
     /// The slots in a shard, in order.
     pub fn slots_in<'a>(&'a self, shard: &'a ShardId) -> impl Iterator<Item = Slot> + 'a {
         Slot::all().filter(move |s| &self.owner(*s).shard == shard)
