@@ -226,7 +226,7 @@ mod tests {
     use super::super::{Command, FailoverPolicy, MapView};
     use super::*;
 
-    use super::super::testkit::{applied, id, register, rejected, sh};
+    use super::super::testkit::{applied, id, register, rejected, seen, sh};
 
     fn policy(cell: &str, auto_failover: bool, go_async: bool) -> Command {
         Command::SetPolicy {
@@ -434,10 +434,7 @@ mod tests {
             shard: sh("c1"),
             backup: Some(id("c2")),
         }));
-        applied(s.apply(&Command::SetLiveness {
-            cell: id("c4"),
-            liveness: Liveness::Down,
-        }));
+        applied(s.apply(&seen("c4", Liveness::Down)));
         applied(s.apply(&policy("c1", true, true)));
         assert_eq!(
             s.reprotect_candidate(&sh("c1")),

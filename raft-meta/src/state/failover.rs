@@ -158,7 +158,7 @@ mod tests {
     use super::super::{BackupUnreachable, Command, FailoverPolicy};
     use super::*;
 
-    use super::super::testkit::{applied, id, register, rejected, sh};
+    use super::super::testkit::{applied, id, register, rejected, seen, sh};
 
     /// c1 east backed up by c2 west, c2 backed up by c1; c1's policy automatic.
     fn two_cells() -> MetaState {
@@ -234,10 +234,7 @@ mod tests {
     #[test]
     fn of_two_decisions_at_one_epoch_exactly_one_applies() {
         let mut s = two_cells();
-        applied(s.apply(&Command::SetLiveness {
-            cell: id("c1"),
-            liveness: Liveness::Down,
-        }));
+        applied(s.apply(&seen("c1", Liveness::Down)));
         let operator = fail_over(&s, FailoverKind::Emergency, 5_000);
         let detector = fail_over(&s, FailoverKind::Automatic, 5_001);
         applied(s.apply(&operator));
@@ -260,10 +257,7 @@ mod tests {
             "primary_not_down",
             "a merely slow or suspect primary is not failed over"
         );
-        applied(s.apply(&Command::SetLiveness {
-            cell: id("c1"),
-            liveness: Liveness::Down,
-        }));
+        applied(s.apply(&seen("c1", Liveness::Down)));
         let epoch = s.shard_epoch(&sh("c1"));
         applied(s.apply(&Command::GrantAlone {
             shard: sh("c1"),
@@ -274,18 +268,12 @@ mod tests {
             "running_alone"
         );
         applied(s.apply(&Command::WithdrawAlone { shard: sh("c1") }));
-        applied(s.apply(&Command::SetLiveness {
-            cell: id("c2"),
-            liveness: Liveness::Down,
-        }));
+        applied(s.apply(&seen("c2", Liveness::Down)));
         assert_eq!(
             rejected(s.apply(&fail_over(&s, FailoverKind::Automatic, 3))),
             "backup_down"
         );
-        applied(s.apply(&Command::SetLiveness {
-            cell: id("c2"),
-            liveness: Liveness::Alive,
-        }));
+        applied(s.apply(&seen("c2", Liveness::Alive)));
         applied(s.apply(&fail_over(&s, FailoverKind::Automatic, 10_000)));
         assert_eq!(s.shards[&sh("c1")].primary, id("c2"));
 
@@ -296,10 +284,7 @@ mod tests {
             backup: Some(id("c1")),
         }));
         applied(s.apply(&fail_over(&s, FailoverKind::Planned, 20_000)));
-        applied(s.apply(&Command::SetLiveness {
-            cell: id("c1"),
-            liveness: Liveness::Down,
-        }));
+        applied(s.apply(&seen("c1", Liveness::Down)));
         assert_eq!(
             rejected(s.apply(&fail_over(&s, FailoverKind::Automatic, 20_000 + 1))),
             "cooling_down"
@@ -315,10 +300,7 @@ mod tests {
             shard: sh("c1"),
             policy: FailoverPolicy::default(),
         }));
-        applied(refusing.apply(&Command::SetLiveness {
-            cell: id("c1"),
-            liveness: Liveness::Down,
-        }));
+        applied(refusing.apply(&seen("c1", Liveness::Down)));
         assert_eq!(
             rejected(refusing.apply(&fail_over(&refusing, FailoverKind::Automatic, 1))),
             "policy_forbids"
