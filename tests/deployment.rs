@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::{eventually, token, uid_on, Backend, Up};
+use harness::procs::eventually;
+use harness::up::{token, uid_on, Backend, Up};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};

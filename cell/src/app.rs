@@ -14,30 +14,28 @@ use tokio_util::sync::CancellationToken;
 use topology::auth::Verifier;
 use topology::{CellId, CellMap};
 
-use crate::claims::{ClaimService, Gate};
+use crate::claims::Gate;
 use crate::clock::Clock;
 use crate::config::{self, Settings, Switch};
 use crate::domain::validate::Limits;
-use crate::grants::Grants;
 use crate::meta::Follower;
 use crate::ownership::Ownership;
 use crate::payments::HttpProvider;
 use crate::peer::Peers;
-use crate::replication::{Durability, ReplicaHome, Replicas};
-use crate::store::{redact, Store, StoreError, StoreOptions};
-use crate::workers::Workers;
+use crate::replication::Replicas;
+use crate::roles::{Home, Roles};
+use crate::shards::{Kit, Shards};
+use crate::store::{redact, Store, StoreError};
 
 /// Shared state of the request handlers. Cheap to clone.
 #[derive(Clone)]
 pub struct Ctx(Arc<CtxInner>);
 
 pub struct CtxInner {
-    pub store: Store,
-    pub claims: ClaimService,
-    pub grants: Arc<Grants>,
+    /// The shards this cell serves as their primary; a request finds its shard here.
+    pub shards: Arc<Shards>,
     pub verifier: Verifier,
     pub clock: Arc<Clock>,
-    pub ownership: Arc<Ownership>,
     /// Delay before the first re-check of a new C2C payment, in milliseconds.
     pub payment_recheck_ms: i64,
     /// Time a new C2C payment has to be confirmed, in milliseconds.
@@ -51,9 +49,7 @@ pub struct CtxInner {
     pub wake: Arc<Notify>,
     /// Fired when shutdown begins: `/readyz` turns 503 so balancers stop sending.
     pub shutting_down: CancellationToken,
-    /// What this shard's backup has acknowledged, and the gate money answers wait at.
-    pub durability: Arc<Durability>,
-    /// The replicas this cell hosts for other shards.
+    /// The replicas this cell hosts.
     pub replicas: Replicas,
 }
 
@@ -83,16 +79,24 @@ pub enum StartError {
 pub struct App {
     listener: TcpListener,
     ctx: Ctx,
-    workers: Workers,
-    /// How long a grant reservation may stay pending before the sweep settles it.
-    grant_settle_after: Duration,
+    /// Serves, promotes and demotes shards and starts replicas, following the map.
+    roles: Arc<Roles>,
     /// Follows raft-meta, when the cell was started with `--meta`.
     follower: Option<Follower>,
     journal_retention: Duration,
     journal_prune_every: Duration,
     /// The serving loop's connection limits.
     http: serve::Limits,
+    /// Stops every task of the cell.
+    cancel: CancellationToken,
 }
+
+/// How long a starting cell waits for raft-meta's map before it serves on the one it
+/// persisted: a cell that lost its shards while it was down must learn it before it
+/// answers anything, when raft-meta can tell it; when raft-meta is down too it serves on
+/// what it had (static stability), and nothing it writes then can be acknowledged anyway
+/// (its backup and raft-meta would be needed, §6.3).
+const STARTUP_MAP_WAIT: Duration = Duration::from_secs(2);
 
 fn metrics_handle() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
@@ -135,15 +139,50 @@ impl App {
             .local_addr()
             .map_err(|e| StartError::Bind(settings.listen, e))?;
         let map_file = MapFile::new(settings.data_dir.join("map.json"));
-        // raft-meta: start from the last map we persisted (if any) and follow the watch. Only
-        // the map: the policy and the run-alone grant are taken from raft-meta live, never
-        // from disk (a grant may have lapsed while the cell was down).
-        let loaded = if settings.meta.is_empty() {
-            None
-        } else {
-            map_file.load()
+        let meta_client = (!settings.meta.is_empty()).then(|| {
+            MetaClient::new(
+                settings
+                    .meta
+                    .iter()
+                    .map(|n| n.trim_start_matches("http://").to_owned())
+                    .collect(),
+                topology::auth::Credential::minted(
+                    secret.as_bytes(),
+                    &format!("svc:cell-{me}"),
+                    Some("internal"),
+                    topology::auth::SERVICE_TOKEN_TTL_S,
+                ),
+            )
+        });
+        // raft-meta: start from its map when it answers in time, else from the last map we
+        // persisted (if any), and follow the watch. Only the map: the policy and the
+        // run-alone grant are taken from raft-meta live, never from disk (a grant may have
+        // lapsed while the cell was down).
+        let loaded = match &meta_client {
+            None => None,
+            Some(client) => {
+                let persisted = map_file.load();
+                let live = client
+                    .with_deadline(STARTUP_MAP_WAIT)
+                    .map(false)
+                    .await
+                    .ok()
+                    .filter(|v| v.map.is_some());
+                match (live, persisted) {
+                    (Some(live), Some(p)) if p.version > live.version => Some(p),
+                    (Some(live), _) => Some(live),
+                    (None, p) => {
+                        tracing::warn!(
+                            persisted = p.as_ref().map(|v| v.version),
+                            "raft-meta did not answer within {} ms: starting on the persisted map",
+                            STARTUP_MAP_WAIT.as_millis()
+                        );
+                        p
+                    }
+                }
+            }
         };
-        let ownership = Arc::new(match &settings.map {
+        let root = Arc::new(match &settings.map {
             _ if !settings.meta.is_empty() => Ownership::new(
                 me.clone(),
                 loaded.as_ref().and_then(|view| view.map.clone()),
@@ -169,36 +208,16 @@ impl App {
             .database_url
             .clone()
             .unwrap_or_else(|| Store::sqlite_url(&settings.data_dir));
-        let store = Store::open(
-            &url,
-            &StoreOptions {
-                max_connections: settings.db_max_connections,
-                fsync_commits: false,
-            },
-        )
-        .await?;
-        // The fence reads a missing `slot_epochs` row as "not held by this shard", so the
-        // epochs of the slots our map gives us are recorded before anything is served (and
-        // the follower does the same before it installs a new map).
-        let owned = ownership.fence().owned_epochs();
-        if !owned.is_empty() {
-            store.raise_epochs(&owned).await?;
-        }
+        let home = match &settings.database_url {
+            Some(url) => Home::Postgres(url.clone()),
+            None => Home::Sqlite(settings.data_dir.clone()),
+        };
         let gate = match &settings.redis_url {
             Some(url) => Gate::redis(url, me.as_str()).await?,
             None => Gate::local(),
         };
         let clock = Arc::new(Clock::default());
-        let transfers_due = Arc::new(Notify::new());
         let queue = (settings.claim_queue == Switch::On).then_some(settings.claim_batch_max);
-        let claims = ClaimService::new(
-            store.clone(),
-            clock.clone(),
-            ownership.clone(),
-            gate,
-            transfers_due.clone(),
-            queue,
-        );
         let wake = Arc::new(Notify::new());
         let cancel = CancellationToken::new();
         let http = reqwest::Client::builder()
@@ -218,61 +237,58 @@ impl App {
                 300,
             )),
         };
-        let grants = Arc::new(Grants {
-            store: store.clone(),
-            ownership: ownership.clone(),
+        let kit = Kit {
+            root: root.clone(),
+            gate,
             clock: clock.clone(),
+            claim_queue: queue,
             peers: peers.clone(),
-            fault: settings.test_fault,
-        });
-        let meta_client = (!settings.meta.is_empty()).then(|| {
-            MetaClient::new(
-                settings
-                    .meta
-                    .iter()
-                    .map(|n| n.trim_start_matches("http://").to_owned())
-                    .collect(),
-                topology::auth::Credential::minted(
-                    secret.as_bytes(),
-                    &format!("svc:cell-{me}"),
-                    Some("internal"),
-                    topology::auth::SERVICE_TOKEN_TTL_S,
-                ),
-            )
-        });
-        let durability = Durability::new(
-            store.clone(),
-            ownership.clone(),
-            Duration::from_millis(settings.ack_timeout_ms),
-            meta_client.clone().map(|c| {
+            grant_fault: settings.test_fault,
+            alone_grants: meta_client.clone().map(|c| {
                 // A grant request must not outlive the writes waiting on it.
                 Arc::new(crate::meta::MetaGrants(
                     c.with_deadline(Duration::from_millis(settings.ack_timeout_ms)),
                 )) as Arc<dyn crate::replication::AloneGrants>
             }),
-        );
-        let durability = Arc::new(match settings.acknowledge {
-            config::Acknowledge::Backup => durability,
-            config::Acknowledge::Local => durability.local_only(),
-        });
+            ack_timeout: Duration::from_millis(settings.ack_timeout_ms),
+            local_ack: settings.acknowledge == config::Acknowledge::Local,
+            worker_interval: Duration::from_millis(settings.worker_interval_ms.max(10)),
+            wake: wake.clone(),
+            provider: settings.payment_provider.as_deref().map(|base| {
+                Arc::new(HttpProvider::new(base, http.clone()))
+                    as Arc<dyn crate::payments::PaymentProvider>
+            }),
+            payment_recheck: Duration::from_millis(settings.payment_recheck_ms.max(10)),
+            journal_retention: Duration::from_secs(settings.journal_retention_s),
+            journal_prune_every: Duration::from_millis(settings.journal_prune_every_ms.max(100)),
+            grant_settle_after: Duration::from_millis(settings.grant_settle_after_ms),
+            cancel: cancel.clone(),
+        };
+        let shards = Arc::new(Shards::new(root.clone()));
         let replicas = Replicas::new(
-            match &settings.database_url {
-                Some(url) => ReplicaHome::Postgres(url.clone()),
-                None => ReplicaHome::Sqlite(settings.data_dir.join("replicas")),
-            },
-            ownership.clone(),
+            root.clone(),
             peers.clone(),
+            settings.data_dir.join("divergent"),
             cancel.clone(),
         );
+        let roles = Arc::new(Roles::new(
+            kit,
+            shards.clone(),
+            replicas.clone(),
+            home,
+            settings.db_max_connections,
+        ));
+        // The cell's own database is opened (and migrated) now, so a start on a bad URL or a
+        // database that is down fails here; then the map's decisions are carried out once
+        // before the first request (serving the own shard, or not: a cell that lost it).
+        roles.open_own().await?;
+        roles.reconcile().await;
         let ctx = Ctx(Arc::new(CtxInner {
-            store: store.clone(),
-            claims,
-            grants: grants.clone(),
+            shards: shards.clone(),
             payment_recheck_ms: settings.payment_recheck_ms.max(10) as i64,
             payment_deadline_ms: (settings.payment_deadline_s.max(1) as i64).saturating_mul(1000),
             verifier: Verifier::new(secret.as_bytes()),
             clock: clock.clone(),
-            ownership: ownership.clone(),
             limits: Limits {
                 max_total: settings.max_total,
                 max_count: settings.max_count,
@@ -282,51 +298,35 @@ impl App {
             test_clock: settings.test_clock,
             wake: wake.clone(),
             shutting_down: cancel.clone(),
-            durability: durability.clone(),
             replicas,
         }));
         let follower = meta_client.map(|client| Follower {
             client,
-            ownership: ownership.clone(),
-            store: store.clone(),
+            shards: shards.clone(),
             file: map_file,
             loaded,
             heartbeat: Duration::from_millis(settings.heartbeat_ms.max(50)),
             cancel: cancel.clone(),
-            durability: durability.clone(),
+            roles: roles.wake.clone(),
         });
-        let workers = Workers {
-            store,
-            clock,
-            interval: Duration::from_millis(settings.worker_interval_ms.max(10)),
-            cancel,
-            transfers_due,
-            wake,
-            ownership,
-            peers,
-            provider: settings.payment_provider.as_deref().map(|base| {
-                Arc::new(HttpProvider::new(base, http.clone()))
-                    as Arc<dyn crate::payments::PaymentProvider>
-            }),
-            payment_recheck: Duration::from_millis(settings.payment_recheck_ms.max(10)),
-        };
         tracing::info!(
             cell = %me,
             %addr,
             database = %redact(&url),
             gate = if settings.redis_url.is_some() { "redis" } else { "in-process" },
             claim_queue = ?settings.claim_queue,
+            serving = ?shards.all().iter().map(|s| s.shard.to_string()).collect::<Vec<_>>(),
             "cell ready"
         );
         Ok(App {
             listener,
             ctx,
-            workers,
-            grant_settle_after: Duration::from_millis(settings.grant_settle_after_ms),
+            roles,
             follower,
             journal_retention: Duration::from_secs(settings.journal_retention_s),
             journal_prune_every: Duration::from_millis(settings.journal_prune_every_ms.max(100)),
             http: settings.http.clone(),
+            cancel,
         })
     }
 
@@ -342,40 +342,23 @@ impl App {
         let App {
             listener,
             ctx,
-            workers,
-            grant_settle_after,
+            roles,
             follower,
             journal_retention,
             journal_prune_every,
             http,
+            cancel,
         } = self;
-        let cancel = workers.cancel.clone();
-        let mut handles = workers.spawn();
-        handles.push(ctx.replicas.clone().spawn(ctx.store.clone()));
-        handles.push(tokio::spawn(
-            ctx.durability.clone().run_withdrawals(cancel.clone()),
-        ));
+        let drained = CancellationToken::new();
+        let mut handles = vec![roles.spawn(cancel.clone(), drained.clone())];
         handles.push(
-            crate::replication::Pruner {
-                store: ctx.store.clone(),
-                durability: ctx.durability.clone(),
-                replicas: ctx.replicas.clone(),
-                retention: journal_retention,
-                every: journal_prune_every,
-                cancel: cancel.clone(),
-            }
-            .spawn(),
+            ctx.replicas
+                .clone()
+                .spawn_pruner(journal_retention, journal_prune_every),
         );
         if let Some(f) = follower {
             handles.extend(f.spawn());
         }
-        let sweep_every =
-            (grant_settle_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        handles.push(ctx.grants.clone().spawn_sweeper(
-            sweep_every,
-            grant_settle_after,
-            cancel.clone(),
-        ));
         let router = crate::api::router(ctx.clone());
         let stop = cancel.clone();
         // `serve` sets TCP_NODELAY, bounds header and idle time and the connection count.
@@ -386,10 +369,11 @@ impl App {
         })
         .await?;
         cancel.cancel();
+        drained.cancel();
+        // The roles task stops every served shard's workers and closes every database.
         for h in handles {
             let _ = h.await;
         }
-        ctx.store.close().await;
         tracing::info!("stopped");
         Ok(())
     }

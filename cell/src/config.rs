@@ -62,7 +62,7 @@ pub struct Settings {
     pub meta: Vec<String>,
 
     /// How often to heartbeat to raft-meta, in milliseconds.
-    #[arg(long, env = "REDCELL_HEARTBEAT_MS", default_value_t = 500)]
+    #[arg(long, env = "REDCELL_HEARTBEAT_MS", default_value_t = 200)]
     pub heartbeat_ms: u64,
 
     /// HS256 secret that signs every token. Unset: generated once into DATA_DIR/auth-secret.

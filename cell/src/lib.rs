@@ -27,6 +27,8 @@ pub mod ownership;
 pub mod payments;
 pub mod peer;
 pub mod replication;
+pub mod roles;
+pub mod shards;
 pub mod store;
 pub mod workers;
 

@@ -1,9 +1,10 @@
 //! Following raft-meta: the map arrives through the follower the cell shares with the router
 //! (`raft_meta::follow`: one read, then the watch, which survives the loss of any node, and
 //! `DATA_DIR/map.json`, so the cell keeps serving through a control-plane outage and after a
-//! restart). The cell's hook on it, [`CellHook`], takes raft-meta's word on this shard's
-//! durability and installs each new map only after the shard has recorded its slot epochs.
-//! The cell also heartbeats so the failure detector sees it alive.
+//! restart). The cell's hook on it, [`CellHook`], takes raft-meta's word on each served
+//! shard's durability, installs each new map only after every served shard has recorded its
+//! slot epochs, and wakes the roles reconciler (promotion, demotion: `roles.rs`). The cell
+//! also heartbeats so the failure detector sees it alive.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,32 +15,30 @@ use raft_meta::follow::{MapFile, MapFollower, MapHook};
 use tokio_util::sync::CancellationToken;
 use wire::{BackupUnreachable, MapView};
 
-use crate::ownership::Ownership;
-use crate::replication::{AloneGrants, BoxFuture, Control, Durability};
-use crate::store::Store;
+use crate::replication::{AloneGrants, BoxFuture};
+use crate::shards::Shards;
 use topology::{Epoch, ShardId};
 
 pub struct Follower {
     pub client: MetaClient,
-    pub ownership: Arc<Ownership>,
-    /// The shard whose slot epochs are raised to a new map's before it is installed.
-    pub store: Store,
+    /// The served shards: their epochs are raised to a new map's before it is installed,
+    /// and their durability follows raft-meta's word.
+    pub shards: Arc<Shards>,
     /// Where the last map is persisted.
     pub file: MapFile,
-    /// What `file` held at start-up (the view `ownership` started from), if anything.
+    /// What `file` held at start-up (the view the cell started from), if anything.
     pub loaded: Option<MapView>,
     pub heartbeat: Duration,
     pub cancel: CancellationToken,
-    /// Takes raft-meta's word on this shard's durability (policy, run-alone grant).
-    pub durability: Arc<Durability>,
+    /// Woken when a new map is installed (`roles.rs`).
+    pub roles: Arc<tokio::sync::Notify>,
 }
 
 impl Follower {
     pub fn spawn(self) -> Vec<tokio::task::JoinHandle<()>> {
         let hook = CellHook {
-            ownership: self.ownership.clone(),
-            store: self.store,
-            durability: self.durability.clone(),
+            shards: self.shards.clone(),
+            roles: self.roles.clone(),
         };
         let follower = Arc::new(MapFollower::new(
             self.client.clone(),
@@ -49,8 +48,7 @@ impl Follower {
         ));
         let heartbeat = Heartbeat {
             client: self.client,
-            ownership: self.ownership.clone(),
-            durability: self.durability.clone(),
+            shards: self.shards.clone(),
             every: self.heartbeat,
             cancel: self.cancel.clone(),
         };
@@ -63,103 +61,143 @@ impl Follower {
 
 /// The cell's reaction to each new view from raft-meta.
 pub struct CellHook {
-    ownership: Arc<Ownership>,
-    store: Store,
-    durability: Arc<Durability>,
+    shards: Arc<Shards>,
+    roles: Arc<tokio::sync::Notify>,
 }
 
 impl MapHook for CellHook {
     /// The durability control (policy, run-alone grant) comes from every view raft-meta
     /// answers, newer or not.
     fn see(&self, view: &MapView) {
-        let shard = self.ownership.shard();
-        let policy = view.policies.get(shard).copied().unwrap_or_default();
-        self.durability.set_control(Control {
-            may_go_alone: policy.on_backup_unreachable == BackupUnreachable::GoAsync,
+        self.shards.set_controls(
+            view.policies
+                .iter()
+                .map(|(shard, policy)| {
+                    (
+                        shard.clone(),
+                        policy.on_backup_unreachable == BackupUnreachable::GoAsync,
+                    )
+                })
+                .collect(),
             // A grant that lapsed (gone from the map, or at another epoch) stops at once.
-            alone_at: view.alone.get(shard).map(|g| topology::Epoch(g.epoch)),
-        });
+            view.alone
+                .iter()
+                .map(|(shard, g)| (shard.clone(), Epoch(g.epoch)))
+                .collect(),
+        );
     }
 
     /// (The durability control was set by `see` just before.) If the view has a map: raises
-    /// the shard's epochs and installs the map, in that order: fencing relies on it. Adopts
-    /// (so the follower persists) every view that has a map.
+    /// every served shard's epochs and installs the map, in that order: fencing relies on
+    /// it; then wakes the roles reconciler. Adopts (so the follower persists) every view
+    /// that has a map.
     async fn take(&self, view: Arc<MapView>) -> bool {
-        let me = self.ownership.cell_id();
+        let me = self.shards.cell_id().clone();
         let Some(map) = &view.map else { return false };
-        if map.cell(me).is_none() {
+        if map.cell(&me).is_none() {
             tracing::warn!(cell = %me, version = map.version,
                 "this cell is not in the map: it serves no slot until it is registered");
         }
-        let owned = map.slots_served_by(me).count();
+        let owned = map.slots_served_by(&me).count();
         let version = map.version;
         self.raise_epochs(map).await;
-        if self.ownership.update(map.clone()) {
+        if self.shards.root().update(map.clone()) {
             tracing::info!(version, owned_slots = owned, "new map from raft-meta");
+            self.roles.notify_one();
         }
         true
     }
 }
 
 impl CellHook {
-    /// Records `map`'s epochs for this cell's slots in the shard before the map is served
-    /// (the fence refuses a slot whose row is missing or behind). When that fails the map is
+    /// Records `map`'s epochs for each served shard's slots before the map is served (the
+    /// fence refuses a slot whose row is missing or behind). When that fails the map is
     /// installed anyway: the fence then refuses writes of the slots whose epochs are not
-    /// recorded yet, until the replication task's periodic raise catches up.
+    /// recorded yet, until the roles reconciler's periodic raise catches up.
     async fn raise_epochs(&self, map: &topology::CellMap) {
         if self
-            .ownership
+            .shards
+            .root()
             .map()
             .is_some_and(|m| m.version >= map.version)
         {
             return;
         }
-        let fence = self.ownership.fence_with(Arc::new(map.clone()));
-        let owned = fence.owned_epochs();
-        if owned.is_empty() {
-            return;
-        }
-        if let Err(e) = self.store.raise_epochs(&owned).await {
-            tracing::error!(version = map.version, error = %e,
-                "cannot record the new map's slot epochs; its new slots stay fenced until they are");
+        let map = Arc::new(map.clone());
+        for served in self.shards.all() {
+            let owned = served.ownership.fence_with(map.clone()).owned_epochs();
+            if owned.is_empty() {
+                continue;
+            }
+            if let Err(e) = served.store.raise_epochs(&owned).await {
+                tracing::error!(shard = %served.shard, version = map.version, error = %e,
+                    "cannot record the new map's slot epochs; its new slots stay fenced until they are");
+            }
         }
     }
 }
 
-/// The cell's heartbeat to raft-meta's failure detector.
+/// The cell's heartbeat to raft-meta's failure detector. Each beat is its own task, so a
+/// slow answer (a leader election) never delays the next beat: the detector must see a
+/// live cell alive whatever its raft-meta calls cost.
 struct Heartbeat {
     client: MetaClient,
-    ownership: Arc<Ownership>,
-    /// Where the position its backup has acknowledged comes from (reported on each beat).
-    durability: Arc<Durability>,
+    /// Where the positions the backups have acknowledged come from (reported on each beat),
+    /// and whose run-alone leases raft-meta's answer renews.
+    shards: Arc<Shards>,
     every: Duration,
     cancel: CancellationToken,
 }
 
 impl Heartbeat {
     async fn run(self) {
-        let mut last_warning: Option<Instant> = None;
+        let last_warning = Arc::new(std::sync::Mutex::new(None::<Instant>));
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                _ = tokio::time::sleep(self.every) => {}
+                _ = tick.tick() => {}
             }
-            // The position the shard's backup has acknowledged, when it has one.
-            let positions = match self.ownership.backup() {
-                Some(_) => BTreeMap::from([(
-                    self.ownership.shard().clone(),
-                    u64::try_from(self.durability.backup_has()).unwrap_or(0),
-                )]),
-                None => BTreeMap::new(),
-            };
-            let me = self.ownership.cell_id();
-            if let Err(e) = self.client.heartbeat(me, &positions).await {
-                // Once every 30 s at most: an outage must not flood the log.
-                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
-                    tracing::warn!(error = %e, "heartbeat to raft-meta failed; serving on the last map");
-                    last_warning = Some(Instant::now());
+            // The position each served shard's backup has acknowledged, when it has one.
+            let served = self.shards.all();
+            let positions: BTreeMap<ShardId, u64> = served
+                .iter()
+                .filter(|s| s.ownership.backup().is_some())
+                .map(|s| {
+                    (
+                        s.shard.clone(),
+                        u64::try_from(s.durability.backup_has()).unwrap_or(0),
+                    )
+                })
+                .collect();
+            let client = self.client.clone();
+            let me = self.shards.cell_id().clone();
+            let last_warning = last_warning.clone();
+            let root = self.shards.root().clone();
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                match client.heartbeat(&me, &positions).await {
+                    Ok(version) => {
+                        // raft-meta's map is at `version`: a cell that has it installed
+                        // holds current grants (a run-alone grant is used only then).
+                        let installed = root.map().map_or(0, |m| m.version);
+                        if version.is_some_and(|v| installed >= v) {
+                            for s in &served {
+                                s.durability.confirmed(sent);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Once every 30 s at most: an outage must not flood the log.
+                        let mut last = last_warning.lock().expect("warning lock poisoned");
+                        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                            tracing::warn!(error = %e, "heartbeat to raft-meta failed; serving on the last map");
+                            *last = Some(Instant::now());
+                        }
+                    }
                 }
-            }
+            });
         }
     }
 }

@@ -1,8 +1,8 @@
-//! Which slots this cell serves. The cell never decides ownership: it reads the map (static
-//! `--map`, raft-meta's watch, or its lone default) and routes by slot → shard: a request is
-//! served when the slot's shard is one this process holds and the map makes this cell that
-//! shard's primary, at the epoch it knows, whatever the router says (fencing). Today a cell
-//! holds one shard, its own (of its name); a shard taken over at failover is another.
+//! One shard's view of the map. The cell never decides ownership: it reads the map (static
+//! `--map`, raft-meta's watch, or its lone default); every shard this process serves has an
+//! [`Ownership`] naming it, and all of them share one installed map, so a new map reaches
+//! every shard at once. Which shard a request goes to is `shards.rs`'s (slot → shard →
+//! the shard this process serves, or 421/503).
 
 use std::sync::{Arc, RwLock};
 
@@ -15,12 +15,12 @@ use crate::fence::Fence;
 
 pub struct Ownership {
     me: CellId,
-    /// The shard whose database this process writes: its own.
+    /// The shard this view is for: the cell's own at first, or one it took over.
     shard: ShardId,
-    /// Swapped whole when a new map arrives; readers clone the `Arc` and never block
-    /// writers. `None` until the first map arrives (only with `--meta` and nothing persisted):
-    /// then the cell serves nothing.
-    map: RwLock<Option<Arc<CellMap>>>,
+    /// Shared by every shard of the process. Swapped whole when a new map arrives; readers
+    /// clone the `Arc` and never block writers. `None` until the first map arrives (only
+    /// with `--meta` and nothing persisted): then the cell serves nothing.
+    map: Arc<RwLock<Option<Arc<CellMap>>>>,
 }
 
 impl Ownership {
@@ -28,7 +28,16 @@ impl Ownership {
         Ownership {
             shard: ShardId::own(&me),
             me,
-            map: RwLock::new(map.map(Arc::new)),
+            map: Arc::new(RwLock::new(map.map(Arc::new))),
+        }
+    }
+
+    /// The same cell and map, for another shard.
+    pub fn for_shard(&self, shard: ShardId) -> Ownership {
+        Ownership {
+            me: self.me.clone(),
+            shard,
+            map: self.map.clone(),
         }
     }
 
@@ -57,27 +66,18 @@ impl Ownership {
         true
     }
 
-    /// Ok when this cell owns `slot`; otherwise 421 naming the owner.
-    pub fn check(&self, slot: Slot) -> Result<(), ApiError> {
-        self.check_at(slot, None)
-    }
-
-    /// As [`check`](Self::check), and when the caller (the router) says which epoch it
-    /// routed by, that epoch must be ours too: a mismatch means one of us holds a stale map.
-    pub fn check_at(&self, slot: Slot, epoch: Option<Epoch>) -> Result<(), ApiError> {
+    /// The shard `slot` is served from here: `Ok(shard)` when the map makes this cell the
+    /// primary of the slot's shard (at `epoch` too, when the caller says which epoch it
+    /// routed by: a mismatch means one of us holds a stale map); otherwise 421 naming the
+    /// cell that serves it. Whether this process holds that shard is `Shards`' question.
+    pub fn route_at(&self, slot: Slot, epoch: Option<Epoch>) -> Result<ShardId, ApiError> {
         let Some(map) = self.map() else {
             return Err(ApiError::unavailable("this cell has no map yet"));
         };
         let owner = map.owner(slot);
         let serving = map.serving(slot);
-        if serving == &self.me && owner.shard != self.shard {
-            return Err(ApiError::unavailable(format!(
-                "slot {slot} is in shard {}, which the map gives this cell, but this cell does not hold it",
-                owner.shard
-            )));
-        }
         if serving == &self.me && epoch.is_none_or(|e| e == owner.epoch) {
-            return Ok(());
+            return Ok(owner.shard.clone());
         }
         let url = map.cell(serving).map(|c| c.url.clone());
         let mut err = ApiError::new(
@@ -134,6 +134,13 @@ impl Ownership {
     /// The cell that backs up this process's shard, per the map as it is now.
     pub fn backup(&self) -> Option<CellId> {
         self.map()?.shard(&self.shard)?.backup.clone()
+    }
+
+    /// Whether the map as it is now makes this cell the primary of this shard.
+    pub fn is_primary(&self) -> bool {
+        self.map()
+            .and_then(|m| m.shard(&self.shard).map(|s| s.primary == self.me))
+            .unwrap_or(false)
     }
 
     /// This shard's epoch per the map as it is now (0 without a map).

@@ -173,6 +173,14 @@ pub struct Record {
     /// Restarts per process name since this `up` began.
     #[serde(default)]
     pub restarts: BTreeMap<String, u32>,
+    /// The console `up` serves (`None`: started with `--no-console`, or not yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleRecord>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConsoleRecord {
+    pub url: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -201,6 +209,29 @@ pub struct CellRecord {
 }
 
 impl Record {
+    /// Every shard as (shard, primary, backup): from raft-meta's `map` when there is one
+    /// (failover and re-protection move them), else the plan's pairs (each cell's own shard).
+    pub fn shards(&self, map: Option<&topology::CellMap>) -> Vec<(String, String, Option<String>)> {
+        match map {
+            Some(m) => m
+                .shards
+                .values()
+                .map(|s| {
+                    (
+                        s.id.to_string(),
+                        s.primary.to_string(),
+                        s.backup.as_ref().map(|b| b.to_string()),
+                    )
+                })
+                .collect(),
+            None => self
+                .cells
+                .iter()
+                .map(|c| (c.id.clone(), c.id.clone(), c.backup.clone()))
+                .collect(),
+        }
+    }
+
     /// The record of `plan` with no process running yet.
     pub fn from_plan(plan: &Plan) -> Record {
         Record {
@@ -230,6 +261,7 @@ impl Record {
                 })
                 .collect(),
             restarts: BTreeMap::new(),
+            console: None,
         }
     }
 

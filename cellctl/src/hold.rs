@@ -50,6 +50,18 @@ fn pid_of(record: &Record, name: &str) -> Option<u32> {
     record.meta.iter().find(|m| m.id == id)?.pid
 }
 
+/// The recorded URL of `name`.
+fn url_of(record: &Record, name: &str) -> Option<String> {
+    if name == "router" {
+        return Some(record.router.url.clone());
+    }
+    if let Some(id) = name.strip_prefix("cell-") {
+        return Some(record.cells.iter().find(|c| c.id == id)?.url.clone());
+    }
+    let id: u64 = name.strip_prefix("meta")?.parse().ok()?;
+    Some(record.meta.iter().find(|m| m.id == id)?.url.clone())
+}
+
 /// The process `given` names (`c1` is `cell-c1`), or an error listing the names there are.
 fn resolve(record: &Record, given: &str) -> anyhow::Result<String> {
     let names = names(record);
@@ -139,6 +151,35 @@ pub async fn start(layout: &Layout, given: &str) -> anyhow::Result<(String, u32)
     })
     .await?;
     let pid = pid_of(&record, &name).expect("waited for it");
+    // Running is not answering: wait until it listens (`/healthz`; a fenced cell is healthy
+    // while it serves nothing of its old shard), so the next command can reach it.
+    if let Some(url) = url_of(&record, &name) {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let answered = http
+                .get(format!("{url}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if answered {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let log = layout.log(&name);
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(8).collect();
+                bail!(
+                    "{name} started (pid {pid}) but does not answer {url}/healthz within {WAIT:?}; the end of {}:\n{}",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     Ok((name, pid))
 }
 

@@ -2,15 +2,20 @@
 //!
 //! It owns the local launcher (`up`: raft-meta ×3, the cells, the router as supervised child
 //! processes on loopback, recorded in `DIR/deployment.json`), the operator's views and actions
-//! (`status`, `token`, `switch`, `policy`, `reconcile`, `stop`/`start` of one process) and the open-loop load generator (`load`).
+//! (`status`, the web `console`, `token`, `switch`, `policy`, `reconcile`, `stop`/`start` of one
+//! process), the open-loop load generator (`load`, the engine of the `harness` crate) and disaster
+//! drills (`drill`: a fault injected under a ledger-keeping load, verdicts, a report).
 //! It talks to the processes only over their HTTP APIs and through their command lines: it
 //! never opens a cell's database, never decides ownership itself (raft-meta does), and never
 //! sends traffic anywhere but the deployment it was pointed at.
 
+pub mod console;
 pub mod deployment;
+pub mod drill;
+pub mod failover;
 pub mod hold;
-pub mod load;
 pub mod policy;
+pub mod rebuild;
 pub mod status;
 pub mod up;
 pub mod verify;

@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use cellctl::deployment::{self, Layout, Record};
-use cellctl::{load, policy, status, up, verify};
+use cellctl::{drill, failover, policy, rebuild, status, up, verify};
+use harness::load;
 
 /// Runs and operates a redcell deployment: the whole system on this machine with `up`, its
 /// health with `status`, tokens, degradation switches, backup policies, reconciliation and
@@ -46,7 +47,7 @@ enum Cmd {
         #[arg(long)]
         kill: bool,
     },
-    /// Lift a `cellctl stop` hold and wait until the process runs again.
+    /// Lift a `cellctl stop` hold and wait until the process runs again and answers /healthz.
     Start { process: String },
     /// Every process with its health (green / amber / red), the raft leader, the map
     /// version, slots per cell, and a shard table: primary, backup, journal head, the
@@ -59,6 +60,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the operators' console: the deployment on one live web page (regions, cells,
+    /// shards with their backups and lag, raft-meta, the router; red / amber / green with
+    /// reasons; per-cell charts; switches; events). `up` serves it too. Asks for an admin
+    /// token (`cellctl token svc:ops --scope admin`).
+    Console(cellctl::console::ConsoleArgs),
     /// Mint a token signed with the deployment's secret and print it.
     ///
     /// UID is an app user (`u42`) or a service (`svc:activity` with `--scope subsidy:grant`,
@@ -98,6 +104,30 @@ enum Cmd {
     },
     /// Open-loop load through the router at a fixed rate, with percentiles and errors.
     Load(load::LoadArgs),
+    /// Move a shard to its backup cell. `--planned`: pause the primary's writes (clients see
+    /// latency: the router retries the 503s), let the backup catch up, move the shard in
+    /// raft-meta (one entry: new primary, slots' epochs raised), the backup promotes, the
+    /// old primary becomes the backup. `--emergency`: the primary is dead or cut off; move
+    /// now, the backup serves what it durably has. Prints each step and `unavailable_ms`.
+    Failover(failover::FailoverArgs),
+    /// Make a cell that lost shards at a failover their backup again: its divergent tail
+    /// (writes it made that the new primary never had, acknowledged to no one) is set aside
+    /// in DATA_DIR/divergent of the cell and reported, its copy re-seeded from a snapshot.
+    /// Then `cellctl failover SHARD --planned --to CELL` moves the shard home.
+    Rebuild {
+        /// The cell, e.g. c1.
+        cell: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A disaster drill under live traffic: checks the steady state, runs a ledger-keeping
+    /// load through the router, injects the scenario's fault (kill-cell, freeze-cell,
+    /// planned-failover, kill-region, kill-backup, kill-meta-leader), waits for recovery and
+    /// proves what was lost (every acknowledged write read back), duplicated, whether money is
+    /// conserved and the replicas equal, each affected shard's RTO and the blast radius on
+    /// healthy shards; then puts the deployment back. Exits 0 only if every guarantee held.
+    Drill(drill::DrillArgs),
     /// Prove every backup replica equals its primary: per-slot digests of every replicated
     /// table (both idempotency tables included), compared at one journal position under
     /// live traffic. Names every difference; exits 0 only when all shards match.
@@ -146,6 +176,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Down => down(&layout).await,
+        Cmd::Console(args) => {
+            cellctl::console::run(&layout, &args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Stop { process, kill } => {
             let (name, pid) = cellctl::hold::stop(&layout, &process, kill).await?;
             match pid {
@@ -213,6 +247,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Reconcile { json } => reconcile(&layout, json).await,
+        Cmd::Failover(args) => {
+            let report = failover::run(&layout, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rebuild { cell, json } => {
+            let report = rebuild::run(&layout, &cell).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Verify { shard, json } => {
             let report = verify::run(&layout, shard.as_deref()).await?;
             if json {
@@ -221,6 +273,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{report}");
             }
             Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Drill(args) => {
+            let summary = drill::run(&layout, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{summary}");
+            }
+            Ok(if summary.ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

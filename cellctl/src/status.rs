@@ -5,9 +5,11 @@
 //! **amber** = the process answers but is not ready, or raft-meta suspects the cell;
 //! **red** = no answer (stopped, crashed, restarting) or raft-meta has it down.
 //!
-//! The shard table has one row per cell as primary of its own shard, from each cell's
-//! `GET /v1/internal/replication` (admin token) and the map; its alarm rules are
-//! [`shard_alarm`] (pure) and fold into the deployment's health.
+//! The shard table has one row per shard of the map (each cell's own shard before there is
+//! a map), from its primary's and its backup's `GET /v1/internal/replication` (admin token)
+//! and the map: positions, lag, policy, the last failover (when, why, how long) and a pause
+//! in progress; its alarm rules are [`shard_alarm`] (pure) and fold into the deployment's
+//! health. A cell that lost its shard at a failover and serves nothing is shown fenced.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -32,7 +34,8 @@ pub enum Health {
 }
 
 impl Health {
-    fn worst(self, other: Health) -> Health {
+    /// The worse of the two.
+    pub fn worst(self, other: Health) -> Health {
         use Health::*;
         match (self, other) {
             (Red, _) | (_, Red) => Red,
@@ -48,7 +51,7 @@ pub struct Status {
     pub router: Process,
     pub meta: Vec<Process>,
     pub cells: Vec<CellStatus>,
-    /// One row per cell as primary of its shard.
+    /// One row per shard.
     pub shards: Vec<ShardStatus>,
     pub leader: Option<u64>,
     pub term: Option<u64>,
@@ -78,6 +81,27 @@ pub struct CellStatus {
     pub slots: usize,
     /// raft-meta's view from the cell's heartbeats: alive, suspect, down (or unknown).
     pub liveness: String,
+    /// The shards this cell serves as primary (its answer; the map's word when it does not
+    /// answer).
+    pub serving: Vec<String>,
+    /// Set when the cell lost a shard at a failover and is neither its primary nor its
+    /// backup: it serves nothing of it until `cellctl rebuild` makes it the backup again.
+    pub fenced: Option<String>,
+}
+
+/// A shard's last failover, as raft-meta recorded it, and how long it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastFailover {
+    /// `planned`, `emergency` or `automatic`.
+    pub kind: String,
+    pub from: String,
+    pub to: String,
+    pub epoch: u64,
+    /// Wall clock of the decision, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// From the decision to the new primary holding the shard (its promotion), when the new
+    /// primary reports the promotion.
+    pub took_ms: Option<i64>,
 }
 
 /// One shard: its primary, its backup and how far behind that backup is.
@@ -106,6 +130,10 @@ pub struct ShardStatus {
     /// The primary's own durability report (`{"policy","alone","at_risk","state"}`) when it
     /// gives one.
     pub durability: Option<serde_json::Value>,
+    /// The primary's writes are paused: a planned failover is in progress.
+    pub paused: bool,
+    /// The last failover of the shard, if it had one.
+    pub last_failover: Option<LastFailover>,
     pub alarm: Health,
     /// Why the alarm is not green.
     pub reasons: Vec<String>,
@@ -115,13 +143,68 @@ pub struct ShardStatus {
 /// ignored, so a newer cell's answer still parses.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Replication {
+    /// Every shard the cell serves as primary (absent from cells that served one shard
+    /// only: then the top-level fields are that shard's).
+    #[serde(default)]
+    pub shards: Vec<ShardSide>,
+    #[serde(flatten)]
+    pub own: OwnSide,
+    #[serde(default)]
+    pub replicas: Vec<ReplicaSide>,
+    /// Divergent tails this cell found and set aside.
+    #[serde(default)]
+    pub divergent: Vec<serde_json::Value>,
+}
+
+/// The top-level fields: the cell's own shard, when it serves it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OwnSide {
+    pub shard: String,
+    pub head: Option<i64>,
+    #[serde(default)]
+    pub backup: Option<BackupSide>,
+    #[serde(default)]
+    pub durability: Option<serde_json::Value>,
+}
+
+/// One served shard of a cell's answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShardSide {
     pub shard: String,
     pub head: i64,
     pub backup: Option<BackupSide>,
     #[serde(default)]
-    pub replicas: Vec<ReplicaSide>,
-    #[serde(default)]
     pub durability: Option<serde_json::Value>,
+    #[serde(default)]
+    pub paused: bool,
+    /// The shard's promotions (`{"pos","cell","epoch","promoted_at",...}`).
+    #[serde(default)]
+    pub history: Vec<serde_json::Value>,
+}
+
+impl Replication {
+    /// The served shards, from either form of the answer.
+    pub fn served(&self) -> Vec<ShardSide> {
+        if !self.shards.is_empty() {
+            return self.shards.clone();
+        }
+        match self.own.head {
+            Some(head) => vec![ShardSide {
+                shard: self.own.shard.clone(),
+                head,
+                backup: self.own.backup.clone(),
+                durability: self.own.durability.clone(),
+                paused: false,
+                history: Vec::new(),
+            }],
+            None => Vec::new(),
+        }
+    }
+
+    /// The served shard `id`, if the cell serves it.
+    pub fn serving(&self, id: &str) -> Option<ShardSide> {
+        self.served().into_iter().find(|s| s.shard == id)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +221,11 @@ pub struct ReplicaSide {
     pub shard: String,
     #[serde(default)]
     pub lag_ms: i64,
+    /// `starting`, `bootstrapping`, `tailing`, `held` or `error`.
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub applied: i64,
 }
 
 /// What the alarm of one shard is decided from.
@@ -154,6 +242,11 @@ pub struct AlarmFacts {
     pub lag_records: Option<i64>,
     /// Milliseconds since the backup last pulled; `None` if it never has.
     pub last_pull_ms_ago: Option<i64>,
+    /// A planned failover has paused the primary's writes.
+    pub paused: bool,
+    /// The shard has no backup though the deployment has cells in other regions (after an
+    /// emergency failover, until a rebuild): every acknowledgement is unprotected.
+    pub unprotected: bool,
 }
 
 /// The alarm rules of a shard (DESIGN.md §6.3, §8):
@@ -161,8 +254,9 @@ pub struct AlarmFacts {
 ///   refused), or the primary does not answer;
 /// - **amber**: a run-alone grant stands, or the backup lags more than
 ///   [`LAG_RECORDS_AMBER`] records, or it has not pulled for more than [`SILENT_MS_AMBER`]
-///   (or never has);
-/// - else green. A shard without a backup (one region) raises no backup alarm.
+///   (or never has), or a planned failover has paused it, or it has no backup although
+///   another region could hold one;
+/// - else green. A shard without a backup in a one-region deployment raises no alarm.
 pub fn shard_alarm(f: &AlarmFacts) -> (Health, Vec<String>) {
     let mut health = Health::Green;
     let mut reasons = Vec::new();
@@ -177,6 +271,18 @@ pub fn shard_alarm(f: &AlarmFacts) -> (Health, Vec<String>) {
         raise(
             Health::Amber,
             "running alone under a raft-meta grant".into(),
+        );
+    }
+    if f.paused {
+        raise(
+            Health::Amber,
+            "writes paused: planned failover in progress".into(),
+        );
+    }
+    if f.unprotected {
+        raise(
+            Health::Amber,
+            "no backup: acknowledgements unprotected (cellctl rebuild)".into(),
         );
     }
     if let Some(backup) = &f.backup {
@@ -228,27 +334,22 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The shard rows, from each cell's replication status (by cell id) and the map.
+/// The shard rows, from each cell's replication status (by cell id) and the map: one per
+/// shard of the map, or per cell of the plan (its own shard) while there is no map.
 pub fn shard_rows(
     record: &Record,
     view: Option<&wire::MapView>,
     answers: &BTreeMap<String, Replication>,
     now_ms: i64,
 ) -> Vec<ShardStatus> {
+    let map = view.and_then(|v| v.map.as_ref());
+    let shards = record.shards(map);
+    let regions: std::collections::BTreeSet<&str> =
+        record.cells.iter().map(|c| c.region.as_str()).collect();
     let mut rows = Vec::new();
-    for c in &record.cells {
-        let id = topology::CellId::parse(&c.id).ok();
-        // Each cell of the plan has its own shard, of its name.
-        let id = id.map(|c| topology::ShardId::own(&c));
-        let info = view
-            .and_then(|v| v.map.as_ref())
-            .zip(id.as_ref())
-            .and_then(|(m, id)| m.shard(id));
-        let backup = match (view.and_then(|v| v.map.as_ref()), info) {
-            (Some(_), Some(info)) => info.backup.as_ref().map(|b| b.to_string()),
-            // No map to read: the plan's pairing.
-            _ => c.backup.clone(),
-        };
+    for (shard, primary, backup) in shards {
+        let id = topology::ShardId::parse(&shard).ok();
+        let info = map.zip(id.as_ref()).and_then(|(m, id)| m.shard(id));
         let policy = view.zip(id.as_ref()).map(|(v, id)| {
             BackupPolicy::of(
                 v.policies
@@ -261,9 +362,8 @@ pub fn shard_rows(
         let alone = view
             .zip(id.as_ref())
             .is_some_and(|(v, id)| v.alone.contains_key(id));
-        let me = answers.get(&c.id);
-        let shard = me.map(|r| r.shard.clone()).unwrap_or_else(|| c.id.clone());
-        let side = me.and_then(|r| r.backup.as_ref());
+        let me = answers.get(&primary).and_then(|r| r.serving(&shard));
+        let side = me.as_ref().and_then(|r| r.backup.as_ref());
         let backup_answer = backup.as_ref().and_then(|b| answers.get(b));
         let lag_ms = backup_answer
             .and_then(|b| b.replicas.iter().find(|r| r.shard == shard))
@@ -271,6 +371,7 @@ pub fn shard_rows(
         let last_pull_ms_ago = side
             .filter(|s| s.last_contact_ms > 0)
             .map(|s| (now_ms - s.last_contact_ms).max(0));
+        let paused = me.as_ref().is_some_and(|m| m.paused);
         let facts = AlarmFacts {
             primary_answered: me.is_some(),
             backup: backup.clone(),
@@ -279,16 +380,39 @@ pub fn shard_rows(
             alone,
             lag_records: side.map(|s| s.lag_records),
             last_pull_ms_ago,
+            paused,
+            unprotected: backup.is_none() && regions.len() > 1,
         };
         let (alarm, reasons) = shard_alarm(&facts);
+        let last_failover = view
+            .zip(id.as_ref())
+            .and_then(|(v, id)| v.failovers.get(id))
+            .map(|f| {
+                // The new primary's promotion for that failover's epoch.
+                let promoted_at = me.as_ref().and_then(|m| {
+                    m.history
+                        .iter()
+                        .rev()
+                        .find(|p| p["epoch"].as_u64() == Some(f.epoch))
+                        .and_then(|p| p["promoted_at"].as_i64())
+                });
+                LastFailover {
+                    kind: serde_json::to_value(f.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    from: f.from.to_string(),
+                    to: f.to.to_string(),
+                    epoch: f.epoch,
+                    at_ms: f.at_ms,
+                    took_ms: promoted_at.map(|p| (p - f.at_ms as i64).max(0)),
+                }
+            });
         rows.push(ShardStatus {
             shard,
-            // The map's word once there is one (a failover moves a shard to another cell).
-            primary: info
-                .map(|i| i.primary.to_string())
-                .unwrap_or_else(|| c.id.clone()),
+            primary,
             backup,
-            head: me.map(|r| r.head),
+            head: me.as_ref().map(|r| r.head),
             acked: side.map(|s| s.acked),
             reported: info.map(|i| i.position),
             lag_records: side.map(|s| s.lag_records),
@@ -296,7 +420,9 @@ pub fn shard_rows(
             last_pull_ms_ago,
             policy: policy.map(|p| p.name()).unwrap_or("?").to_owned(),
             alone,
-            durability: me.and_then(|r| r.durability.clone()),
+            durability: me.as_ref().and_then(|r| r.durability.clone()),
+            paused,
+            last_failover,
             alarm,
             reasons,
         });
@@ -304,13 +430,46 @@ pub fn shard_rows(
     rows
 }
 
+/// Why a cell is fenced, when it is: it lost a shard at a failover and the map makes it
+/// neither that shard's primary nor its backup (it serves nothing of it until rebuilt).
+fn fenced(view: Option<&wire::MapView>, cell: &str) -> Option<String> {
+    let view = view?;
+    let map = view.map.as_ref()?;
+    let lost: Vec<String> = view
+        .failovers
+        .iter()
+        .filter(|(_, f)| f.from.as_str() == cell)
+        .filter(|(shard, _)| {
+            map.shard(shard).is_some_and(|s| {
+                s.primary.as_str() != cell && s.backup.as_ref().map(|b| b.as_str()) != Some(cell)
+            })
+        })
+        .map(|(shard, f)| {
+            format!("shard {shard} ({:?} failover to {})", f.kind, f.to).to_lowercase()
+        })
+        .collect();
+    (!lost.is_empty()).then(|| {
+        format!(
+            "fenced: lost {}; `cellctl rebuild {cell}` makes it a backup again",
+            lost.join(", ")
+        )
+    })
+}
+
 /// Probes every process of the deployment recorded under `layout`.
 pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
+    Ok(gather_with(layout, Duration::from_secs(2)).await?.0)
+}
+
+/// [`gather`] with each process given `timeout` to answer, and raft-meta's map view it read
+/// (`None` when raft-meta did not answer): the console draws from both.
+pub async fn gather_with(
+    layout: &Layout,
+    timeout: Duration,
+) -> anyhow::Result<(Status, Option<wire::MapView>)> {
     let record: Record = deployment::read_json(&layout.deployment())?;
     let secret = deployment::secret(layout, false)?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+    let http = reqwest::Client::builder().timeout(timeout).build()?;
     let restarts = |name: &str| record.restarts.get(name).copied().unwrap_or(0);
     // Held down by `cellctl stop`: said so, instead of "not running".
     let held = |name: &str| crate::hold::is_held(layout, name);
@@ -319,7 +478,7 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
     // per process.
     let spawn_probe = |name: String, url: &str, pid: Option<u32>, restarts: u32| {
         let (http, url) = (http.clone(), url.to_owned());
-        tokio::spawn(async move { probe(&http, &name, &url, pid, restarts).await })
+        tokio::spawn(async move { probe(&http, timeout, &name, &url, pid, restarts).await })
     };
     let router = spawn_probe(
         "router".into(),
@@ -418,11 +577,18 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
             .and_then(|(m, id)| m.shard(&topology::ShardId::own(id)))
             .map(|info| info.backup.as_ref().map(|b| b.to_string()))
             .unwrap_or_else(|| c.backup.clone());
+        let fenced = fenced(view.as_ref(), &c.id);
+        if let Some(why) = &fenced {
+            process.detail = format!("{}, {why}", process.detail);
+            process.health = process.health.worst(Health::Amber);
+        }
         cells.push(CellStatus {
             process,
             backup,
             slots,
             liveness,
+            serving: Vec::new(),
+            fenced,
         });
     }
 
@@ -431,6 +597,22 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
         .into_iter()
         .filter_map(|(id, r)| r.map(|r| (id, r)))
         .collect();
+    for c in &mut cells {
+        c.serving = match answers.get(&c.process.name) {
+            Some(r) => r.served().into_iter().map(|s| s.shard).collect(),
+            None => view
+                .as_ref()
+                .and_then(|v| v.map.as_ref())
+                .map(|m| {
+                    m.shards
+                        .values()
+                        .filter(|s| s.primary.as_str() == c.process.name)
+                        .map(|s| s.id.to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+    }
     let shards = shard_rows(&record, view.as_ref(), &answers, wall_ms());
 
     let mut health = router.health;
@@ -443,7 +625,7 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
     if leader.is_none() {
         health = Health::Red;
     }
-    Ok(Status {
+    let status = Status {
         health,
         router,
         meta,
@@ -453,15 +635,17 @@ pub async fn gather(layout: &Layout) -> anyhow::Result<Status> {
         term: cluster.as_ref().map(|c| c.term),
         map_version: view.as_ref().map(|v| v.version),
         switches_off: view
+            .as_ref()
             .map(|v| {
                 v.switches
-                    .into_iter()
+                    .iter()
                     .filter(|(_, s)| !s.on)
-                    .map(|(name, s)| (name, s.message))
+                    .map(|(name, s)| (name.clone(), s.message.clone()))
                     .collect()
             })
             .unwrap_or_default(),
-    })
+    };
+    Ok((status, view))
 }
 
 async fn join_all<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> anyhow::Result<Vec<T>> {
@@ -474,6 +658,7 @@ async fn join_all<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> anyhow::Result<V
 
 async fn probe(
     http: &reqwest::Client,
+    timeout: Duration,
     name: &str,
     url: &str,
     pid: Option<u32>,
@@ -486,7 +671,10 @@ async fn probe(
             format!("not ready ({})", r.status().as_u16()),
         ),
         Err(_) if pid.is_none() => (Health::Red, "not running".to_owned()),
-        Err(e) if e.is_timeout() => (Health::Red, "no answer within 2 s".to_owned()),
+        Err(e) if e.is_timeout() => (
+            Health::Red,
+            format!("no answer within {}", humanize(timeout)),
+        ),
         Err(_) => (Health::Red, "unreachable".to_owned()),
     };
     Process {
@@ -497,6 +685,17 @@ async fn probe(
         health,
         detail,
         restarts,
+    }
+}
+
+/// `2 s`, `1.5 s`, `800 ms`.
+fn humanize(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{} s", d.as_secs())
+    } else if d >= Duration::from_secs(1) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
     }
 }
 
@@ -558,18 +757,23 @@ impl std::fmt::Display for Status {
         writeln!(f)?;
         writeln!(
             f,
-            "{:<6} {:<8} {:>6}  {:<7} liveness",
-            "cell", "region", "slots", "backup"
+            "{:<6} {:<8} {:>6}  {:<9} {:<9} serving",
+            "cell", "region", "slots", "backup", "liveness"
         )?;
         for c in &self.cells {
             writeln!(
                 f,
-                "{:<6} {:<8} {:>6}  {:<7} {}",
+                "{:<6} {:<8} {:>6}  {:<9} {:<9} {}",
                 c.process.name,
                 c.process.region,
                 c.slots,
                 c.backup.as_deref().unwrap_or("-"),
-                c.liveness
+                c.liveness,
+                if c.serving.is_empty() {
+                    "-".to_owned()
+                } else {
+                    c.serving.join(",")
+                }
             )?;
         }
         writeln!(f)?;
@@ -601,6 +805,32 @@ impl std::fmt::Display for Status {
                 },
             )?;
         }
+        let failovers: Vec<&ShardStatus> = self
+            .shards
+            .iter()
+            .filter(|s| s.last_failover.is_some())
+            .collect();
+        if !failovers.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "last failover per shard:")?;
+            for s in failovers {
+                let lf = s.last_failover.as_ref().expect("filtered above");
+                let ago = (wall_ms() - lf.at_ms as i64).max(0) / 1000;
+                writeln!(
+                    f,
+                    "  {:<6} {:<9} {} -> {} at epoch {}, {} s ago, took {}",
+                    s.shard,
+                    lf.kind,
+                    lf.from,
+                    lf.to,
+                    lf.epoch,
+                    ago,
+                    lf.took_ms
+                        .map(|t| format!("{t} ms"))
+                        .unwrap_or_else(|| "?".into())
+                )?;
+            }
+        }
         if !self.switches_off.is_empty() {
             writeln!(f)?;
             for (name, message) in &self.switches_off {
@@ -624,6 +854,8 @@ mod tests {
             alone: false,
             lag_records: Some(3),
             last_pull_ms_ago: Some(200),
+            paused: false,
+            unprotected: false,
         }
     }
 
@@ -661,6 +893,16 @@ mod tests {
             },
             AlarmFacts {
                 backup_answered: false,
+                ..healthy()
+            },
+            AlarmFacts {
+                paused: true,
+                ..healthy()
+            },
+            AlarmFacts {
+                backup: None,
+                backup_answered: false,
+                unprotected: true,
                 ..healthy()
             },
         ];

@@ -65,12 +65,25 @@ pub struct UpArgs {
     /// cell.
     #[arg(long, value_enum)]
     pub backup_policy: Option<BackupPolicy>,
+    /// Whether raft-meta fails a shard over to its backup by itself when its primary cell is
+    /// down (missed heartbeats past raft-meta's --down-ms; never while the shard runs alone
+    /// under a grant). Default: `on`, set on shards that have no policy yet; a resumed
+    /// deployment keeps what was set unless this flag is given.
+    #[arg(long, value_enum)]
+    pub auto_failover: Option<AutoFailover>,
     /// A flag passed to every cell, e.g. `--cell-arg=--max-count=500` (repeatable).
     #[arg(long = "cell-arg", allow_hyphen_values = true)]
     pub cell_args: Vec<String>,
     /// A flag passed to the router, e.g. `--router-arg=--rate-per-uid=20` (repeatable).
     #[arg(long = "router-arg", allow_hyphen_values = true)]
     pub router_args: Vec<String>,
+    /// Address of the operators' console (`cellctl console`), served by `up` itself.
+    /// Default: 127.0.0.1:7080, or a free port with `--base-port 0`.
+    #[arg(long, conflicts_with = "no_console")]
+    pub console_listen: Option<String>,
+    /// Do not serve the console.
+    #[arg(long)]
+    pub no_console: bool,
     /// Directory holding the `raft-meta`, `cell` and `router` binaries. Default: next to
     /// `cellctl` (built there first when run through `cargo run`), else PATH.
     #[arg(long, env = "CELLCTL_BIN_DIR")]
@@ -125,7 +138,7 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
             )
             .await?;
         }
-        register(&plan, &secret, args.backup_policy).await?;
+        register(&plan, &secret, args.backup_policy, args.auto_failover).await?;
         for c in &plan.cells {
             let mut cmd = Command::new(&bins.cell);
             cmd.args(["--listen", &c.listen, "--cell-id", &c.id])
@@ -182,8 +195,38 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
         return Err(e);
     }
 
-    print_welcome(layout, &plan);
+    // The console: a page, not a process of the deployment; one that cannot start (its
+    // port taken) leaves the deployment running and says so.
+    let console = if args.no_console {
+        None
+    } else {
+        let listen = args.console_listen.clone().unwrap_or_else(|| {
+            if args.base_port == 0 {
+                "127.0.0.1:0".into()
+            } else {
+                "127.0.0.1:7080".into()
+            }
+        });
+        match crate::console::start(layout, &secret, &listen).await {
+            Ok(c) => {
+                record.lock().expect("record lock").console =
+                    Some(deployment::ConsoleRecord { url: c.url.clone() });
+                shared.save();
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!("the console is not served: {e:#}");
+                None
+            }
+        }
+    };
+
+    print_welcome(layout, &plan, console.as_ref().map(|c| c.url.as_str()));
     stop_signal().await;
+    if let Some(c) = console {
+        c.task.abort();
+        record.lock().expect("record lock").console = None;
+    }
     tracing::info!("stopping: router, then cells, then raft-meta");
     running.stop().await;
     shared.save();
@@ -194,7 +237,7 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_welcome(layout: &Layout, plan: &Plan) {
+fn print_welcome(layout: &Layout, plan: &Plan, console: Option<&str>) {
     let dir = layout.root.display();
     println!();
     println!(
@@ -216,6 +259,11 @@ fn print_welcome(layout: &Layout, plan: &Plan) {
         plan.router_listen
     );
     println!("  status:     cellctl status --data-dir {dir}");
+    if let Some(url) = console {
+        println!(
+            "  console:    {url}/  (sign in with: cellctl token svc:ops --scope admin --data-dir {dir})"
+        );
+    }
     println!("Ctrl-C stops everything; running `up` again on {dir} resumes.");
 }
 
@@ -237,6 +285,7 @@ async fn register(
     plan: &Plan,
     secret: &str,
     backup_policy: Option<BackupPolicy>,
+    auto_failover: Option<AutoFailover>,
 ) -> anyhow::Result<()> {
     let meta = admin_client(plan.meta.iter().map(|m| m.listen.clone()).collect(), secret);
     let known = meta
@@ -259,14 +308,16 @@ async fn register(
         }
     }
     for c in &plan.cells {
-        // Each cell's own shard, of its name.
+        // Each cell's own shard, of its name. A shard that failed over keeps what the
+        // failover (and `cellctl rebuild`) left: pairing it again would name its new
+        // primary's region-mate, or its own primary.
         let id = ShardId::parse(&c.id)?;
         let has_backup = known
             .map
             .as_ref()
             .and_then(|m| m.shard(&id))
             .is_some_and(|info| info.backup.is_some());
-        if has_backup {
+        if has_backup || known.failovers.contains_key(&id) {
             continue;
         }
         let backup = c.backup.as_deref().map(CellId::parse).transpose()?;
@@ -277,13 +328,21 @@ async fn register(
     for c in &plan.cells {
         let id = ShardId::parse(&c.id)?;
         let current = known.policies.get(&id).copied();
+        if current.is_some() && backup_policy.is_none() && auto_failover.is_none() {
+            continue;
+        }
         let wanted = match (backup_policy, current) {
             (Some(p), _) => p,
+            (None, Some(p)) => BackupPolicy::of(p.on_backup_unreachable),
             (None, None) => BackupPolicy::Async,
-            (None, Some(_)) => continue,
+        };
+        let auto = match (auto_failover, current) {
+            (Some(a), _) => a == AutoFailover::On,
+            (None, Some(p)) => p.auto_failover,
+            (None, None) => true,
         };
         let policy = wire::FailoverPolicy {
-            auto_failover: current.is_some_and(|p| p.auto_failover),
+            auto_failover: auto,
             on_backup_unreachable: wanted.as_state(),
         };
         meta.set_policy(&id, policy)
@@ -291,6 +350,13 @@ async fn register(
             .with_context(|| format!("setting the backup policy of shard {}", c.id))?;
     }
     Ok(())
+}
+
+/// `cellctl up --auto-failover on|off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AutoFailover {
+    On,
+    Off,
 }
 
 /// A raft-meta client with an operator's token.
@@ -419,17 +485,17 @@ async fn load_or_make_plan(layout: &Layout, args: &UpArgs) -> anyhow::Result<Pla
     Ok(plan)
 }
 
+/// A port nobody listens on now (the kernel's pick).
+fn free_port() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.to_string())
+}
+
 fn flag_state(v: &Option<String>) -> String {
     match v {
         Some(_) => "a server".into(),
         None => "none".into(),
     }
-}
-
-/// A port nobody listens on now (the kernel's pick).
-fn free_port() -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.to_string())
 }
 
 /// Creates `name` on the Postgres server unless it exists; returns its URL.

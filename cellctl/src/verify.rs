@@ -1,6 +1,7 @@
 //! `cellctl verify [SHARD]`: proves each backup replica holds exactly its primary's rows.
 //!
-//! Per shard with a backup, at one position (Vitess VDiff is the model): the backup holds
+//! Per shard with a backup (as the map has them now: a failover moves a shard's primary),
+//! at one position (Vitess VDiff is the model): the backup holds
 //! its replica where it stands; the primary computes per-slot digests of every replicated
 //! table in one snapshot at its position P; the backup applies up to exactly P, computes
 //! its digests and resumes. Every (slot, table) whose digests differ is named.
@@ -50,64 +51,61 @@ pub async fn run(layout: &Layout, only: Option<&str>) -> anyhow::Result<Report> 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
-    if let Some(s) = only {
-        anyhow::ensure!(
-            record.cells.iter().any(|c| c.id == s),
-            "no shard {s:?} in this deployment (shards: {})",
-            record
-                .cells
-                .iter()
-                .map(|c| c.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    // Backups as raft-meta has them now (re-protection may have moved one); the plan's
-    // pairs when raft-meta cannot be reached.
+    // Primaries and backups as raft-meta has them now (failover and re-protection move
+    // them); the plan's pairs when raft-meta cannot be reached.
     let map = crate::up::admin_client(record.meta_nodes(), &secret)
         .with_deadline(Duration::from_secs(3))
         .map(false)
         .await
         .ok()
         .and_then(|v| v.map);
-    let backup_of = |id: &str| -> Option<String> {
-        match &map {
-            Some(m) => topology::ShardId::parse(id).ok().and_then(|s| {
-                m.shard(&s)
-                    .and_then(|i| i.backup.as_ref().map(|b| b.to_string()))
-            }),
-            None => record
-                .cells
-                .iter()
-                .find(|c| c.id == id)
-                .and_then(|c| c.backup.clone()),
-        }
+    // Shards that hold slots (a shard emptied by moves has nothing to compare).
+    let all: Vec<(String, String, Option<String>)> = record
+        .shards(map.as_ref())
+        .into_iter()
+        .filter(|(id, _, _)| {
+            map.as_ref().is_none_or(|m| {
+                topology::ShardId::parse(id).is_ok_and(|id| m.slots_in(&id).next().is_some())
+            })
+        })
+        .collect();
+    if let Some(s) = only {
+        anyhow::ensure!(
+            all.iter().any(|(id, _, _)| id == s),
+            "no shard {s:?} in this deployment (shards: {})",
+            all.iter()
+                .map(|(id, _, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let url_of = |cell: &str| {
+        record
+            .cells
+            .iter()
+            .find(|c| c.id == cell)
+            .map(|c| c.url.clone())
+            .with_context(|| format!("cell {cell} is not in the deployment"))
     };
     let mut shards = Vec::new();
-    for cell in record
-        .cells
-        .iter()
-        .filter(|c| only.is_none_or(|s| s == c.id))
+    for (shard, primary, backup) in all
+        .into_iter()
+        .filter(|(id, _, _)| only.is_none_or(|s| s == id))
     {
         let mut report = ShardReport {
-            shard: cell.id.clone(),
-            primary: cell.id.clone(),
-            backup: backup_of(&cell.id),
+            shard: shard.clone(),
+            primary: primary.clone(),
+            backup: backup.clone(),
             position: None,
             equal: false,
             differences: Vec::new(),
             error: None,
         };
-        match &report.backup.clone() {
+        match &backup {
             None => report.error = Some("this shard has no backup".into()),
             Some(backup) => {
-                let backup_url = record
-                    .cells
-                    .iter()
-                    .find(|c| &c.id == backup)
-                    .map(|c| c.url.clone())
-                    .with_context(|| format!("backup {backup} is not in the deployment"))?;
-                match compare(&http, &token, &cell.id, &cell.url, &backup_url).await {
+                let (primary_url, backup_url) = (url_of(&primary)?, url_of(backup)?);
+                match compare(&http, &token, &shard, &primary_url, &backup_url).await {
                     Ok((pos, differences)) => {
                         report.position = Some(pos);
                         report.equal = differences.is_empty();
@@ -147,9 +145,12 @@ async fn compare(
         call(token, http.post(&hold).json(&json!({"at": null})))
             .await
             .context("holding the replica")?;
-        let p = call(token, http.get(format!("{primary}/v1/internal/digest")))
-            .await
-            .context("the primary's digest")?;
+        let p = call(
+            token,
+            http.get(format!("{primary}/v1/internal/digest?shard={shard}")),
+        )
+        .await
+        .context("the primary's digest")?;
         let pos = p["pos"]
             .as_i64()
             .context("the primary's digest has no position")?;

@@ -294,7 +294,15 @@ impl Node {
                     self.raft
                         .ensure_linearizable()
                         .await
-                        .map_err(|e| raft_error(e, "consistent read"))?;
+                        // Leadership not confirmed by a quorum in time (a starved or cut-off
+                        // node): unavailable for now, retried by clients, not a rejection.
+                        .map_err(|e| match raft_error(e, "consistent read") {
+                            ApiError::Rejected(r) => ApiError::Unavailable(format!(
+                                "{}: leadership not confirmed by a quorum; retry",
+                                r.detail
+                            )),
+                            other => other,
+                        })?;
                     self.raft
                         .wait(None)
                         .applied_index_at_least(last, "consistent read")
@@ -325,7 +333,11 @@ impl Node {
             }
             LeaderOp::Heartbeat { cell, positions } => {
                 self.detector.record(cell, positions);
-                Ok(LeaderReply::Done)
+                // The map version this leader has applied: a cell that has installed it knows
+                // its run-alone grant (if any) still stands (the cell's lease renews on it).
+                Ok(LeaderReply::Written {
+                    version: self.map.current().version,
+                })
             }
             LeaderOp::Liveness => Ok(LeaderReply::Liveness(
                 self.detector.report(&self.map.current()),

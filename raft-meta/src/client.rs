@@ -329,6 +329,25 @@ impl MetaClient {
         version(&v)
     }
 
+    /// Moves `shard` to its backup as decided at shard epoch `at_epoch` (an operator's
+    /// planned or emergency failover; DESIGN §6.5). Answers the version that committed it;
+    /// `Rejected` with `stale_epoch` when another decision was taken at that epoch.
+    pub async fn fail_over(
+        &self,
+        shard: &ShardId,
+        kind: wire::FailoverKind,
+        at_epoch: topology::Epoch,
+    ) -> Result<u64, ClientError> {
+        let v: serde_json::Value = self
+            .write(
+                Method::POST,
+                &format!("/v1/shards/{shard}/failover"),
+                json!({"kind": kind, "at_epoch": at_epoch}),
+            )
+            .await?;
+        version(&v)
+    }
+
     pub async fn move_slots(&self, slots: &[u16], to: &ShardId) -> Result<u64, ClientError> {
         let v: serde_json::Value = self
             .write(
@@ -388,19 +407,22 @@ impl MetaClient {
 
     /// A cell's heartbeat (needs an `internal` or `admin` token), with the position each shard
     /// it is the primary of has had acknowledged by its backup.
+    /// Says `cell` is alive, with the positions its shards' backups acknowledged. Answers
+    /// the map version the leader has applied (`None` from a node that does not say).
     pub async fn heartbeat(
         &self,
         cell: &CellId,
         positions: &BTreeMap<ShardId, u64>,
-    ) -> Result<(), ClientError> {
-        self.call::<serde_json::Value>(
-            Method::POST,
-            &format!("/v1/cells/{cell}/heartbeat"),
-            Some(json!({ "positions": positions })),
-            Duration::from_secs(2),
-        )
-        .await?;
-        Ok(())
+    ) -> Result<Option<u64>, ClientError> {
+        let v = self
+            .call::<serde_json::Value>(
+                Method::POST,
+                &format!("/v1/cells/{cell}/heartbeat"),
+                Some(json!({ "positions": positions })),
+                Duration::from_secs(2),
+            )
+            .await?;
+        Ok(v.and_then(|v| v["version"].as_u64()))
     }
 
     pub async fn add_learner(&self, id: NodeId, addr: &str) -> Result<ClusterView, ClientError> {

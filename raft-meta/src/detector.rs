@@ -11,8 +11,17 @@
 //! backup; the leader writes those into the map (`Command::ReportPositions`) at most every
 //! [`POSITIONS_EVERY`], and only for shards the reporting cell is the primary of.
 //!
-//! Automatic failover is not done here yet; liveness is exposed in the map and at
-//! `GET /v1/liveness`.
+//! Automatic failover (DESIGN §6.5): right after the liveness writes of a tick, the leader
+//! proposes a `FailOver { kind: automatic }` for every shard whose primary is `down` where
+//! the rules allow it (`state/failover.rs`: the policy says `auto`, no run-alone grant
+//! stands, the backup is not down, the shard is past its cool-down); the apply checks them
+//! again. Liveness is exposed in the map and at `GET /v1/liveness`.
+//!
+//! The bounds (`--suspect-ms`, `--down-ms`; cells beat every `--heartbeat-ms` of theirs, each
+//! beat its own request): `down` must be longer than the worst pause of a busy but healthy
+//! cell, or a slow cell is failed over (FAILOVER-LESSONS: Patroni's ttl rule). The defaults
+//! (beat 200 ms, suspect 800 ms, down 1,500 ms) are defended by a measured false-positive
+//! run under load (BENCHMARKS.md, "Failover").
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -29,10 +38,24 @@ use crate::state::{Command, Liveness, MetaState};
 /// How often the leader re-evaluates liveness.
 const TICK: Duration = Duration::from_millis(100);
 
+/// A tick this much later than due means the leader itself stalled (starved of CPU, paused,
+/// swapped out): the heartbeats that arrived meanwhile are still queued in its sockets, so
+/// the silence it measures is its own. See [`Detector::forgive`].
+const STALL: Duration = Duration::from_millis(250);
+
 /// How often, at most, the leader writes the reported positions into the map: each write is
 /// a map version every watcher receives, and the position there is for operators, not for
 /// acknowledgement.
 pub const POSITIONS_EVERY: Duration = Duration::from_secs(5);
+
+/// The wall clock in milliseconds since the Unix epoch (for failover records and the
+/// automatic cool-down, which are compared across nodes in the replicated state).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// One cell as the leader's detector sees it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -93,6 +116,31 @@ impl Detector {
             })
             .map(|(shard, (_, pos))| (shard.clone(), *pos))
             .collect()
+    }
+
+    /// The leader stalled for `lag` (its detector tick ran that much late): every cell's
+    /// silence is shortened by it, and so is the time since this node became leader, never
+    /// past `now`. A leader that did not run cannot have heard anyone; without this, the
+    /// first tick after its own stall would declare every cell down at once (a false
+    /// failover of everything on a busy machine). A real failure is then found `lag` later.
+    fn forgive(&self, lag: Duration, now: Instant) {
+        let shift = |t: &mut Instant| *t = (*t + lag).min(now);
+        for t in self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values_mut()
+        {
+            shift(t);
+        }
+        if let Some(t) = self
+            .leader_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            shift(t);
+        }
     }
 
     fn last_seen(&self, cell: &CellId) -> Option<Instant> {
@@ -175,11 +223,27 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_leader = false;
+    let mut last_tick = Instant::now();
     let mut positions_at: Option<Instant> = None;
+    // Held-back automatic failovers already logged, by (shard, epoch, reason).
+    let mut held_logged: std::collections::BTreeSet<(ShardId, topology::Epoch, String)> =
+        Default::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let lag = now
+            .saturating_duration_since(last_tick)
+            .saturating_sub(TICK);
+        last_tick = now;
+        if lag >= STALL {
+            tracing::warn!(
+                lag_ms = lag.as_millis() as u64,
+                "the failure detector ran late (this process stalled); cells' silence is not counted for that time"
+            );
+            node.detector.forgive(lag, now);
         }
         let leader = node.is_leader();
         if leader != was_leader {
@@ -215,6 +279,28 @@ pub async fn run(node: Arc<Node>, stop: CancellationToken) {
             if let Err(e) = node.execute_as_leader(op).await {
                 tracing::warn!("could not record liveness: {e}");
                 break;
+            }
+        }
+        let state = node.map.current();
+        let (due, held) = state.automatic_failovers(wall_ms());
+        for (shard, why) in held {
+            let key = (shard.clone(), state.shard_epoch(&shard), why.code.clone());
+            if held_logged.insert(key) {
+                tracing::warn!(%shard, code = %why.code, "the shard's primary is down but it is not failed over automatically: {}", why.detail);
+            }
+        }
+        for command in due {
+            let Command::FailOver {
+                shard, at_epoch, ..
+            } = &command
+            else {
+                continue;
+            };
+            let (shard, at_epoch) = (shard.clone(), *at_epoch);
+            match node.execute_as_leader(LeaderOp::Write { command }).await {
+                Ok(_) => tracing::warn!(%shard, %at_epoch,
+                    "AUTOMATIC FAILOVER: shard {shard}'s primary is down; moved to its backup"),
+                Err(e) => tracing::warn!(%shard, "automatic failover not applied: {e}"),
             }
         }
         if positions_at.is_none_or(|t| t.elapsed() >= POSITIONS_EVERY) {
@@ -253,6 +339,27 @@ mod tests {
             });
         }
         s
+    }
+
+    #[test]
+    fn a_stalled_leader_does_not_count_its_own_stall_as_the_cells_silence() {
+        let d = Detector::new(Duration::from_millis(800), Duration::from_millis(1500));
+        let t0 = Instant::now();
+        *d.leader_since.lock().unwrap() = Some(t0);
+        let s = state_with("c1", Some(Liveness::Alive));
+        d.record(CellId::parse("c1").unwrap(), BTreeMap::new());
+        // The leader is not scheduled for 2 s: its next tick would find c1 silent for 2 s.
+        let woke = Instant::now() + Duration::from_secs(2);
+        let c1 = CellId::parse("c1").unwrap();
+        assert_eq!(d.changes(&s, woke), vec![(c1.clone(), Liveness::Down)]);
+        d.forgive(Duration::from_millis(1_900), woke);
+        assert!(d.changes(&s, woke).is_empty(), "the stall is forgiven");
+        // A cell that really stays silent is found down, that much later.
+        let later = woke + Duration::from_millis(1_500);
+        assert_eq!(d.changes(&s, later), vec![(c1, Liveness::Down)]);
+        // Never shifted past now.
+        d.forgive(Duration::from_secs(60), woke);
+        assert!(d.last_seen(&CellId::parse("c1").unwrap()).unwrap() <= woke);
     }
 
     #[test]

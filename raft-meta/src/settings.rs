@@ -51,10 +51,10 @@ pub struct Settings {
     #[arg(long, env = "REDCELL_META_WRITE_TIMEOUT_MS", default_value_t = 3000)]
     pub write_timeout_ms: u64,
     /// A cell is `suspect` after this long without a heartbeat, milliseconds.
-    #[arg(long, env = "REDCELL_META_SUSPECT_MS", default_value_t = 1500)]
+    #[arg(long, env = "REDCELL_META_SUSPECT_MS", default_value_t = 800)]
     pub suspect_ms: u64,
     /// A cell is `down` after this long without a heartbeat, milliseconds.
-    #[arg(long, env = "REDCELL_META_DOWN_MS", default_value_t = 5000)]
+    #[arg(long, env = "REDCELL_META_DOWN_MS", default_value_t = 1500)]
     pub down_ms: u64,
     /// A shard running alone (its backup unreachable, under a run-alone grant) is given
     /// another backup once its grant has stood this long on the leader, milliseconds.

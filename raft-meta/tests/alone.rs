@@ -10,7 +10,7 @@ use raft_meta::client::{ClientError, MetaClient};
 use raft_meta::state::{BackupUnreachable, FailoverPolicy, MapView};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{internal_token, serial, Cluster, SECRET};
+use support::{internal_token, serial, SECRET};
 use topology::{CellId, Epoch, Region};
 
 fn sh(s: &str) -> topology::ShardId {
@@ -61,7 +61,7 @@ async fn a_cell_runs_alone_under_a_grant_and_the_leader_re_protects_it() {
     // Arrange: c1 east backed up by c2 west; c3 west backs up nobody; c4 east (same region as
     // c1: never a candidate). A cell's client talks only to a follower, with `internal`.
     let _serial = serial().await;
-    let c = Cluster::start(3, &[]).await;
+    let c = support::cluster(3, &[]).await;
     let admin = c.client();
     for (id, r) in [
         ("c1", "east"),
@@ -166,7 +166,7 @@ async fn a_cell_runs_alone_under_a_grant_and_the_leader_re_protects_it() {
 async fn the_alone_routes_answer_problems_for_bad_callers_and_bad_input() {
     // Arrange
     let _serial = serial().await;
-    let c = Cluster::start(3, &[]).await;
+    let c = support::cluster(3, &[]).await;
     let admin = c.client();
     admin
         .register_cell(

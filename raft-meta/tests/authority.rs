@@ -183,7 +183,7 @@ async fn send(
 
 /// A cluster of three with cell c1 registered; its leader and one follower.
 async fn arrange() -> (Cluster, u64, u64) {
-    let c = Cluster::start(3, &[]).await;
+    let c = support::cluster(3, &[]).await;
     c.client()
         .register_cell(
             &cell("c1"),

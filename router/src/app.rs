@@ -209,6 +209,15 @@ impl App {
             )
             .route("/readyz", get(handle_readyz))
             .route("/metrics", get(handle_metrics))
+            .route(
+                "/openapi.json",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        wire::openapi::PUBLIC,
+                    )
+                }),
+            )
             .with_state(ctx.clone());
         Edge { ctx, ops }
     }
@@ -233,9 +242,12 @@ impl App {
     }
 }
 
+/// The paths `ops` serves (every other path is the public pipeline's, [`crate::route::classify`]).
+pub const OPS_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
+
 /// The router's front service. Public paths are classified by [`route::classify`] in the
 /// pipeline itself, so they skip axum's path matching, which cost as much as classifying,
-/// verifying and routing together; `/healthz`, `/readyz` and `/metrics` go to `ops`.
+/// verifying and routing together; [`OPS_PATHS`] go to `ops`.
 #[derive(Clone)]
 pub struct Edge {
     ctx: Arc<Ctx>,
@@ -253,7 +265,7 @@ impl tower::Service<Request> for Edge {
 
     fn call(&mut self, req: Request) -> Self::Future {
         match req.uri().path() {
-            "/healthz" | "/readyz" | "/metrics" => Box::pin(self.ops.clone().oneshot(req)),
+            path if OPS_PATHS.contains(&path) => Box::pin(self.ops.clone().oneshot(req)),
             _ => {
                 let ctx = self.ctx.clone();
                 Box::pin(async move { Ok(handle_public(ctx, req).await) })
@@ -472,15 +484,38 @@ async fn forward(
     labels: &mut Labels,
     span: &tracing::Span,
 ) -> Result<Response, RouterError> {
-    let deadline = Instant::now() + ctx.retry_unavailable;
+    let mut deadline = Instant::now() + ctx.retry_unavailable;
     // After the first try, each retry routes by the map as it is then.
     let mut fresh: Option<Arc<Snapshot>> = None;
     let mut attempt = 0u32;
     loop {
         let snap = fresh.as_deref().unwrap_or(snap);
+        let cell = target_for(snap, decision.slot).ok().map(|t| t.cell);
+        // While the cell has not answered, the map may move the slot away from it (a frozen
+        // or dead primary failed over): the request is then sent where the slot lives now,
+        // at once and whatever the budget. The abandoned attempt cannot have been
+        // acknowledged by the old primary (it lost the shard: §6.4), and the retry is safe
+        // for the reason above.
+        let once = forward_once(ctx, snap, decision, out, labels, span);
+        let outcome = match &cell {
+            Some(cell) => tokio::select! {
+                r = once => Some(r),
+                _ = ctx.maps.moved_away(decision.slot, cell) => None,
+            },
+            None => Some(once.await),
+        };
+        let Some(outcome) = outcome else {
+            metrics::counter!("router_moved_retries_total").increment(1);
+            tracing::info!(slot = decision.slot.get(), trace_id = %labels.trace_id,
+                "the map moved the slot while its cell was answering: sending it to the new owner");
+            fresh = Some(ctx.maps.current());
+            // The new owner may still be promoting: a full budget to wait for it.
+            deadline = Instant::now() + ctx.retry_unavailable;
+            continue;
+        };
         // A deliberate 503 from the cell, or no connection at all (never sent), is tried
         // again while the budget lasts; anything else is the answer.
-        let (wait, last) = match forward_once(ctx, snap, decision, out, labels, span).await {
+        let (wait, last) = match outcome {
             Ok(resp) => match retry_after(&resp) {
                 Some(wait) => (wait, Ok(resp)),
                 None => return Ok(resp),
@@ -495,10 +530,10 @@ async fn forward(
         attempt += 1;
         metrics::counter!("router_unavailable_retries_total").increment(1);
         tracing::debug!(slot = decision.slot.get(), cell = %labels.cell, attempt, trace_id = %labels.trace_id, "cell paused or not connected: retrying");
-        // Sooner than the cell's whole-second delay at first (a failover's pause is meant
-        // to last well under a second): 50 ms, doubling, at most the cell's delay, always
-        // within the budget.
-        let backoff = Duration::from_millis(50u64 << (attempt - 1).min(6));
+        // Sooner than the cell's whole-second delay (a failover's pause is meant to last
+        // well under a second): 25 ms, doubling to at most 200 ms (so a pause that ends is
+        // noticed within 200 ms), at most the cell's delay, always within the budget.
+        let backoff = Duration::from_millis((25u64 << (attempt - 1).min(3)).min(200));
         tokio::time::sleep(backoff.min(wait.max(Duration::from_millis(50))).min(left)).await;
         fresh = Some(ctx.maps.current());
     }

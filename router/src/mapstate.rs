@@ -64,6 +64,9 @@ pub struct Routes {
     /// Swapped whole on every change; readers clone the `Arc` and never wait on a writer
     /// for longer than the swap.
     current: RwLock<Arc<Snapshot>>,
+    /// The version of `current`, for requests waiting on a cell that the map may move their
+    /// slot away from (a frozen primary failed over).
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 impl Routes {
@@ -87,6 +90,7 @@ impl MapHook for Routes {
             }
             *cur = next.clone();
         }
+        self.version.send_replace(next.version);
         tracing::info!(version = next.version, "map updated");
         true
     }
@@ -143,6 +147,7 @@ impl MapState {
             (None, None) => Snapshot::default(),
         };
         let routes = Arc::new(Routes {
+            version: tokio::sync::watch::Sender::new(snapshot.version),
             current: RwLock::new(Arc::new(snapshot)),
         });
         let follower =
@@ -152,6 +157,21 @@ impl MapState {
 
     pub fn current(&self) -> Arc<Snapshot> {
         self.routes.current()
+    }
+
+    /// Resolves once the map serves `slot` from another cell than `from` (never, while it
+    /// does not). A request waiting on `from` may then be sent where the slot lives now.
+    pub async fn moved_away(&self, slot: topology::Slot, from: &topology::CellId) {
+        let mut rx = self.routes.version.subscribe();
+        loop {
+            let serving = self.current().map.as_ref().map(|m| m.serving(slot).clone());
+            if serving.is_some_and(|c| &c != from) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Asks raft-meta for the current map once, briefly (after a cell said 421).

@@ -32,8 +32,15 @@ pub async fn handle(
         .clone()
         .ok_or_else(|| RouterError::CellUnavailable("the router has no map yet".into()))?;
     let mut tasks = tokio::task::JoinSet::new();
+    // The cells that serve some shard's slots: each reports the shards it serves, so every
+    // slot is counted once. A cell that lost its shard at a failover (fenced, or down) has
+    // nothing to report and is not asked.
     for info in map.cells.values() {
-        if info.status == CellStatus::Retired {
+        if info.status == CellStatus::Retired
+            || !map
+                .shards_served_by(&info.id)
+                .any(|s| map.slots_in(&s.id).next().is_some())
+        {
             continue;
         }
         let target = Target {

@@ -36,6 +36,27 @@ pub enum Route {
     Reconciliation,
 }
 
+impl Route {
+    /// The method and path template of this route in the public OpenAPI document
+    /// (`wire/openapi/public.json`); a test checks the two agree both ways.
+    pub fn template(&self) -> (Method, &'static str) {
+        match self {
+            Route::Grant => (Method::POST, "/v1/subsidies"),
+            Route::UserRead { flow, .. } => match *flow {
+                "subsidy_list" => (Method::GET, "/v1/users/{uid}/subsidies"),
+                "wallet" => (Method::GET, "/v1/users/{uid}/wallet"),
+                _ => (Method::GET, "/v1/users/{uid}/packets"),
+            },
+            Route::Send => (Method::POST, "/v1/packets"),
+            Route::PacketGet(_) => (Method::GET, "/v1/packets/{packet_id}"),
+            Route::Claim(_) => (Method::POST, "/v1/packets/{packet_id}/claims"),
+            Route::ClaimsList(_) => (Method::GET, "/v1/packets/{packet_id}/claims"),
+            Route::Callback(_) => (Method::POST, "/v1/payments/{payment_id}/callback"),
+            Route::Reconciliation => (Method::GET, "/v1/admin/reconciliation"),
+        }
+    }
+}
+
 /// Where a request goes and what guards it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -177,6 +198,70 @@ pub fn decide(route: &Route, who: &Principal, body: &[u8]) -> Result<Decision, R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every operation of the public document is served by the router: an operational path
+    /// of `ops`, or a route `classify` recognises as that very template; and every route
+    /// `classify` recognises (each variant of [`Route`]) is in the document.
+    #[test]
+    fn the_public_document_and_the_routes_agree() {
+        let doc: serde_json::Value = serde_json::from_str(wire::openapi::PUBLIC).unwrap();
+        let paths = doc["paths"].as_object().expect("the document has paths");
+        let mut documented = Vec::new();
+        for (path, item) in paths {
+            for (method, _) in item.as_object().unwrap() {
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                documented.push((method.clone(), path.clone()));
+                if crate::app::OPS_PATHS.contains(&path.as_str()) {
+                    assert_eq!(method, Method::GET, "{path}");
+                    continue;
+                }
+                let concrete = path
+                    .replace("{uid}", "u1")
+                    .replace("{packet_id}", "pk_x")
+                    .replace("{payment_id}", "pay_x");
+                let route = classify(&method, &concrete)
+                    .unwrap_or_else(|e| panic!("{method} {path} is documented, not routed: {e:?}"));
+                assert_eq!(route.template(), (method, path.as_str()));
+            }
+        }
+        let every_variant = [
+            Route::Grant,
+            Route::UserRead {
+                uid: "u".into(),
+                flow: "subsidy_list",
+                switches: &[],
+            },
+            Route::UserRead {
+                uid: "u".into(),
+                flow: "wallet",
+                switches: &[],
+            },
+            Route::UserRead {
+                uid: "u".into(),
+                flow: "history",
+                switches: &[],
+            },
+            Route::Send,
+            Route::PacketGet("p".into()),
+            Route::Claim("p".into()),
+            Route::ClaimsList("p".into()),
+            Route::Callback("p".into()),
+            Route::Reconciliation,
+        ];
+        for route in every_variant {
+            let (method, path) = route.template();
+            assert!(
+                documented.contains(&(method.clone(), path.to_owned())),
+                "{method} {path} is routed but missing from the public document"
+            );
+        }
+        for path in crate::app::OPS_PATHS {
+            assert!(
+                paths.contains_key(*path),
+                "{path} is served but not documented"
+            );
+        }
+    }
 
     fn user(u: &str) -> Principal {
         Principal::User(Uid::parse(u).unwrap())

@@ -539,7 +539,7 @@ async fn slot_moves_switches_and_a_dead_control_plane() {
         (StatusCode::SERVICE_UNAVAILABLE, Some("cell_unavailable"))
     );
     assert!(
-        d.router.terminate(),
+        d.router.terminate(Duration::from_secs(15)),
         "the router drains and exits cleanly on SIGTERM"
     );
 }

@@ -433,7 +433,7 @@ async fn spans_carry_the_route_decision_to_an_otlp_collector_and_the_trace_to_th
         .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16).unwrap())
         .collect();
     assert!(has(&trace_bytes), "span is not in the caller's trace");
-    assert!(router.terminate());
+    assert!(router.terminate(Duration::from_secs(15)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,8 @@
 //! It owns the JSON forms that raft-meta, cells, routers and `cellctl` exchange or persist:
 //! the map view with its switches, policies, liveness and run-alone grants ([`map`]), the
 //! problem+json bodies one process parses from another ([`problem`]), and the names of the
-//! headers a router and a cell agree on ([`headers`]). Every form here is a contract: changing
+//! headers a router and a cell agree on ([`headers`]), and the public API's OpenAPI document
+//! ([`openapi`]). Every form here is a contract: changing
 //! one byte of it breaks a peer running the previous release, or a file persisted by it, so
 //! each type carries a round-trip test against a JSON literal.
 //!
@@ -14,6 +15,7 @@
 
 pub mod headers;
 pub mod map;
+pub mod openapi;
 pub mod problem;
 
 pub use map::{

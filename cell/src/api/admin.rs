@@ -10,11 +10,19 @@ use super::error::ApiError;
 use super::extract::{rule, Authorized, Json};
 use crate::app::Ctx;
 
+/// The books (admin): at the router, every cell's.
+#[utoipa::path(get, path = "/v1/admin/reconciliation", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, description = "the report", body = super::openapi::Reconciliation)))]
 pub async fn handle_reconciliation(
     State(ctx): State<Ctx>,
     _caller: Authorized<rule::Admin>,
 ) -> Result<Response, ApiError> {
-    let report = ctx.store.reconcile(ctx.clock.now_ms()).await?;
+    // Every shard this cell serves, and only those: a copy it no longer serves (a demoted
+    // shard, a replica) is another cell's to report.
+    let mut report = crate::store::Reconciliation::empty();
+    for shard in ctx.shards.all() {
+        report.merge(shard.store.reconcile(ctx.clock.now_ms()).await?);
+    }
     Ok(axum::Json(report).into_response())
 }
 
@@ -41,23 +49,38 @@ pub async fn handle_clock(
     Ok(axum::Json(json!({"now": crate::domain::rfc3339(ctx.clock.now_ms())})).into_response())
 }
 
+/// Alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "alive", body = super::openapi::Status)))]
 pub async fn handle_healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
+/// Ready to serve (503 while not).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "ready", body = Object)))]
 pub async fn handle_readyz(State(ctx): State<Ctx>) -> Response {
     if ctx.shutting_down.is_cancelled() {
         return ApiError::unavailable("shutting down").into_response();
     }
-    if ctx.ownership.map().is_none() {
+    if ctx.shards.root().map().is_none() {
         return ApiError::unavailable("waiting for the first map from raft-meta").into_response();
     }
-    if !ctx.store.ping().await {
-        return ApiError::unavailable("database unreachable").into_response();
+    let served = ctx.shards.all();
+    for shard in &served {
+        if !shard.store.ping().await {
+            return ApiError::unavailable(format!("shard {}'s database unreachable", shard.shard))
+                .into_response();
+        }
     }
-    axum::Json(json!({"status": "ready", "cell": ctx.ownership.cell_id()})).into_response()
+    let served: Vec<String> = served.iter().map(|s| s.shard.to_string()).collect();
+    axum::Json(json!({"status": "ready", "cell": ctx.shards.cell_id(), "serving": served}))
+        .into_response()
 }
 
+/// Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn handle_metrics(State(ctx): State<Ctx>) -> Response {
     (
         StatusCode::OK,

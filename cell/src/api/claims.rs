@@ -13,6 +13,18 @@ use crate::claims::ClaimReply;
 use crate::domain::{rfc3339, PacketStatus};
 use crate::store::ClaimOutcome;
 
+/// Claims a share (an app user); a second claim answers 200 with the first.
+#[utoipa::path(post, path = "/v1/packets/{packet_id}/claims", tag = "claims", security(("bearer" = [])),
+    params(("packet_id" = String, Path, description = "a minted packet id", max_length = 40)),
+    request_body(content = Object, content_type = "application/json", description = "may be empty"),
+    responses(
+        (status = 201, description = "claimed", body = super::openapi::Claim),
+        (status = 200, description = "this user's earlier claim", body = super::openapi::Claim),
+        (status = 404, description = "packet_not_found", content_type = "application/problem+json", body = super::openapi::Problem),
+        (status = 409, description = "packet_not_active: awaiting payment or cancelled", content_type = "application/problem+json", body = super::openapi::Problem),
+        (status = 410, description = "packet_exhausted / packet_expired", content_type = "application/problem+json", body = super::openapi::Problem),
+        (status = 429, description = "claim_busy / rate_limited", content_type = "application/problem+json", body = super::openapi::Problem, headers(("Retry-After" = u32, description = "seconds"))),
+    ))]
 pub async fn handle_claim(
     State(ctx): State<Ctx>,
     caller: Authorized<rule::AppUser>,
@@ -21,8 +33,8 @@ pub async fn handle_claim(
 ) -> Result<Response, ApiError> {
     let uid = caller.user()?.clone();
     let id = id.id(IdKind::Packet, "packet_id")?;
-    ctx.ownership.check(id.slot())?;
-    let reply = ctx.claims.claim(id.as_str(), uid).await?;
+    let shard = ctx.shards.serve(id.slot())?;
+    let reply = shard.claims.claim(id.as_str(), uid).await?;
     let outcome = match reply {
         ClaimReply::Busy => {
             return Err(ApiError::new(
@@ -56,13 +68,20 @@ pub async fn handle_claim(
     }
 }
 
+/// The claims of a packet (any authenticated caller).
+#[utoipa::path(get, path = "/v1/packets/{packet_id}/claims", tag = "claims", security(("bearer" = [])),
+    params(("packet_id" = String, Path, description = "a minted packet id", max_length = 40)),
+    responses(
+        (status = 200, description = "the claims; best_uid once exhausted", body = super::openapi::ClaimList),
+        (status = 404, description = "packet_not_found", content_type = "application/problem+json", body = super::openapi::Problem),
+    ))]
 pub async fn handle_list_claims(
     State(ctx): State<Ctx>,
     _caller: Caller,
     id: PathText,
 ) -> Result<Response, ApiError> {
-    let packet = super::packets::owned_packet(&ctx, &id).await?;
-    let claims = ctx.store.claims_of_packet(&packet.packet_id).await?;
+    let (shard, packet) = super::packets::owned_packet(&ctx, &id).await?;
+    let claims = shard.store.claims_of_packet(&packet.packet_id).await?;
     // The luckiest claimer: the largest amount, the earliest on a tie.
     let best = (packet.status == PacketStatus::Exhausted)
         .then(|| {

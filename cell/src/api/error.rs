@@ -95,10 +95,30 @@ impl From<FenceError> for ApiError {
     }
 }
 
+/// A planned failover is moving the shard: the write is refused before it began (nothing
+/// written), `Retry-After: 1`; the router retries it itself, so a client sees latency.
+fn paused() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cell_unavailable",
+        "the shard's writes are paused for a planned failover; retry",
+    )
+    .retry_after(1)
+}
+
+impl From<crate::replication::DurabilityError> for ApiError {
+    fn from(e: crate::replication::DurabilityError) -> ApiError {
+        ApiError::unavailable(e.to_string()).retry_after(1)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         if let StoreError::Fenced(f) = e {
             return f.into();
+        }
+        if let StoreError::Paused = e {
+            return paused();
         }
         tracing::error!(error = %e, "storage failed");
         ApiError::unavailable("the cell's database is unavailable; retry")
@@ -110,6 +130,9 @@ impl From<ClaimError> for ApiError {
         if let ClaimError::Store(s) = &e {
             if let Some(f) = s.fenced() {
                 return f.clone().into();
+            }
+            if let StoreError::Paused = **s {
+                return paused();
             }
         }
         tracing::error!(error = %e, "claim failed");

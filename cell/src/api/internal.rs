@@ -1,6 +1,8 @@
 //! Routes other cells call (scope `internal`): `POST /v1/internal/transfers` credits
 //! transfers of claims made in another cell to users homed here, exactly once each.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -10,6 +12,7 @@ use topology::{IdKind, MintedId, Slot, Uid};
 use super::error::ApiError;
 use super::extract::{rule, Authorized, Json};
 use crate::app::Ctx;
+use crate::shards::Served;
 use crate::store::DueTransfer;
 
 /// Most transfers one delivery may carry.
@@ -37,7 +40,6 @@ pub async fn handle_receive_transfers(
     _caller: Authorized<rule::Internal>,
     body: Json<TransfersBody>,
 ) -> Result<Response, ApiError> {
-    let fence = ctx.ownership.fence();
     let items = body.value.transfers;
     if items.is_empty() || items.len() > MAX_PER_REQUEST {
         return Err(ApiError::invalid(
@@ -45,7 +47,9 @@ pub async fn handle_receive_transfers(
             format!("must hold 1..={MAX_PER_REQUEST} transfers"),
         ));
     }
-    let mut due = Vec::with_capacity(items.len());
+    // Grouped by the shard each claimer is homed in: a cell serving several shards (after a
+    // failover) credits each group in its own shard.
+    let mut groups: Vec<(Arc<Served>, Vec<DueTransfer>)> = Vec::new();
     for (i, t) in items.into_iter().enumerate() {
         let field = |name: &str| format!("transfers[{i}].{name}");
         MintedId::parse(IdKind::Transfer, &t.transfer_id)
@@ -60,8 +64,15 @@ pub async fn handle_receive_transfers(
             ));
         }
         // Credit only users homed here: a wrong sender learns the owner and retries there.
-        ctx.ownership.check(uid.slot())?;
-        due.push(DueTransfer {
+        let shard = ctx.shards.serve(uid.slot())?;
+        let group = match groups.iter().position(|(s, _)| Arc::ptr_eq(s, &shard)) {
+            Some(i) => i,
+            None => {
+                groups.push((shard, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[group].1.push(DueTransfer {
             transfer_id: t.transfer_id,
             slot: i64::from(uid.slot().get()),
             to_uid: uid.to_string(),
@@ -69,10 +80,15 @@ pub async fn handle_receive_transfers(
             packet_id: t.packet_id,
         });
     }
-    ctx.store
-        .receive_transfers(&due, ctx.clock.now_ms(), &fence)
-        .await?;
-    Ok(axum::Json(json!({"credited": due.len()})).into_response())
+    let mut credited = 0;
+    for (shard, due) in &groups {
+        shard
+            .store
+            .receive_transfers(due, ctx.clock.now_ms(), &shard.fence())
+            .await?;
+        credited += due.len();
+    }
+    Ok(axum::Json(json!({"credited": credited})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -111,9 +127,9 @@ pub async fn handle_reserve_grant(
     step.check()?;
     let uid = step.uid()?;
     let slot = Slot::of(step.grant_id.as_bytes());
-    ctx.ownership.check(slot)?;
-    let fence = ctx.ownership.fence();
-    let r = ctx
+    let shard = ctx.shards.serve(slot)?;
+    let fence = shard.fence();
+    let r = shard
         .store
         .reserve_grant(
             &step.grant_id,
@@ -135,9 +151,10 @@ pub async fn handle_confirm_grant(
 ) -> Result<Response, ApiError> {
     let step = body.value;
     step.check()?;
-    ctx.ownership.check(Slot::of(step.grant_id.as_bytes()))?;
-    let fence = ctx.ownership.fence();
-    ctx.store
+    let shard = ctx.shards.serve(Slot::of(step.grant_id.as_bytes()))?;
+    let fence = shard.fence();
+    shard
+        .store
         .confirm_grant(&step.grant_id, &step.subsidy_id, &fence)
         .await?;
     Ok(axum::Json(json!({"state": "committed"})).into_response())
@@ -152,9 +169,9 @@ pub async fn handle_resolve_grant(
     let step = body.value;
     step.check()?;
     let uid = step.uid()?;
-    ctx.ownership.check(uid.slot())?;
-    let fence = ctx.ownership.fence();
-    let decision = ctx
+    let shard = ctx.shards.serve(uid.slot())?;
+    let fence = shard.fence();
+    let decision = shard
         .store
         .resolve_grant(
             &step.subsidy_id,

@@ -5,6 +5,7 @@ pub mod claims;
 pub mod error;
 pub mod extract;
 pub mod internal;
+pub mod openapi;
 pub mod packets;
 pub mod replication;
 pub mod subsidies;
@@ -13,10 +14,10 @@ pub mod users;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use wire::headers;
 
@@ -26,71 +27,219 @@ use error::ApiError;
 /// Every request ends within this, whatever it waits on.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Who a route is for. `Public` routes are API.md's (and the operational ones): each must
+/// be in the OpenAPI document ([`openapi`]), which a test checks against [`ROUTES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience {
+    Public,
+    /// Between cells, for operators through `cellctl`, or for tests (README's extensions).
+    Internal,
+}
+
+/// One route: method, path, audience, whether a 2xx waits for the backup ([`durable`]),
+/// and its handler.
+pub struct RouteDef {
+    pub method: Method,
+    pub path: &'static str,
+    pub audience: Audience,
+    pub durable: bool,
+    pub handler: fn() -> MethodRouter<Ctx>,
+}
+
+const fn route(
+    method: Method,
+    path: &'static str,
+    audience: Audience,
+    durable: bool,
+    handler: fn() -> MethodRouter<Ctx>,
+) -> RouteDef {
+    RouteDef {
+        method,
+        path,
+        audience,
+        durable,
+        handler,
+    }
+}
+
+use Audience::{Internal, Public};
+
+/// Every route of the cell: the one list [`router`] registers and the OpenAPI test reads.
+pub const ROUTES: &[RouteDef] = &[
+    route(Method::POST, "/v1/subsidies", Public, true, || {
+        post(subsidies::handle_grant)
+    }),
+    route(
+        Method::GET,
+        "/v1/users/{uid}/subsidies",
+        Public,
+        false,
+        || get(subsidies::handle_list_subsidies),
+    ),
+    route(Method::POST, "/v1/packets", Public, true, || {
+        post(packets::handle_send)
+    }),
+    route(
+        Method::GET,
+        "/v1/packets/{packet_id}",
+        Public,
+        false,
+        || get(packets::handle_get_packet),
+    ),
+    route(
+        Method::POST,
+        "/v1/packets/{packet_id}/claims",
+        Public,
+        true,
+        || post(claims::handle_claim),
+    ),
+    route(
+        Method::GET,
+        "/v1/packets/{packet_id}/claims",
+        Public,
+        false,
+        || get(claims::handle_list_claims),
+    ),
+    route(
+        Method::POST,
+        "/v1/payments/{payment_id}/callback",
+        Public,
+        true,
+        || post(packets::handle_payment_callback),
+    ),
+    route(Method::GET, "/v1/users/{uid}/wallet", Public, false, || {
+        get(users::handle_wallet)
+    }),
+    route(
+        Method::GET,
+        "/v1/users/{uid}/packets",
+        Public,
+        false,
+        || get(users::handle_history),
+    ),
+    route(
+        Method::POST,
+        "/v1/internal/transfers",
+        Internal,
+        true,
+        || post(internal::handle_receive_transfers),
+    ),
+    route(
+        Method::POST,
+        "/v1/internal/grants/reserve",
+        Internal,
+        true,
+        || post(internal::handle_reserve_grant),
+    ),
+    route(
+        Method::POST,
+        "/v1/internal/grants/confirm",
+        Internal,
+        true,
+        || post(internal::handle_confirm_grant),
+    ),
+    route(
+        Method::POST,
+        "/v1/internal/grants/resolve",
+        Internal,
+        true,
+        || post(internal::handle_resolve_grant),
+    ),
+    route(Method::GET, "/v1/internal/journal", Internal, false, || {
+        get(replication::handle_journal)
+    }),
+    route(
+        Method::GET,
+        "/v1/internal/snapshot",
+        Internal,
+        false,
+        || get(replication::handle_snapshot),
+    ),
+    route(Method::GET, "/v1/internal/digest", Internal, false, || {
+        get(replication::handle_digest)
+    }),
+    route(
+        Method::GET,
+        "/v1/internal/replication",
+        Internal,
+        false,
+        || get(replication::handle_status),
+    ),
+    route(Method::GET, "/v1/internal/history", Internal, false, || {
+        get(replication::handle_history)
+    }),
+    route(
+        Method::POST,
+        "/v1/internal/shards/{shard}/pause",
+        Internal,
+        false,
+        || post(replication::handle_pause),
+    ),
+    route(
+        Method::DELETE,
+        "/v1/internal/shards/{shard}/pause",
+        Internal,
+        false,
+        || delete(replication::handle_resume),
+    ),
+    route(
+        Method::POST,
+        "/v1/internal/replicas/{shard}/hold",
+        Internal,
+        false,
+        || post(replication::handle_hold),
+    ),
+    route(
+        Method::DELETE,
+        "/v1/internal/replicas/{shard}/hold",
+        Internal,
+        false,
+        || delete(replication::handle_release),
+    ),
+    route(
+        Method::GET,
+        "/v1/internal/replicas/{shard}/digest",
+        Internal,
+        false,
+        || get(replication::handle_replica_digest),
+    ),
+    route(
+        Method::GET,
+        "/v1/admin/reconciliation",
+        Public,
+        false,
+        || get(admin::handle_reconciliation),
+    ),
+    route(Method::POST, "/v1/admin/clock", Internal, false, || {
+        post(admin::handle_clock)
+    }),
+    route(Method::GET, "/healthz", Public, false, || {
+        get(admin::handle_healthz)
+    }),
+    route(Method::GET, "/readyz", Public, false, || {
+        get(admin::handle_readyz)
+    }),
+    route(Method::GET, "/metrics", Public, false, || {
+        get(admin::handle_metrics)
+    }),
+    route(Method::GET, "/openapi.json", Public, false, || {
+        get(openapi::handle_openapi)
+    }),
+];
+
 pub fn router(ctx: Ctx) -> Router {
     // Money-moving routes: a 2xx answer waits for the backup (see `durable`).
-    let durable = || middleware::from_fn_with_state(ctx.clone(), durable);
-    Router::new()
-        .route(
-            "/v1/subsidies",
-            post(subsidies::handle_grant).route_layer(durable()),
-        )
-        .route(
-            "/v1/users/{uid}/subsidies",
-            get(subsidies::handle_list_subsidies),
-        )
-        .route(
-            "/v1/packets",
-            post(packets::handle_send).route_layer(durable()),
-        )
-        .route("/v1/packets/{packet_id}", get(packets::handle_get_packet))
-        .route(
-            "/v1/packets/{packet_id}/claims",
-            post(claims::handle_claim)
-                .route_layer(durable())
-                .get(claims::handle_list_claims),
-        )
-        .route(
-            "/v1/payments/{payment_id}/callback",
-            post(packets::handle_payment_callback).route_layer(durable()),
-        )
-        .route("/v1/users/{uid}/wallet", get(users::handle_wallet))
-        .route("/v1/users/{uid}/packets", get(users::handle_history))
-        .route(
-            "/v1/internal/transfers",
-            post(internal::handle_receive_transfers).route_layer(durable()),
-        )
-        .route(
-            "/v1/internal/grants/reserve",
-            post(internal::handle_reserve_grant).route_layer(durable()),
-        )
-        .route(
-            "/v1/internal/grants/confirm",
-            post(internal::handle_confirm_grant).route_layer(durable()),
-        )
-        .route(
-            "/v1/internal/grants/resolve",
-            post(internal::handle_resolve_grant).route_layer(durable()),
-        )
-        .route("/v1/internal/journal", get(replication::handle_journal))
-        .route("/v1/internal/snapshot", get(replication::handle_snapshot))
-        .route("/v1/internal/digest", get(replication::handle_digest))
-        .route("/v1/internal/replication", get(replication::handle_status))
-        .route(
-            "/v1/internal/replicas/{shard}/hold",
-            post(replication::handle_hold).delete(replication::handle_release),
-        )
-        .route(
-            "/v1/internal/replicas/{shard}/digest",
-            get(replication::handle_replica_digest),
-        )
-        .route(
-            "/v1/admin/reconciliation",
-            get(admin::handle_reconciliation),
-        )
-        .route("/v1/admin/clock", post(admin::handle_clock))
-        .route("/healthz", get(admin::handle_healthz))
-        .route("/readyz", get(admin::handle_readyz))
-        .route("/metrics", get(admin::handle_metrics))
+    let mut router = Router::new();
+    for r in ROUTES {
+        let mut method_router = (r.handler)();
+        if r.durable {
+            method_router =
+                method_router.route_layer(middleware::from_fn_with_state(ctx.clone(), durable));
+        }
+        // Two entries with one path (GET and POST of the claims) merge into one route.
+        router = router.route(r.path, method_router);
+    }
+    router
         .fallback(|| async { ApiError::not_found("not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -148,30 +297,37 @@ async fn fence(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
         )
         .into_response();
     };
-    match ctx.ownership.check_at(slot, Some(epoch)) {
-        Ok(()) => next.run(req).await,
+    match ctx.shards.serve_at(slot, Some(epoch)) {
+        Ok(_) => next.run(req).await,
         Err(e) => e.into_response(),
     }
 }
 
 /// Semi-synchronous acknowledgement at the edge of every money-moving route: a 2xx answer
-/// leaves only once the shard's backup has durably applied everything up to this process's
-/// journal head after the handler ran (which covers the handler's own commit, or the
-/// earlier commit a replay answers from), or as raft-meta's policy allows
-/// (`replication::Durability` holds the invariant). Otherwise 503 + Retry-After: the write
-/// is committed here, and a retry with the same key is answered from it. One place, so no
-/// money route can forget it; a client that hangs up drops only this wait.
+/// leaves only once the backup of every shard the handler was routed to (`shards::tracking`)
+/// has durably applied everything up to that shard's journal head after the handler ran
+/// (which covers the handler's own commit, or the earlier commit a replay answers from), or
+/// as raft-meta's policy allows (`replication::Durability` holds the invariant). A handler
+/// routed to no shard waits for every shard served here, so forgetting cannot weaken it.
+/// Otherwise 503 + Retry-After: the write is committed here, and a retry with the same key
+/// is answered from it. One place, so no money route can forget it; a client that hangs up
+/// drops only this wait.
 async fn durable(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
+    let (res, touched) = crate::shards::tracking(next.run(req)).await;
     if !res.status().is_success() {
         return res;
     }
-    match ctx.durability.settle().await {
-        Ok(()) => res,
-        Err(e) => ApiError::unavailable(e.to_string())
-            .retry_after(1)
-            .into_response(),
+    let shards = if touched.is_empty() {
+        ctx.shards.all()
+    } else {
+        touched
+    };
+    for shard in shards {
+        if let Err(e) = shard.durability.settle().await {
+            return ApiError::from(e).into_response();
+        }
     }
+    res
 }
 
 /// Counts and times every request by route, and logs server-side failures.

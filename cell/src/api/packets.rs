@@ -1,5 +1,7 @@
 //! `POST /v1/packets`, `GET /v1/packets/{id}`, `POST /v1/payments/{id}/callback`.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +14,7 @@ use super::extract::{rule, Authorized, Caller, Json, PathText};
 use crate::app::Ctx;
 use crate::domain::model::Packet;
 use crate::domain::validate::{self, CallbackBody, SendBody};
+use crate::shards::Served;
 use crate::store::{CallbackOutcome, NewPacket, SendOutcome};
 
 /// A stored response replayed exactly as it was first sent.
@@ -19,6 +22,16 @@ fn raw_json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// Sends a packet (an app user); idempotent by `Idempotency-Key`.
+#[utoipa::path(post, path = "/v1/packets", tag = "packets", security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 64, description = "1–64 visible ASCII characters; the same key and body answer the same")),
+    request_body(content = super::openapi::SendRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "the packet (c2c: awaiting_payment with its payment; b2c: active)", body = super::openapi::Packet),
+        (status = 404, description = "subsidy_not_found", content_type = "application/problem+json", body = super::openapi::Problem),
+        (status = 409, description = "subsidy_unavailable: the subsidy is used or expired", content_type = "application/problem+json", body = super::openapi::Problem),
+        (status = 422, description = "idempotency_key_reused: the same key with another body", content_type = "application/problem+json", body = super::openapi::Problem),
+    ))]
 pub async fn handle_send(
     State(ctx): State<Ctx>,
     caller: Authorized<rule::AppUser>,
@@ -32,8 +45,8 @@ pub async fn handle_send(
     let key = validate::idempotency_key(key)?;
     let cmd = validate::send_packet(body.value, ctx.limits)?;
     let slot = sender.slot();
-    ctx.ownership.check(slot)?;
-    let fence = ctx.ownership.fence();
+    let shard = ctx.shards.serve(slot)?;
+    let fence = shard.fence();
     let hash = format!("{:x}", Sha256::digest(body.canonical.as_bytes()));
     let packet_id = MintedId::mint(IdKind::Packet, slot);
     let payment_id = MintedId::mint(IdKind::Payment, slot);
@@ -50,7 +63,7 @@ pub async fn handle_send(
         payment_check_at: now + ctx.payment_recheck_ms,
         payment_deadline_at: now + ctx.payment_deadline_ms,
     };
-    match ctx
+    match shard
         .store
         .send_packet(new, &fence, |p| p.view(now).to_string())
         .await?
@@ -78,24 +91,43 @@ pub async fn handle_send(
     }
 }
 
-/// The packet a path names, from this cell's shard: 400 for a malformed id, 421 when another
-/// cell owns its slot, 404 `packet_not_found` when there is none.
-pub(super) async fn owned_packet(ctx: &Ctx, id: &PathText) -> Result<Packet, ApiError> {
+/// The packet a path names, with the shard it is served from here: 400 for a malformed id,
+/// 421 when another cell serves its slot, 404 `packet_not_found` when there is none.
+pub(super) async fn owned_packet(
+    ctx: &Ctx,
+    id: &PathText,
+) -> Result<(Arc<Served>, Packet), ApiError> {
     let id = id.id(IdKind::Packet, "packet_id")?;
-    ctx.ownership.check(id.slot())?;
-    let packet = ctx.store.packet(id.as_str()).await?;
-    packet.ok_or_else(|| ApiError::not_found("packet_not_found", "no such packet"))
+    let shard = ctx.shards.serve(id.slot())?;
+    let packet = shard.store.packet(id.as_str()).await?;
+    let packet = packet.ok_or_else(|| ApiError::not_found("packet_not_found", "no such packet"))?;
+    Ok((shard, packet))
 }
 
+/// A packet (any authenticated caller).
+#[utoipa::path(get, path = "/v1/packets/{packet_id}", tag = "packets", security(("bearer" = [])),
+    params(("packet_id" = String, Path, description = "a minted packet id", max_length = 40)),
+    responses(
+        (status = 200, description = "the packet", body = super::openapi::Packet),
+        (status = 404, description = "packet_not_found", content_type = "application/problem+json", body = super::openapi::Problem),
+    ))]
 pub async fn handle_get_packet(
     State(ctx): State<Ctx>,
     _caller: Caller,
     id: PathText,
 ) -> Result<Response, ApiError> {
-    let packet = owned_packet(&ctx, &id).await?;
+    let (_, packet) = owned_packet(&ctx, &id).await?;
     Ok(axum::Json(packet.view(ctx.clock.now_ms())).into_response())
 }
 
+/// The payment provider reports a C2C payment (scope `payment:callback`); repeats are harmless.
+#[utoipa::path(post, path = "/v1/payments/{payment_id}/callback", tag = "payments", security(("bearer" = [])),
+    params(("payment_id" = String, Path, description = "a minted payment id", max_length = 40)),
+    request_body(content = super::openapi::CallbackRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "recorded", body = super::openapi::CallbackReply),
+        (status = 404, description = "not_found: no such payment", content_type = "application/problem+json", body = super::openapi::Problem),
+    ))]
 pub async fn handle_payment_callback(
     State(ctx): State<Ctx>,
     _caller: Authorized<rule::PaymentCallback>,
@@ -104,16 +136,16 @@ pub async fn handle_payment_callback(
 ) -> Result<Response, ApiError> {
     let id = id.id(IdKind::Payment, "payment_id")?;
     let outcome = validate::callback(body.value)?;
-    ctx.ownership.check(id.slot())?;
-    let fence = ctx.ownership.fence();
-    match ctx
+    let shard = ctx.shards.serve(id.slot())?;
+    let fence = shard.fence();
+    match shard
         .store
         .payment_callback(id.as_str(), outcome, ctx.clock.now_ms(), &fence)
         .await?
     {
         CallbackOutcome::NotFound => Err(ApiError::not_found("not_found", "no such payment")),
         CallbackOutcome::Done { status, packet_id } => {
-            ctx.claims.invalidate(&packet_id);
+            shard.claims.invalidate(&packet_id);
             Ok(axum::Json(
                 json!({"payment_id": id.as_str(), "status": status, "packet_id": packet_id}),
             )

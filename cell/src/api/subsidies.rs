@@ -12,6 +12,14 @@ use crate::domain::validate::{self, GrantBody};
 use crate::grants::{GrantError, Granted};
 use crate::store::GrantOutcome;
 
+/// Grants a subsidy (scope `subsidy:grant`); a retry with the same terms answers 200.
+#[utoipa::path(post, path = "/v1/subsidies", tag = "subsidies", security(("bearer" = [])),
+    request_body(content = super::openapi::GrantRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "granted", body = super::openapi::Subsidy),
+        (status = 200, description = "the same grant again", body = super::openapi::Subsidy),
+        (status = 409, description = "grant_id_conflict: the same grant_id with another uid or amount", content_type = "application/problem+json", body = super::openapi::Problem),
+    ))]
 pub async fn handle_grant(
     State(ctx): State<Ctx>,
     _caller: Authorized<rule::GrantsSubsidies>,
@@ -19,7 +27,7 @@ pub async fn handle_grant(
 ) -> Result<Response, ApiError> {
     let now = ctx.clock.now_ms();
     let grant = validate::grant(body.value, ctx.limits, now)?;
-    ctx.ownership.check(grant.uid.slot())?;
+    let shard = ctx.shards.serve(grant.uid.slot())?;
     let conflict = |why: &str| {
         ApiError::new(
             StatusCode::CONFLICT,
@@ -27,7 +35,7 @@ pub async fn handle_grant(
             format!("grant_id {} was granted {why}", grant.grant_id),
         )
     };
-    match ctx.grants.grant(&grant).await {
+    match shard.grants.grant(&grant).await {
         Ok(Granted::Done(GrantOutcome::Created(s))) => {
             Ok((StatusCode::CREATED, axum::Json(s.view(now))).into_response())
         }
@@ -59,6 +67,10 @@ pub async fn handle_grant(
     }
 }
 
+/// The user's subsidies (the user or admin).
+#[utoipa::path(get, path = "/v1/users/{uid}/subsidies", tag = "subsidies", security(("bearer" = [])),
+    params(("uid" = String, Path, description = "a uid", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    responses((status = 200, description = "the subsidies", body = super::openapi::SubsidyList)))]
 pub async fn handle_list_subsidies(
     State(ctx): State<Ctx>,
     caller: Caller,
@@ -66,9 +78,9 @@ pub async fn handle_list_subsidies(
 ) -> Result<Response, ApiError> {
     let uid = uid.uid()?;
     caller.may_read(&uid)?;
-    ctx.ownership.check(uid.slot())?;
+    let shard = ctx.shards.serve(uid.slot())?;
     let now = ctx.clock.now_ms();
-    let list = ctx.store.subsidies_of(&uid).await?;
+    let list = shard.store.subsidies_of(&uid).await?;
     let items: Vec<_> = list.iter().map(|s| s.view(now)).collect();
     Ok(axum::Json(json!({ "subsidies": items })).into_response())
 }

@@ -9,6 +9,10 @@ use super::extract::{Caller, PathText, QueryOf};
 use crate::app::Ctx;
 use crate::domain::validate::{self, encode_cursor, HistoryQuery};
 
+/// The user's balance of completed credits (the user or admin).
+#[utoipa::path(get, path = "/v1/users/{uid}/wallet", tag = "users", security(("bearer" = [])),
+    params(("uid" = String, Path, description = "a uid", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    responses((status = 200, description = "the wallet", body = super::openapi::Wallet)))]
 pub async fn handle_wallet(
     State(ctx): State<Ctx>,
     caller: Caller,
@@ -16,11 +20,15 @@ pub async fn handle_wallet(
 ) -> Result<Response, ApiError> {
     let uid = uid.uid()?;
     caller.may_read(&uid)?;
-    ctx.ownership.check(uid.slot())?;
-    let balance = ctx.store.balance(&uid).await?;
+    let shard = ctx.shards.serve(uid.slot())?;
+    let balance = shard.store.balance(&uid).await?;
     Ok(axum::Json(json!({"uid": uid, "balance": balance})).into_response())
 }
 
+/// The user's sent packets or received credits, newest first (the user or admin).
+#[utoipa::path(get, path = "/v1/users/{uid}/packets", tag = "users", security(("bearer" = [])),
+    params(("uid" = String, Path, description = "a uid", pattern = "^[A-Za-z0-9_.-]{1,64}$"), super::openapi::HistoryParams),
+    responses((status = 200, description = "a page", body = super::openapi::History)))]
 pub async fn handle_history(
     State(ctx): State<Ctx>,
     caller: Caller,
@@ -30,8 +38,8 @@ pub async fn handle_history(
     let uid = uid.uid()?;
     caller.may_read(&uid)?;
     let q = validate::history(q)?;
-    ctx.ownership.check(uid.slot())?;
-    let page = ctx.store.history(&uid, &q, ctx.clock.now_ms()).await?;
+    let shard = ctx.shards.serve(uid.slot())?;
+    let page = shard.store.history(&uid, &q, ctx.clock.now_ms()).await?;
     let next = page.next.map(|(at, id)| encode_cursor(at, &id));
     Ok(axum::Json(json!({"items": page.items, "next_cursor": next})).into_response())
 }

@@ -1,7 +1,7 @@
 //! The replicated tables: every table of the shard that holds business or idempotency rows.
 //!
-//! This list must match the schema of `migrations/` and the triggers of migration 0006
-//! column for column; `store`'s tests check both against a real database of each dialect.
+//! This list must match the schema of `migrations/` and the triggers of migrations 0006 and
+//! 0008 column for column; `store`'s tests check both against a real database of each dialect.
 //! Not replicated: `journal*` (shipped as the log itself), `worker_cursors` (each cell's own
 //! progress), `slot_epochs` and `replica_of` (each shard's own fencing and role).
 
@@ -61,7 +61,7 @@ const fn text_null(name: &'static str) -> Column {
     }
 }
 
-pub static TABLES: [Table; 10] = [
+pub static TABLES: [Table; 11] = [
     Table {
         name: "subsidies",
         columns: &[
@@ -200,6 +200,19 @@ pub static TABLES: [Table; 10] = [
             int("created_at"),
         ],
         key: &["order_id", "operation"],
+    },
+    // The shard's promotions (migration 0008): slot -1, the shard's own row.
+    Table {
+        name: "shard_history",
+        columns: &[
+            int("pos"),
+            int("slot"),
+            text("shard"),
+            text("cell"),
+            int("epoch"),
+            int("promoted_at"),
+        ],
+        key: &["pos"],
     },
 ];
 

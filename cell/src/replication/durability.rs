@@ -53,6 +53,10 @@ pub enum DurabilityError {
         waited_ms: u64,
         why: &'static str,
     },
+    /// The shard is no longer this cell's (failover): nothing more is acknowledged here. A
+    /// retry reaches the new primary, which answers from what it has.
+    #[error("shard {shard} has moved to another cell; retry")]
+    Moved { shard: ShardId },
 }
 
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -92,7 +96,19 @@ pub struct Durability {
     /// the grant is given back once the backup has this position (the head when the wind
     /// down began, which covers every write acknowledged alone; see `run_withdrawals`).
     resume_at: Mutex<Option<Position>>,
+    /// Fired when the shard stops being served here (failover): every answer still waiting
+    /// is refused at once, and none is given after.
+    moved: tokio_util::sync::CancellationToken,
+    /// When raft-meta last confirmed that this cell's map is current (a heartbeat answered
+    /// with a version this cell has installed), by the monotonic clock, which keeps running
+    /// while the process is frozen. A run-alone grant is used only within [`ALONE_LEASE`]
+    /// of it: a primary frozen or cut off past that bound, whose grant may have lapsed in a
+    /// map it has not seen, acknowledges nothing alone until raft-meta confirms it again.
+    confirmed_at: Mutex<Option<Instant>>,
 }
+
+/// How long after raft-meta's last confirmation a run-alone grant may still be used.
+pub const ALONE_LEASE: Duration = Duration::from_millis(1_000);
 
 /// The durability state as `/v1/internal/replication` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -128,13 +144,43 @@ impl Durability {
             local_only: false,
             resume_at: Mutex::new(None),
             wanted: watch::Sender::new(0),
+            moved: tokio_util::sync::CancellationToken::new(),
+            confirmed_at: Mutex::new(None),
         }
+    }
+
+    /// The shard stops being served here: answers waiting for the backup are refused now,
+    /// later ones at once.
+    pub fn mark_moved(&self) {
+        self.moved.cancel();
+    }
+
+    /// raft-meta confirmed, at `at` (when the confirming request was sent), that this cell
+    /// has its current map.
+    pub fn confirmed(&self, at: Instant) {
+        let mut c = self.confirmed_at.lock().expect("confirmed lock poisoned");
+        if c.is_none_or(|t| t < at) {
+            *c = Some(at);
+        }
+    }
+
+    /// Whether raft-meta's word is recent enough to act alone on (see `confirmed_at`).
+    fn lease_holds(&self) -> bool {
+        self.confirmed_at
+            .lock()
+            .expect("confirmed lock poisoned")
+            .is_some_and(|t| t.elapsed() < ALONE_LEASE)
     }
 
     /// Answers without waiting for the backup (`--acknowledge local`).
     pub fn local_only(mut self) -> Durability {
         self.local_only = true;
         self
+    }
+
+    /// The shard this gate is for.
+    pub fn shard(&self) -> &ShardId {
+        self.ownership.shard()
     }
 
     /// The backup this shard has now, per the map.
@@ -186,10 +232,10 @@ impl Durability {
         });
     }
 
-    /// A grant stands at this shard's epoch.
+    /// A grant stands at this shard's epoch, as raft-meta confirmed within the lease.
     fn granted(&self) -> bool {
         let epoch = self.shard_epoch();
-        self.control.borrow().alone_at == Some(epoch) && epoch.0 > 0
+        self.control.borrow().alone_at == Some(epoch) && epoch.0 > 0 && self.lease_holds()
     }
 
     /// Writes may be acknowledged alone now: a grant stands and this cell is not winding it
@@ -235,6 +281,11 @@ impl Durability {
         if self.local_only {
             return Ok(());
         }
+        // Only the shard's primary acknowledges: once the map moved the shard away (or the
+        // cell stopped serving it), nothing more is answered here, whatever it waits for.
+        if self.moved.is_cancelled() || !self.ownership.is_primary() {
+            return Err(self.moved_error());
+        }
         let Some(backup) = self.backup() else {
             // No backup in the map (a lone cell): nothing to wait for.
             return Ok(());
@@ -256,12 +307,13 @@ impl Durability {
         });
         let mut ack = self.ack.subscribe();
         // (Reduced to a bool at once: the watch's guard must not live across an await.)
-        let acked = tokio::time::timeout(
-            self.bound,
-            ack.wait_for(|a| a.backup.as_ref() == Some(&backup) && a.pos >= target),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok());
+        let acked = tokio::select! {
+            r = tokio::time::timeout(
+                self.bound,
+                ack.wait_for(|a| a.backup.as_ref() == Some(&backup) && a.pos >= target),
+            ) => r.is_ok_and(|r| r.is_ok()),
+            _ = self.moved.cancelled() => return Err(self.moved_error()),
+        };
         if acked {
             metrics::histogram!("redcell_ack_wait_seconds").record(started.elapsed().as_secs_f64());
             return Ok(());
@@ -290,11 +342,12 @@ impl Durability {
         self.ask_for_grant();
         let mut control = self.control.subscribe();
         let epoch = self.shard_epoch();
-        let granted =
-            tokio::time::timeout(self.bound, control.wait_for(|c| c.alone_at == Some(epoch)))
-                .await
-                .is_ok_and(|r| r.is_ok());
-        if granted && epoch.0 > 0 {
+        let granted = tokio::select! {
+            r = tokio::time::timeout(self.bound, control.wait_for(|c| c.alone_at == Some(epoch))) =>
+                r.is_ok_and(|r| r.is_ok()),
+            _ = self.moved.cancelled() => return Err(self.moved_error()),
+        };
+        if granted && epoch.0 > 0 && self.lease_holds() && !self.moved.is_cancelled() {
             self.count_at_risk();
             return Ok(());
         }
@@ -303,6 +356,12 @@ impl Durability {
             return Ok(());
         }
         refuse("no grant from raft-meta to run alone")
+    }
+
+    fn moved_error(&self) -> DurabilityError {
+        DurabilityError::Moved {
+            shard: self.ownership.shard().clone(),
+        }
     }
 
     fn count_at_risk(&self) {

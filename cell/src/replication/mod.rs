@@ -5,16 +5,19 @@
 //!   batched); `after` is the position the backup has durably applied, which the primary
 //!   records as the backup's acknowledgement; money-moving answers wait for it
 //!   ([`Durability`], `durability.rs`, which holds the invariant).
-//! - Replicas (backup side): [`Replicas`] follows the map and runs one puller per shard it
-//!   backs up (`puller.rs`): a replica database of its own (`DATA_DIR/replicas/SHARD.sqlite`,
-//!   or the database `<own database>_replica_<shard>` on the cell's Postgres server),
-//!   bootstrapped from a consistent snapshot, then tailing the log, applying each batch in
-//!   one fsync'd transaction (`store/replica.rs` holds the applier's invariants).
+//! - Replicas (backup side): [`Replicas`] runs one puller per shard the cell backs up
+//!   (`puller.rs`; which shards is `roles.rs`'s decision): a replica database
+//!   (`DATA_DIR/replicas/SHARD.sqlite`, or the database `<own database>_replica_<shard>` on
+//!   the cell's Postgres server; the cell's own database when it backs up its own shard
+//!   after a failover), checked against the primary's history first (a forked log is set
+//!   aside and rebuilt from a snapshot), then tailing the log, applying each batch in one
+//!   fsync'd transaction (`store/replica.rs` holds the applier's invariants).
 //! - Verification: a replica can be held at a position, so `cellctl verify` compares the
 //!   primary's and the replica's per-slot digests at exactly one position.
 //!
-//! A replica never decides ownership: promotion is raft-meta's (failover), and so are the
-//! run-alone grant and re-protection (a new backup named in the map is followed here).
+//! A replica never decides ownership: promotion is raft-meta's decision (failover), carried
+//! out by `roles.rs`; so are the run-alone grant and re-protection (a new backup named in
+//! the map is followed here).
 
 mod durability;
 mod puller;
@@ -37,15 +40,6 @@ use crate::ownership::Ownership;
 use crate::peer::Peers;
 use crate::store::Store;
 
-/// Where a replica database lives.
-#[derive(Clone, Debug)]
-pub enum ReplicaHome {
-    /// `DIR/SHARD.sqlite`.
-    Sqlite(std::path::PathBuf),
-    /// On the Postgres server of this URL (the cell's own database), one database each.
-    Postgres(String),
-}
-
 /// One replica's observed state, as `/v1/internal/replicas` reports it.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReplicaStatus {
@@ -63,6 +57,27 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
     /// Milliseconds since the Unix epoch of the last successful pull.
     pub last_contact_ms: i64,
+    /// When this copy's log was found forked from the primary's: its divergent tail, set
+    /// aside before the copy started over from a snapshot.
+    pub divergent: Option<DivergentTail>,
+}
+
+/// A divergent tail found and set aside (DESIGN §6.4): commits this copy of the shard held
+/// that the shard's primary never had. Never applied anywhere; kept in `file` for people.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct DivergentTail {
+    pub shard: String,
+    /// The first position at which this copy's log and the primary's differ.
+    pub from: Position,
+    /// This copy's head when the fork was found.
+    pub to: Position,
+    /// Commits written to `file` (fewer than `to - from + 1` when some were pruned already).
+    pub commits: usize,
+    /// Row changes and events in those commits.
+    pub records: usize,
+    pub file: String,
+    /// Wall clock, milliseconds since the Unix epoch.
+    pub found_at_ms: i64,
 }
 
 /// A replica that a verify can hold at one position.
@@ -74,9 +89,12 @@ pub struct Replica {
     hold: Mutex<Option<(Position, Instant)>>,
     /// The applied position, for waiters.
     applied: watch::Sender<Position>,
-    /// The replica holds a snapshot (known once, so pulls do not ask the database).
+    /// The replica's log is known to be a prefix of its primary's (a snapshot installed,
+    /// or the history check passed), so pulls may apply; checked once per puller start.
     bootstrapped: std::sync::atomic::AtomicBool,
     cancel: CancellationToken,
+    /// The puller task, awaited when the replica stops (promotion must not race a batch).
+    puller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// How long a verify's hold lasts if it never releases it.
@@ -120,28 +138,29 @@ impl Replica {
     }
 }
 
-/// Every replica this cell hosts, kept in step with the map.
+/// Every replica this cell hosts. Which ones is `roles.rs`'s decision, following the map.
 #[derive(Clone)]
 pub struct Replicas {
     inner: Arc<Mutex<BTreeMap<ShardId, Arc<Replica>>>>,
-    home: ReplicaHome,
     ownership: Arc<Ownership>,
     peers: Peers,
+    /// Where a replica's divergent tail is set aside (`DATA_DIR/divergent`).
+    divergent_dir: std::path::PathBuf,
     cancel: CancellationToken,
 }
 
 impl Replicas {
     pub fn new(
-        home: ReplicaHome,
         ownership: Arc<Ownership>,
         peers: Peers,
+        divergent_dir: std::path::PathBuf,
         cancel: CancellationToken,
     ) -> Replicas {
         Replicas {
             inner: Arc::default(),
-            home,
             ownership,
             peers,
+            divergent_dir,
             cancel,
         }
     }
@@ -173,116 +192,12 @@ impl Replicas {
             .collect()
     }
 
-    /// The shards the map says this cell backs up.
-    fn wanted(&self) -> Vec<ShardId> {
-        let Some(map) = self.ownership.map() else {
-            return Vec::new();
-        };
-        let me = self.ownership.cell_id();
-        map.shards_backed_up_by(me)
-            .filter(|s| &s.primary != me)
-            .map(|s| s.id.clone())
-            .collect()
-    }
-
-    /// Follows the map (every second): starts or stops pullers to match it, and raises the
-    /// shard's slot epochs to the map's for the slots this cell owns (records carry them).
-    pub fn spawn(self, store: Store) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut epochs_of = 0u64;
-            loop {
-                self.reconcile().await;
-                if let Some(map) = self.ownership.map() {
-                    if map.version != epochs_of {
-                        let owned = self.ownership.fence_with(map.clone()).owned_epochs();
-                        match store.raise_epochs(&owned).await {
-                            Ok(()) => epochs_of = map.version,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot record the map's slot epochs")
-                            }
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = self.cancel.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-            let all: Vec<Arc<Replica>> =
-                std::mem::take(&mut *self.inner.lock().expect("replicas lock poisoned"))
-                    .into_values()
-                    .collect();
-            for r in all {
-                r.cancel.cancel();
-                r.store.close().await;
-            }
-        })
-    }
-
-    async fn reconcile(&self) {
-        let wanted = self.wanted();
-        let stale: Vec<Arc<Replica>> = {
-            let mut inner = self.inner.lock().expect("replicas lock poisoned");
-            let gone: Vec<ShardId> = inner
-                .keys()
-                .filter(|k| !wanted.contains(k))
-                .cloned()
-                .collect();
-            gone.iter().filter_map(|k| inner.remove(k)).collect()
-        };
-        for r in stale {
-            tracing::info!(shard = %r.shard, "no longer this cell's to back up: replica stopped (its data is kept)");
-            r.cancel.cancel();
-        }
-        for shard in wanted {
-            if self.get(shard.as_str()).is_some() {
-                continue;
-            }
-            match self.open(&shard).await {
-                Ok(replica) => {
-                    tracing::info!(%shard, "hosting a replica of shard {shard}");
-                    self.inner
-                        .lock()
-                        .expect("replicas lock poisoned")
-                        .insert(shard.clone(), replica.clone());
-                    tokio::spawn(puller::run(
-                        replica,
-                        self.ownership.clone(),
-                        self.peers.clone(),
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!(%shard, error = %e, "cannot open the replica database; will retry");
-                }
-            }
-        }
-    }
-
-    async fn open(&self, shard: &ShardId) -> Result<Arc<Replica>, crate::store::StoreError> {
-        let url = match &self.home {
-            ReplicaHome::Sqlite(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    crate::store::StoreError::BadUrl(format!("{}: {e}", dir.display()))
-                })?;
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.join(format!("{shard}.sqlite")).display()
-                )
-            }
-            ReplicaHome::Postgres(own) => {
-                crate::store::replica_database(own, shard.as_str()).await?
-            }
-        };
-        let store = Store::open(
-            &url,
-            &crate::store::StoreOptions {
-                max_connections: 4,
-                fsync_commits: true,
-            },
-        )
-        .await?;
-        let applied = store.journal_head().await?;
-        Ok(Arc::new(Replica {
+    /// Starts replicating `shard` into `store` (opened for a replica: fsync'd commits): the
+    /// puller first checks the store's log against the primary's (a former primary or an old
+    /// replica may have forked: its divergent tail is set aside and it starts over from a
+    /// snapshot), then tails.
+    pub fn start(&self, shard: ShardId, store: Store, applied: Position) {
+        let replica = Arc::new(Replica {
             shard: shard.clone(),
             store,
             status: Mutex::new(ReplicaStatus {
@@ -295,18 +210,92 @@ impl Replicas {
             applied: watch::Sender::new(applied),
             bootstrapped: std::sync::atomic::AtomicBool::new(false),
             cancel: self.cancel.child_token(),
-        }))
+            puller: Mutex::new(None),
+        });
+        let handle = tokio::spawn(puller::run(
+            replica.clone(),
+            self.ownership.clone(),
+            self.peers.clone(),
+            self.divergent_dir.clone(),
+        ));
+        *replica.puller.lock().expect("puller lock poisoned") = Some(handle);
+        tracing::info!(%shard, applied, "hosting a replica of shard {shard}");
+        self.inner
+            .lock()
+            .expect("replicas lock poisoned")
+            .insert(shard, replica);
+    }
+
+    /// Stops replicating `shard`: the puller is stopped and awaited, so no batch applies
+    /// after this returns. The replica (its store still open) is handed back.
+    pub async fn stop(&self, shard: &ShardId) -> Option<Arc<Replica>> {
+        let replica = self
+            .inner
+            .lock()
+            .expect("replicas lock poisoned")
+            .remove(shard)?;
+        replica.cancel.cancel();
+        let handle = replica.puller.lock().expect("puller lock poisoned").take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+        Some(replica)
+    }
+
+    /// Stops every replica and closes its store (at shutdown).
+    pub async fn close(&self) {
+        let shards: Vec<ShardId> = self
+            .inner
+            .lock()
+            .expect("replicas lock poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        for shard in shards {
+            if let Some(r) = self.stop(&shard).await {
+                r.store.close().await;
+            }
+        }
+    }
+
+    /// Prunes each replica's copy of its primary's log below what it has applied and
+    /// older than `retention` (every `every`, until cancelled).
+    pub fn spawn_pruner(self, retention: Duration, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                for r in self.all() {
+                    let pass = async {
+                        let keep_from = r
+                            .store
+                            .position_at(crate::clock::wall_ms() - retention.as_millis() as i64)
+                            .await?
+                            .min(r.applied());
+                        if keep_from > 0 {
+                            r.store.prune_journal(keep_from).await?;
+                        }
+                        Ok::<(), crate::store::StoreError>(())
+                    };
+                    if let Err(e) = pass.await {
+                        tracing::warn!(shard = %r.shard, error = %e, "replica journal pruning failed; will retry");
+                    }
+                }
+            }
+        })
     }
 }
 
-/// Journal retention (DESIGN §6.2): a commit is pruned once the backup has applied it, every
-/// journal-driven worker is past it, and it is older than the retention window. A replica's
-/// copy of its primary's log is pruned by the window alone (below what it has applied).
+/// Journal retention (DESIGN §6.2): a served shard's commit is pruned once the backup has
+/// applied it, every journal-driven worker is past it, and it is older than the retention
+/// window. (A replica's copy of its primary's log is pruned by the window alone, below what
+/// it has applied: [`Replicas::spawn_pruner`].)
 #[derive(Clone)]
 pub struct Pruner {
     pub store: Store,
     pub durability: Arc<Durability>,
-    pub replicas: Replicas,
     pub retention: Duration,
     pub every: Duration,
     pub cancel: CancellationToken,
@@ -350,18 +339,9 @@ impl Pruner {
             }
         }
         let (_, commits, records) = self.store.journal_size().await?;
-        metrics::gauge!("redcell_journal_commits").set(commits as f64);
-        metrics::gauge!("redcell_journal_records").set(records as f64);
-        for r in self.replicas.all() {
-            let keep_from = r
-                .store
-                .position_at(crate::clock::wall_ms() - self.retention.as_millis() as i64)
-                .await?
-                .min(r.applied());
-            if keep_from > 0 {
-                r.store.prune_journal(keep_from).await?;
-            }
-        }
+        let shard = self.durability.shard().to_string();
+        metrics::gauge!("redcell_journal_commits", "shard" => shard.clone()).set(commits as f64);
+        metrics::gauge!("redcell_journal_records", "shard" => shard).set(records as f64);
         Ok(())
     }
 }

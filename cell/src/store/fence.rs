@@ -26,8 +26,16 @@ pub(super) type SeenEpochs = (
 impl Store {
     /// Starts a write transaction fenced by `fence`: every slot it writes must pass
     /// [`WriteTx::fence`] before it commits (see `crate::fence` for the invariant).
+    /// Refused at once with [`StoreError::Paused`] while a planned failover pauses the
+    /// shard's writes (see `Store::writes`).
     pub async fn begin_fenced(&self, fence: &Fence) -> Result<WriteTx, StoreError> {
+        let permit = self
+            .writes
+            .clone()
+            .try_read_owned()
+            .map_err(|_| StoreError::Paused)?;
         let mut tx = self.begin().await?;
+        tx._permit = Some(permit);
         tx.fence = Some(TxFence {
             fence: fence.clone(),
             checked: BTreeSet::new(),

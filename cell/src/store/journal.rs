@@ -29,6 +29,9 @@ pub struct WriteTx {
     /// The epochs this transaction may write under (`None`: an unfenced transaction, for
     /// what is not a slot's data: epochs, cursors, pruning).
     pub(super) fence: Option<super::fence::TxFence>,
+    /// A fenced transaction's permit against a planned failover's pause (`Store::writes`),
+    /// released when the transaction ends, however it ends.
+    pub(super) _permit: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
 }
 
 impl std::ops::Deref for WriteTx {
@@ -183,6 +186,7 @@ impl Store {
             dialect: self.dialect,
             head: self.head.clone(),
             fence: None,
+            _permit: None,
         })
     }
 

@@ -18,6 +18,7 @@ mod packets;
 mod payments;
 mod recon;
 mod replica;
+mod roles;
 mod rows;
 mod subsidies;
 mod transfers;
@@ -37,6 +38,7 @@ pub use packets::{CallbackOutcome, HistoryPage, NewPacket, SendOutcome};
 pub use payments::PendingPayment;
 pub use recon::{Finding, Reconciliation, Totals};
 pub use replica::{digest_of, Applied, ApplyError, Digest, Snapshot};
+pub use roles::{diverged_at, Promotion};
 pub use rows::{Claim, ClaimListItem, Packet, Payment, Subsidy};
 pub use subsidies::{GrantOutcome, Reservation};
 pub use transfers::DueTransfer;
@@ -54,6 +56,9 @@ pub enum StoreError {
     /// The write was refused by the fence and rolled back (DESIGN §6.4).
     #[error("fenced: {0}")]
     Fenced(#[from] crate::fence::FenceError),
+    /// The shard's writes are paused (a planned failover is moving it): nothing was written.
+    #[error("the shard's writes are paused for a planned failover")]
+    Paused,
 }
 
 impl StoreError {
@@ -107,6 +112,12 @@ pub struct Store {
     /// fence inside every write transaction reads the table itself): re-read after
     /// `EPOCHS_FRESH` or when this process raises them.
     epochs_seen: std::sync::Arc<std::sync::Mutex<Option<fence::SeenEpochs>>>,
+    /// The pause of a planned failover. Every write of a slot's rows (a fenced
+    /// [`WriteTx`]) holds a read permit for its whole transaction, taken without waiting:
+    /// while the pause holds the write side (or waits for it) no such write can begin, and
+    /// taking the write side waits for those in flight to end. So once [`Store::pause_writes`]
+    /// returns, the journal head stands still until the pause is dropped.
+    writes: std::sync::Arc<tokio::sync::RwLock<()>>,
 }
 
 /// How long a Postgres operation waits for a connection before the request answers 503
@@ -174,6 +185,7 @@ impl Store {
             dialect,
             head: std::sync::Arc::new(watch::Sender::new(0)),
             epochs_seen: std::sync::Arc::default(),
+            writes: std::sync::Arc::default(),
         };
         let head = store.journal_head().await?;
         store.head.send_replace(head);
@@ -198,6 +210,18 @@ impl Store {
             Dialect::Postgres => " FOR UPDATE",
             Dialect::Sqlite => "",
         }
+    }
+
+    /// Stops every write of a slot's rows (see `writes`): waits up to `drain` for those in
+    /// flight to end, then holds them off until the returned guard is dropped. `None` when
+    /// they did not end in time (nothing is paused then).
+    pub async fn pause_writes(
+        &self,
+        drain: Duration,
+    ) -> Option<tokio::sync::OwnedRwLockWriteGuard<()>> {
+        tokio::time::timeout(drain, self.writes.clone().write_owned())
+            .await
+            .ok()
     }
 
     /// Is the database reachable? Used by `/readyz`.

@@ -39,6 +39,31 @@ pub struct Reconciliation {
     pub totals: Totals,
 }
 
+impl Reconciliation {
+    /// Nothing to report: what a cell serving no shard answers.
+    pub fn empty() -> Reconciliation {
+        Reconciliation {
+            ok: true,
+            findings: Vec::new(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// Adds another shard's report to this one (a cell serving several shards answers for
+    /// all of them: totals add up, findings join, ok only if both are).
+    pub fn merge(&mut self, other: Reconciliation) {
+        self.ok &= other.ok;
+        self.findings.extend(other.findings);
+        let (t, o) = (&mut self.totals, other.totals);
+        t.funded += o.funded;
+        t.wallets += o.wallets;
+        t.escrow += o.escrow;
+        t.in_flight += o.in_flight;
+        t.transferred_in += o.transferred_in;
+        t.transferred_out += o.transferred_out;
+    }
+}
+
 /// How long a record may stay in a non-final state before it is reported stuck.
 pub const STUCK_AFTER_MS: i64 = 60_000;
 

@@ -36,6 +36,9 @@ pub struct Workers {
     pub wake: Arc<Notify>,
     /// Which cell is home to each claimer, for delivering transfers.
     pub ownership: Arc<Ownership>,
+    /// What this shard's backup has acknowledged: a credit leaves for another cell only once
+    /// the claim behind it is as durable as an answer to a client (see `transfers.rs`).
+    pub durability: Arc<crate::replication::Durability>,
     /// Delivers transfers to other cells.
     pub peers: crate::peer::Peers,
     /// The cashier, when one is configured.

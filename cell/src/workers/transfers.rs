@@ -3,6 +3,13 @@
 //! home cell's `POST /v1/internal/transfers` and marked completed only once it acknowledges.
 //! A failed delivery is retried with exponential backoff and jitter until acknowledged, also
 //! across restarts of either side (the pending rows and their next attempt are durable).
+//!
+//! Invariant (money across a failover): a credit leaves for another cell only once this
+//! shard's backup has acknowledged every commit up to now (or raft-meta's run-alone grant
+//! stands), as a client's answer would wait (`replication::Durability`). Otherwise a claim
+//! that the backup never received could be credited in the claimer's home cell, and after a
+//! failover the promoted backup would hold the packet's share unclaimed: the money would
+//! exist twice. Local credits need no wait: they are in this shard, with their claim.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -84,6 +91,13 @@ impl Workers {
                     .await;
                 let item = format!("{} local transfers", local.len());
                 completed += super::unless_fenced("transfers", &item, done)?.unwrap_or(0);
+            }
+            if !remote.is_empty() {
+                if let Err(e) = self.durability.settle().await {
+                    // Retried on the next pass (the sweep picks pending transfers up again).
+                    tracing::debug!(error = %e, "remote credits wait until the backup has their claims");
+                    return Ok(completed > 0);
+                }
             }
             for (cell, (url, items)) in remote {
                 completed += self

@@ -3,11 +3,12 @@
 //! `REDCELL_TEST_REDIS_URL` is set. Logs are printed when a test fails.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use harness::meta::MetaCluster;
+use harness::procs::Proc;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -43,7 +44,7 @@ pub struct CellOptions {
 
 pub struct TestCell {
     pub url: String,
-    child: Option<Child>,
+    proc: Option<Proc>,
     dir: tempfile::TempDir,
     database_url: Option<String>,
     database_name: Option<String>,
@@ -126,7 +127,7 @@ impl TestCell {
             .expect("http client");
         let mut cell = TestCell {
             url: String::new(),
-            child: None,
+            proc: None,
             dir,
             database_url,
             database_name,
@@ -171,78 +172,42 @@ impl TestCell {
     }
 
     async fn start(&mut self) {
-        // Private like everything the cell writes there (tests/files.rs checks the dir).
-        let log = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(self.log_path())
-                .expect("log file")
-        };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cell"))
-            .arg("--listen")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cell"));
+        cmd.arg("--listen")
             .arg(&self.listen)
             .args(&self.args)
             .env("REDCELL_AUTH_SECRET", SECRET)
-            .env("RUST_LOG", "info,sqlx=warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn cell");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            line
-        })
-        .await
-        .expect("read first line");
-        let url = line.trim().strip_prefix("listening on ").map(str::to_owned);
-        self.child = Some(child);
-        let Some(url) = url else {
+            .env("RUST_LOG", "info,sqlx=warn");
+        // The log is private like everything the cell writes there (tests/files.rs checks
+        // the dir); `dump_log` prints every restart's, so the process' own is not printed.
+        let proc = Proc::spawn_listening("cell", cmd, &self.log_path()).await;
+        self.url = proc.url.clone();
+        self.proc = Some(proc);
+        if let Err(e) =
+            harness::procs::wait_path(&self.url, "/readyz", "cell", Duration::from_secs(30)).await
+        {
             self.dump_log();
-            panic!("cell did not start: first line {line:?}");
-        };
-        self.url = url;
-        self.wait_ready().await;
-    }
-
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            panic!("{e}");
         }
-        self.dump_log();
-        panic!("cell at {} not ready within 30 s", self.url);
     }
 
     /// The running process' id, for killing it from another task.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.proc.as_ref().and_then(Proc::pid)
     }
 
     /// SIGKILL: no chance to flush or drain.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
         }
     }
 
     /// SIGTERM, then wait for a clean exit; returns the exit status' success.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        e2e::terminate(&mut c, Duration::from_secs(20)).is_ok_and(|s| s.success())
+        self.proc
+            .take()
+            .is_some_and(|mut p| p.terminate(Duration::from_secs(20)))
     }
 
     /// Removes a flag and its value from the arguments of later restarts.
@@ -422,95 +387,35 @@ pub fn payments() -> String {
 /// The `raft-meta` binary, built once per test process (cargo builds only this package's
 /// binaries for its tests; raft-meta is another package).
 pub fn raft_meta_bin() -> PathBuf {
-    e2e::built(&["raft-meta"]).join("raft-meta")
+    harness::procs::built(&["raft-meta"]).join("raft-meta")
 }
 
 /// One raft-meta node forming a cluster of one, for tests of cells that follow the map.
 pub struct MetaNode {
     pub url: String,
-    child: Child,
-    dir: tempfile::TempDir,
+    cluster: MetaCluster,
 }
 
 impl MetaNode {
     pub async fn start() -> MetaNode {
-        let port = free_port();
-        let dir = tempfile::Builder::new()
-            .prefix("redcell-meta-")
-            .tempdir()
-            .expect("temp dir");
-        let log = std::fs::File::create(dir.path().join("meta.log")).expect("log");
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(raft_meta_bin())
-            .args([
-                "--id",
-                "1",
-                "--listen",
-                &addr,
-                "--peers",
-                &format!("1={addr}"),
-                "--init",
-                "--data-dir",
-            ])
-            .arg(dir.path().join("data"))
-            .env("REDCELL_AUTH_SECRET", SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn raft-meta");
-        let node = MetaNode {
-            url: format!("http://{addr}"),
-            child,
-            dir,
-        };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let leader = http
-                .get(format!("{}/v1/cluster", node.url))
-                .bearer_auth(admin())
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success());
-            if let Some(r) = leader {
-                let v: Value = r.json().await.unwrap_or(Value::Null);
-                if !v["leader"].is_null() {
-                    return node;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "raft-meta did not elect a leader; log in {}",
-                node.dir.path().display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let cluster = MetaCluster::start(&raft_meta_bin(), SECRET, 1, &[]).await;
+        cluster.leader().await;
+        MetaNode {
+            url: cluster.url(1),
+            cluster,
         }
     }
 
     pub fn client(&self) -> raft_meta::client::MetaClient {
-        let addr = self.url.trim_start_matches("http://").to_owned();
-        raft_meta::client::MetaClient::new(vec![addr], admin())
+        self.cluster.client()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.cluster.pid(1)
     }
 
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for MetaNode {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Ok(text) = std::fs::read_to_string(self.dir.path().join("meta.log")) {
-                eprintln!("---- raft-meta log ----\n{text}");
-            }
-        }
-        self.kill9();
+        self.cluster.kill(1);
     }
 }
 
@@ -542,16 +447,6 @@ pub async fn wait_for_metric(cell: &TestCell, line: &str) {
         text.lines().any(|l| l == line)
     })
     .await;
-}
-
-/// A free loopback port (bound and released; for cells that must know each other's address
-/// before they start).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Claims `packet` as `uid`, retrying `429 claim_busy` after its Retry-After, until a final
@@ -588,11 +483,12 @@ pub async fn claim_until_final(cell: &TestCell, packet: &str, uid: &str) -> (Sta
 /// Sends `signal` (e.g. `STOP`, `CONT`) to `pid`: freezing a process leaves its sockets open
 /// but unanswered, as a partition or a stalled machine does.
 pub fn signal(pid: u32, signal: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill -{signal} {pid} failed");
+    if let Err(e) = harness::procs::signal_named(pid, signal) {
+        panic!("kill -{signal} {pid}: {e}");
+    }
+}
+
+/// A free loopback port (for cells that must know each other's address before they start).
+pub fn free_port() -> u16 {
+    harness::procs::free_port()
 }

@@ -16,7 +16,7 @@ use topology::{CellId, CellStatus, Epoch, Region, ShardId};
 
 use super::{authenticate, authorize, body_bytes, parse_json, path_param, ApiError, Caller, Need};
 use crate::app::{LeaderOp, LeaderReply, Node};
-use crate::state::{BackupUnreachable, Command, FailoverPolicy};
+use crate::state::{BackupUnreachable, Command, FailoverKind, FailoverPolicy};
 
 pub async fn healthz() -> &'static str {
     "ok"
@@ -316,6 +316,51 @@ pub async fn post_alone(
     .await
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostFailover {
+    kind: FailoverKind,
+    /// The shard epoch the operator decided at; the shard's current epoch when absent.
+    #[serde(default)]
+    at_epoch: Option<Epoch>,
+}
+
+/// `POST /v1/shards/{id}/failover` `{"kind": "planned"|"emergency", "at_epoch": E}` (admin):
+/// moves the shard to its backup and raises its slots' epochs in one entry (DESIGN §6.5;
+/// `state/failover.rs` holds the rules). 200 `{"version"}` once committed; 409 `stale_epoch`
+/// when another decision was taken at that epoch, `no_backup`, `unknown_shard`. A planned
+/// failover is only this step: `cellctl failover --planned` pauses the primary and waits for
+/// the backup to catch up first.
+pub async fn post_failover(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&node, &headers)?;
+    let shard = shard_id(&path_param(id)?)?;
+    let b: PostFailover = parse_json(&body_bytes(body)?)?;
+    if b.kind == FailoverKind::Automatic {
+        return Err(ApiError::BadRequest(
+            "kind: planned or emergency (automatic failovers are the leader's own)".into(),
+        ));
+    }
+    let at_epoch = b
+        .at_epoch
+        .unwrap_or_else(|| node.map.current().shard_epoch(&shard));
+    write(
+        &node,
+        &caller,
+        Command::FailOver {
+            shard,
+            at_epoch,
+            kind: b.kind,
+            at_ms: crate::detector::wall_ms(),
+        },
+    )
+    .await
+}
+
 /// `DELETE /v1/shards/{id}/alone` (and `/v1/cells/{id}/alone`): the primary gives the shard's
 /// grant back (scope `internal`; `admin` too). 200 `{"version"}`, also when there was none;
 /// 409 `unknown_shard`.
@@ -407,7 +452,8 @@ pub struct PostHeartbeat {
 
 /// `POST /v1/cells/{id}/heartbeat`, body empty or `{"positions": {"c1": 120}}` (what each of
 /// the cell's shards has had acknowledged by its backup): a cell says it is alive. Kept in
-/// the leader's memory; positions reach the map every few seconds (`detector`).
+/// the leader's memory; positions reach the map every few seconds (`detector`). Answers
+/// `{"version": V}`, the map version the leader has applied.
 pub async fn post_heartbeat(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -434,8 +480,11 @@ pub async fn post_heartbeat(
             detail: format!("no cell {cell}"),
         }));
     }
-    node.leader_op(&caller, op).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let version = match node.leader_op(&caller, op).await? {
+        LeaderReply::Written { version } => Some(version),
+        _ => None,
+    };
+    Ok(axum::Json(serde_json::json!({ "version": version })).into_response())
 }
 
 /// `GET /v1/liveness`: the leader's failure-detector view (state and time since last heartbeat).

@@ -42,6 +42,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/cells/{id}", put(map::put_cell))
         .route("/v1/shards/{id}/backup", put(map::put_backup))
         .route("/v1/shards/{id}/policy", put(map::put_policy))
+        .route("/v1/shards/{id}/failover", post(map::post_failover))
         // The same, from before shards: a cell's name is its own shard's.
         .route("/v1/cells/{id}/backup", put(map::put_backup))
         .route("/v1/cells/{id}/policy", put(map::put_policy))

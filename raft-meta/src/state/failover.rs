@@ -24,7 +24,7 @@ use std::sync::Arc;
 use topology::{Epoch, ShardId};
 
 use super::{
-    unknown_shard, FailoverKind, FailoverRecord, Liveness, MetaState, Rejected, SlotOwner,
+    unknown_shard, Command, FailoverKind, FailoverRecord, Liveness, MetaState, Rejected, SlotOwner,
 };
 
 /// How long after a shard's failover the leader may not fail it over again on its own.
@@ -102,6 +102,46 @@ impl MetaState {
             },
         );
         Ok(true)
+    }
+
+    /// The automatic failovers the leader should propose now (`now_ms`: its wall clock):
+    /// one per shard whose primary is seen `down` and whose rules allow it
+    /// ([`automatic_allowed`](Self::automatic_allowed)), at the shard's current epoch. The
+    /// apply checks everything again, so a proposal made on an old version cannot apply.
+    /// Also answers the shards that would be failed over but are held back (and why), for
+    /// the leader to log once.
+    pub fn automatic_failovers(&self, now_ms: u64) -> (Vec<Command>, Vec<(ShardId, Rejected)>) {
+        let mut due = Vec::new();
+        let mut held = Vec::new();
+        for (id, info) in self.shards.iter() {
+            if self.liveness.get(&info.primary) != Some(&Liveness::Down) {
+                continue;
+            }
+            let epoch = self.shard_epoch(id);
+            if epoch == Epoch(0) {
+                continue;
+            }
+            let Some(backup) = &info.backup else {
+                held.push((
+                    id.clone(),
+                    Rejected::new(
+                        "no_backup",
+                        format!("shard {id} has no backup to fail over to"),
+                    ),
+                ));
+                continue;
+            };
+            match self.automatic_allowed(id, &info.primary, backup, now_ms) {
+                Ok(()) => due.push(Command::FailOver {
+                    shard: id.clone(),
+                    at_epoch: epoch,
+                    kind: FailoverKind::Automatic,
+                    at_ms: now_ms,
+                }),
+                Err(why) => held.push((id.clone(), why)),
+            }
+        }
+        (due, held)
     }
 
     /// Why the leader may not fail `shard` over on its own now, if it may not.
@@ -305,6 +345,40 @@ mod tests {
             rejected(refusing.apply(&fail_over(&refusing, FailoverKind::Automatic, 1))),
             "policy_forbids"
         );
+    }
+
+    #[test]
+    fn the_leader_proposes_automatic_failovers_only_where_the_rules_allow() {
+        let mut s = two_cells();
+        assert_eq!(s.automatic_failovers(1), (vec![], vec![]), "nobody is down");
+        applied(s.apply(&seen("c1", Liveness::Suspect)));
+        assert!(s.automatic_failovers(1).0.is_empty(), "suspect is not down");
+        applied(s.apply(&seen("c1", Liveness::Down)));
+        let (due, held) = s.automatic_failovers(1);
+        assert_eq!(due, vec![fail_over(&s, FailoverKind::Automatic, 1)]);
+        assert!(held.is_empty());
+        applied(s.apply(&due[0]));
+        assert_eq!(s.shards[&sh("c1")].primary, id("c2"));
+        // c1 is still down: c2's own shard (backed up by c1) is not c1's to lose, and c1's
+        // shard now has no backup: nothing more to do, and it says why.
+        let (due, held) = s.automatic_failovers(2);
+        assert!(due.is_empty());
+        assert!(
+            held.iter().all(|(_, why)| why.code == "no_backup"),
+            "{held:?}"
+        );
+
+        // A grant holds a down primary's shard back, with the reason.
+        let mut alone = two_cells();
+        let epoch = alone.shard_epoch(&sh("c1"));
+        applied(alone.apply(&Command::GrantAlone {
+            shard: sh("c1"),
+            epoch,
+        }));
+        applied(alone.apply(&seen("c1", Liveness::Down)));
+        let (due, held) = alone.automatic_failovers(1);
+        assert!(due.is_empty());
+        assert_eq!(held[0].1.code, "running_alone");
     }
 
     #[test]

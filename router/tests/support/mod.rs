@@ -1,15 +1,14 @@
-//! Spawns real processes for the router's tests: a 3-node raft-meta cluster, cells and
-//! routers, each on loopback with its own temp dir, port and log. Logs' tails are printed
-//! when a test fails (or always with `ROUTER_TEST_LOGS=1`).
+//! Spawns real processes for the router's tests (through the `harness` launchers): a 3-node
+//! raft-meta cluster, cells and routers, each on loopback with its own temp dir, port and
+//! log. Logs' tails are printed when a test fails (or always with `HARNESS_LOGS=1`).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use raft_meta::client::MetaClient;
+use harness::meta::MetaCluster;
+pub use harness::procs::{free_port, wait_ready, Proc};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -29,196 +28,26 @@ pub fn token(sub: &str, scope: Option<&str>) -> String {
     topology::auth::mint(SECRET.as_bytes(), sub, scope, 3600)
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
 /// The `cell` and `raft-meta` binaries, built once per test process (a package's test only
 /// gets its own binaries built by cargo; a no-op when fresh).
 pub fn bin(name: &str) -> PathBuf {
-    let path = e2e::built(&["cell", "raft-meta"]).join(name);
+    let path = harness::procs::built(&["cell", "raft-meta"]).join(name);
     assert!(path.exists(), "{} missing", path.display());
     path
 }
 
-/// One spawned process; killed when dropped, its log's tail printed if the test failed.
-pub struct Proc {
-    pub name: String,
-    pub url: String,
-    pub log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Proc {
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, then wait for the exit; returns whether it exited cleanly.
-    pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        e2e::terminate(&mut c, Duration::from_secs(15)).is_ok_and(|s| s.success())
-    }
-
-    pub fn dump_log(&self) {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(60).collect();
-        eprintln!("----- {} log ({}) -----", self.name, self.log.display());
-        for l in tail.into_iter().rev() {
-            eprintln!("{l}");
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("ROUTER_TEST_LOGS").is_some() {
-            self.dump_log();
-        }
-        self.kill9();
-    }
-}
-
-/// Spawns `cmd` with stderr to `log`, reads the first stdout line (`listening on URL`).
-async fn spawn_listening(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
-    let file = std::fs::File::create(&log).expect("log file");
-    let mut child = cmd
-        .env("REDCELL_AUTH_SECRET", SECRET)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(file))
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    let stdout = child.stdout.take().expect("piped stdout");
-    let line = tokio::task::spawn_blocking(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        // Keep draining so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-                sink.clear();
-            }
-        });
-        line
-    })
-    .await
-    .expect("read first line");
-    let mut proc = Proc {
-        name: name.to_owned(),
-        url: String::new(),
-        log,
-        child: Some(child),
-    };
-    match line.trim().strip_prefix("listening on ") {
-        Some(url) => {
-            proc.url = url.to_owned();
-            proc
-        }
-        None => {
-            proc.dump_log();
-            panic!("{name} did not start: first line {line:?}");
-        }
-    }
-}
-
-pub async fn wait_ready(url: &str, what: &str) {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http
-            .get(format!("{url}/readyz"))
-            .timeout(Duration::from_millis(500))
-            .send()
-            .await
-        {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "{what} at {url} never ready");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// A 3-node raft-meta cluster.
-pub struct Meta {
-    pub nodes: Vec<Proc>,
-    pub addrs: Vec<String>,
-    dir: TempDir,
+pub type Meta = MetaCluster;
+
+/// Starts [`Meta`] with the tests' secret.
+pub async fn start_meta() -> Meta {
+    MetaCluster::start(&bin("raft-meta"), SECRET, 3, &[]).await
 }
 
-impl Meta {
-    pub async fn start() -> Meta {
-        let dir = TempDir::new().expect("temp dir");
-        let addrs: Vec<String> = (0..3)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
-        let peers = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut nodes = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
-            let id = i + 1;
-            let data = dir.path().join(format!("meta{id}"));
-            std::fs::create_dir_all(&data).expect("meta dir");
-            let log = dir.path().join(format!("meta{id}.log"));
-            let file = std::fs::File::create(&log).expect("log");
-            let mut cmd = Command::new(bin("raft-meta"));
-            cmd.args(["--id", &id.to_string(), "--listen", addr, "--peers", &peers])
-                .arg("--data-dir")
-                .arg(&data)
-                .env("REDCELL_AUTH_SECRET", SECRET)
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().expect("log fd"))
-                .stderr(file);
-            if id == 1 {
-                cmd.arg("--init");
-            }
-            let child = cmd.spawn().expect("spawn raft-meta");
-            nodes.push(Proc {
-                name: format!("meta{id}"),
-                url: format!("http://{addr}"),
-                log,
-                child: Some(child),
-            });
-        }
-        for n in &nodes {
-            wait_ready(&n.url, &n.name).await;
-        }
-        Meta { nodes, addrs, dir }
-    }
-
-    pub fn client(&self) -> MetaClient {
-        MetaClient::new(self.addrs.clone(), token("svc:test-ops", Some("admin")))
-    }
-
-    pub fn arg(&self) -> String {
-        self.addrs.join(",")
-    }
-
-    pub fn kill_all(&mut self) {
-        for n in &mut self.nodes {
-            n.kill9();
-        }
-    }
+/// Spawns `cmd` signed with the tests' secret, its address from its first line.
+async fn spawn_listening(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+    cmd.env("REDCELL_AUTH_SECRET", SECRET);
+    Proc::spawn_listening(name, cmd, &log).await
 }
 
 /// How a test cell learns the map.
@@ -306,7 +135,7 @@ pub struct Deployment {
 impl Deployment {
     pub async fn start() -> Deployment {
         let dir = TempDir::new().expect("temp dir");
-        let meta = Meta::start().await;
+        let meta = start_meta().await;
         let client = meta.client();
         let ports = [free_port(), free_port()];
         for (i, (id, region)) in [("c1", "east"), ("c2", "west")].into_iter().enumerate() {
@@ -363,7 +192,7 @@ impl Deployment {
     }
 }
 
-pub use e2e::uid_on;
+pub use harness::up::uid_on;
 
 /// `GET /v1/users/{uid}/wallet` as the user itself, through [`call`].
 pub async fn own_wallet(
@@ -428,35 +257,34 @@ pub async fn call(
 
 /// A throwaway `redis-server` on an ephemeral port, or `None` when it is not installed.
 pub async fn spawn_redis(dir: &Path) -> Option<Proc> {
+    which("redis-server")?;
     let port = free_port();
-    let log = dir.join("redis.log");
-    let file = std::fs::File::create(&log).expect("log");
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().expect("log fd"))
-        .stderr(file)
-        .spawn()
-        .ok()?;
-    let proc = Proc {
-        name: "redis".into(),
-        url: format!("redis://127.0.0.1:{port}"),
-        log,
-        child: Some(child),
-    };
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    let url = format!("redis://127.0.0.1:{port}");
+    let proc = Proc::spawn("redis", &url, cmd, &dir.join("redis.log"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "redis-server never listened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Some(proc)
+}
+
+/// The program `name` on PATH, if there is one.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|p| p.join(name))
+        .find(|p| p.is_file())
 }

@@ -10,8 +10,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::flows::{Answer, Class, Step, StepResult};
+use super::flows::{Class, Step, StepResult};
 use super::parse::OpKind;
+use crate::api::Answer;
 
 /// Latencies are recorded in µs up to this bound (an hour); longer ones are clamped.
 const MAX_US: u64 = 3_600_000_000;
@@ -416,6 +417,8 @@ mod tests {
             answer,
             code: code.map(str::to_owned),
             class,
+            attempt: 0,
+            keys: Vec::new(),
         }
     }
 

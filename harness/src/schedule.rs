@@ -1,6 +1,6 @@
 //! The open-loop schedule: operation `i` is due at `i / rate` seconds after the start, whatever
-//! happened to the operations before it. Pure arithmetic; the driver in `load.rs` sleeps to
-//! each due time and launches.
+//! happened to the operations before it. Pure arithmetic; the load engine (`crate::load`) and
+//! the benches' pacers sleep to each due time and launch.
 
 use std::time::Duration;
 

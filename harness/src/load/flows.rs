@@ -12,14 +12,15 @@
 //! activate enter the [`Pool`] that claims and reads draw from.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::parse::OpKind;
+use crate::api::{Answer, Claim as ApiClaim, Client, Reply};
+use crate::ledger::{Acked, Ledger};
 
 /// One HTTP request of a flow; the rows of the per-request tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -36,6 +37,14 @@ pub enum Step {
 }
 
 impl Step {
+    /// Whether the request changes state (and so goes into the ledger when acknowledged).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Step::Grant | Step::SendB2c | Step::SendC2c | Step::Callback | Step::Claim
+        )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Step::Grant => "POST /v1/subsidies",
@@ -66,29 +75,9 @@ pub enum Class {
     Error,
 }
 
-/// What one request got back: an HTTP status, or no answer at all.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Answer {
-    Status(u16),
-    /// No answer within `--timeout`.
-    Timeout,
-    /// Connection refused or reset, or the body broke off.
-    Transport,
-}
-
-impl std::fmt::Display for Answer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Answer::Status(s) => write!(f, "{s}"),
-            Answer::Timeout => f.write_str("timeout"),
-            Answer::Transport => f.write_str("transport"),
-        }
-    }
-}
-
 /// One request's result: when it started and ended, its answer, the problem+json `code`
-/// (or a word of ours for a bad body), and its class.
+/// (or a word of ours for a bad body), its class, which attempt of the request it was, and
+/// the routing keys it touched (a uid, a minted id, a grant id: the router's slots).
 #[derive(Clone, Debug)]
 pub struct StepResult {
     pub step: Step,
@@ -97,19 +86,26 @@ pub struct StepResult {
     pub answer: Answer,
     pub code: Option<String>,
     pub class: Class,
+    /// 0 for the first try; retries (same idempotency key) count up.
+    pub attempt: u32,
+    pub keys: Vec<String>,
 }
 
-/// Judges an answer. Pure; see [`Class`] for the policy.
-pub fn classify(step: Step, answer: &Answer, code: Option<&str>) -> Class {
+/// Judges an answer. Pure; see [`Class`] for the policy. A repeat claim's `200` is an
+/// expected outcome on the first try (the user had claimed before) and a success on a retry
+/// (the earlier try took effect unseen).
+pub fn classify(step: Step, answer: &Answer, code: Option<&str>, attempt: u32) -> Class {
     let status = match answer {
         Answer::Status(s) => *s,
         Answer::Timeout | Answer::Transport => return Class::Error,
     };
     match (step, status, code) {
         (Step::Claim, 201, _) => Class::Ok,
+        (Step::Claim, 200, _) if attempt > 0 => Class::Ok,
         (Step::Claim, 200, _) => Class::Expected,
         (Step::Claim, 410, Some("packet_exhausted" | "packet_expired")) => Class::Expected,
         (Step::Claim, 429, Some("claim_busy")) => Class::Expected,
+        (Step::Grant, 200, _) if attempt > 0 => Class::Ok,
         (Step::Grant | Step::SendB2c | Step::SendC2c, 201, _) => Class::Ok,
         (Step::Callback | Step::ReadPacket | Step::ReadWallet | Step::ReadClaims, 200, _) => {
             Class::Ok
@@ -118,21 +114,42 @@ pub fn classify(step: Step, answer: &Answer, code: Option<&str>) -> Class {
     }
 }
 
-/// Per-run constants the flows need: the router, the credentials, the population.
+/// How a client retries a request that got no answer or a 5xx: the same request again,
+/// with the same idempotency key, as a real client would.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Retry {
+    /// Tries in all (1: never retry).
+    pub attempts: u32,
+    /// Wait before a retry when the answer named no `Retry-After`, in milliseconds
+    /// (doubled each time).
+    pub backoff_ms: u64,
+}
+
+impl Retry {
+    pub const NEVER: Retry = Retry {
+        attempts: 1,
+        backoff_ms: 0,
+    };
+}
+
+/// Per-run constants the flows need: the router, the credentials, the population, the
+/// retry policy and the ledger.
 pub struct Api {
-    http: reqwest::Client,
-    base: String,
+    client: Client,
     secret: Vec<u8>,
-    timeout: Duration,
     /// Lifetime of minted tokens: the whole run plus margin, so none expires mid-run.
     token_ttl_s: u64,
     /// Distinguishes this run's grant ids and idempotency keys from every other run's.
     run_id: String,
+    /// Uids are `{prefix}{i}`.
+    user_prefix: String,
     /// One token per user, minted on first use (`OnceLock`: lock-free once set, and two
     /// tasks racing to mint the same token only waste a signature).
     user_tokens: Vec<OnceLock<String>>,
     activity_token: String,
     payments_token: String,
+    retry: Retry,
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl Api {
@@ -144,11 +161,6 @@ impl Api {
         token_ttl_s: u64,
         max_in_flight: usize,
     ) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(max_in_flight)
-            .tcp_nodelay(true)
-            .timeout(timeout)
-            .build()?;
         let run_id = format!(
             "{:x}",
             std::time::SystemTime::now()
@@ -158,12 +170,11 @@ impl Api {
                 ^ u128::from(rand::random::<u32>())
         );
         Ok(Api {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
+            client: Client::new(base, timeout, max_in_flight)?,
             secret: secret.to_vec(),
-            timeout,
             token_ttl_s,
             run_id,
+            user_prefix: "load-u".into(),
             user_tokens: (0..users).map(|_| OnceLock::new()).collect(),
             activity_token: topology::auth::mint(
                 secret,
@@ -177,7 +188,26 @@ impl Api {
                 Some("payment:callback"),
                 token_ttl_s,
             ),
+            retry: Retry::NEVER,
+            ledger: None,
         })
+    }
+
+    /// Uids `{prefix}0 …` instead of `load-u0 …`.
+    pub fn with_user_prefix(mut self, prefix: &str) -> Api {
+        self.user_prefix = prefix.to_owned();
+        self
+    }
+
+    pub fn with_retry(mut self, retry: Retry) -> Api {
+        self.retry = retry;
+        self
+    }
+
+    /// Records every acknowledged write in `ledger`.
+    pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Api {
+        self.ledger = Some(ledger);
+        self
     }
 
     pub fn users(&self) -> usize {
@@ -186,77 +216,68 @@ impl Api {
 
     /// The uid of user `i` of the population. Uids hash to slots, so the population spreads
     /// over every cell and most claims cross cells.
-    pub fn uid(i: usize) -> String {
-        format!("load-u{i}")
+    pub fn uid(&self, i: usize) -> String {
+        format!("{}{i}", self.user_prefix)
     }
 
     fn user_token(&self, i: usize) -> &str {
         self.user_tokens[i].get_or_init(|| {
-            topology::auth::mint(&self.secret, &Api::uid(i), None, self.token_ttl_s)
+            topology::auth::mint(&self.secret, &self.uid(i), None, self.token_ttl_s)
         })
     }
 
-    /// Sends one request and judges the answer. Never waits longer than the timeout.
-    async fn call(
-        &self,
-        step: Step,
-        req: reqwest::RequestBuilder,
-        token: &str,
-    ) -> (StepResult, Option<Value>) {
-        let started = Instant::now();
-        let sent = req.bearer_auth(token).send();
-        // reqwest's timeout covers the body too; this outer bound is belt and braces so that a
-        // broken client never turns into a hang.
-        let outcome = tokio::time::timeout(self.timeout + Duration::from_secs(1), async {
-            let res = sent.await?;
-            let status = res.status().as_u16();
-            let body = res.bytes().await?;
-            Ok::<_, reqwest::Error>((status, body))
-        })
-        .await;
-        let (answer, body) = match outcome {
-            Err(_) => (Answer::Timeout, None),
-            Ok(Err(e)) if e.is_timeout() => (Answer::Timeout, None),
-            Ok(Err(_)) => (Answer::Transport, None),
-            Ok(Ok((status, body))) => (
-                Answer::Status(status),
-                serde_json::from_slice::<Value>(&body).ok(),
-            ),
-        };
-        let code = match (&answer, &body) {
-            (Answer::Status(s), Some(v)) if *s >= 400 => v["code"].as_str().map(str::to_owned),
-            _ => None,
-        };
-        let class = classify(step, &answer, code.as_deref());
-        let result = StepResult {
-            step,
-            started,
-            finished: Instant::now(),
-            answer,
-            code,
-            class,
-        };
-        (result, body)
+    fn key(&self, n: u64) -> String {
+        format!("load-{}-{n}", self.run_id)
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// Sends `send` until it gets an answer that is neither missing nor a 5xx, or the retry
+    /// policy is spent; every try is a [`StepResult`]. Returns them and the last reply.
+    async fn call<F, Fut>(&self, step: Step, keys: &[&str], mut send: F) -> (Vec<StepResult>, Reply)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Reply>,
+    {
+        let mut results = Vec::new();
+        let mut backoff = Duration::from_millis(self.retry.backoff_ms);
+        let mut attempt = 0;
+        loop {
+            let reply = send().await;
+            let class = classify(step, &reply.answer, reply.code.as_deref(), attempt);
+            results.push(StepResult {
+                step,
+                started: reply.started,
+                finished: reply.finished,
+                answer: reply.answer.clone(),
+                code: reply.code.clone(),
+                class,
+                attempt,
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            });
+            attempt += 1;
+            if !reply.answer.is_unknown() || attempt >= self.retry.attempts {
+                return (results, reply);
+            }
+            let wait = reply
+                .retry_after
+                .map(|s| Duration::from_secs(s).min(Duration::from_secs(2)))
+                .unwrap_or(backoff);
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
     }
 }
 
-/// Marks a success whose body lacks a field the flow needs as an error.
-fn require(result: &mut StepResult, body: &Option<Value>, pointer: &str) -> Option<String> {
-    if result.class != Class::Ok {
+/// The string at `pointer` of a successful answer; a success whose body lacks it is marked
+/// an error (`bad_body`) on the last step.
+fn require(steps: &mut [StepResult], reply: &Reply, pointer: &str) -> Option<String> {
+    let last = steps.last_mut()?;
+    if last.class != Class::Ok {
         return None;
     }
-    let found = body
-        .as_ref()
-        .and_then(|b| b.pointer(pointer))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let found = reply.str_at(pointer);
     if found.is_none() {
-        result.class = Class::Error;
-        result.code = Some("bad_body".into());
+        last.class = Class::Error;
+        last.code = Some("bad_body".into());
     }
     found
 }
@@ -345,8 +366,8 @@ impl Plan {
     }
 }
 
-/// Runs one operation; returns its requests in order (empty only for a claim or packet read
-/// with an empty pool, which cannot happen after seeding).
+/// Runs one operation; returns its requests in order, retries included (empty only for a
+/// claim or packet read with an empty pool, which cannot happen after seeding).
 pub async fn run_op(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
     match plan.kind {
         OpKind::Grant => grant(api, pool, plan).await,
@@ -356,95 +377,186 @@ pub async fn run_op(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
     }
 }
 
+fn last_ok(steps: &[StepResult]) -> bool {
+    steps.last().is_some_and(|s| s.class == Class::Ok)
+}
+
 async fn grant(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
-    let uid = Api::uid(plan.user);
+    let uid = api.uid(plan.user);
+    let grant_id = api.key(plan.n);
+    let amount = i64::from(plan.amount);
     let expires_at = rfc3339_in(Duration::from_secs(86_400));
-    let req = api.http.post(api.url("/v1/subsidies")).json(&json!({
-        "grant_id": format!("load-{}-{}", api.run_id, plan.n),
-        "uid": uid,
-        "amount": plan.amount,
-        "expires_at": expires_at,
-    }));
-    let (mut granted, body) = api.call(Step::Grant, req, &api.activity_token).await;
-    let Some(subsidy_id) = require(&mut granted, &body, "/subsidy_id") else {
-        return vec![granted];
-    };
-    let req = api
-        .http
-        .post(api.url("/v1/packets"))
-        .header("idempotency-key", format!("load-{}-{}", api.run_id, plan.n))
-        .json(&json!({"kind": "b2c", "subsidy_id": subsidy_id, "count": plan.count}));
-    let (mut sent, body) = api
-        .call(Step::SendB2c, req, api.user_token(plan.user))
+    let (mut steps, reply) = api
+        .call(Step::Grant, &[&uid, &grant_id], || {
+            api.client
+                .grant(&api.activity_token, &grant_id, &uid, amount, &expires_at)
+        })
         .await;
-    if let Some(packet_id) = require(&mut sent, &body, "/packet_id") {
-        pool.push(packet_id);
+    let Some(subsidy_id) = require(&mut steps, &reply, "/subsidy_id") else {
+        return steps;
+    };
+    if let Some(ledger) = &api.ledger {
+        ledger.acknowledged(Acked::Grant {
+            grant_id: grant_id.clone(),
+            uid: uid.clone(),
+            amount,
+            subsidy_id: subsidy_id.clone(),
+        });
     }
-    vec![granted, sent]
+    let key = api.key(plan.n);
+    let count = i64::from(plan.count);
+    let token = api.user_token(plan.user);
+    let (mut sent, reply) = api
+        .call(Step::SendB2c, &[&uid], || {
+            api.client.send_b2c(token, &key, &subsidy_id, count)
+        })
+        .await;
+    let packet_id = require(&mut sent, &reply, "/packet_id");
+    steps.extend(sent);
+    match packet_id {
+        Some(packet_id) => {
+            if let Some(ledger) = &api.ledger {
+                ledger.acknowledged(Acked::Send {
+                    key,
+                    sender: uid,
+                    kind: "b2c".into(),
+                    total: amount,
+                    count,
+                    subsidy_id: Some(subsidy_id),
+                    packet_id: packet_id.clone(),
+                    payment_id: None,
+                });
+            }
+            pool.push(packet_id);
+        }
+        None => note_unknown(api, &steps),
+    }
+    steps
 }
 
 /// A paid C2C packet of `count` shares and `total` cents, added to the pool once the
 /// callback activated it. Also seeds the pool before the clock starts.
 pub async fn send(api: &Api, pool: &Pool, plan: &Plan, count: u32, total: u32) -> Vec<StepResult> {
-    let req = api
-        .http
-        .post(api.url("/v1/packets"))
-        .header("idempotency-key", format!("load-{}-{}", api.run_id, plan.n))
-        .json(&json!({"kind": "c2c", "total": total, "count": count, "greeting": "load"}));
-    let (mut sent, body) = api
-        .call(Step::SendC2c, req, api.user_token(plan.user))
+    let uid = api.uid(plan.user);
+    let key = api.key(plan.n);
+    let (total, count) = (i64::from(total), i64::from(count));
+    let token = api.user_token(plan.user);
+    let (mut steps, reply) = api
+        .call(Step::SendC2c, &[&uid], || {
+            api.client.send_c2c(token, &key, total, count, "load")
+        })
         .await;
     let (Some(packet_id), Some(payment_id)) = (
-        require(&mut sent, &body, "/packet_id"),
-        require(&mut sent, &body, "/payment/payment_id"),
+        require(&mut steps, &reply, "/packet_id"),
+        require(&mut steps, &reply, "/payment/payment_id"),
     ) else {
-        return vec![sent];
+        note_unknown(api, &steps);
+        return steps;
     };
-    let req = api
-        .http
-        .post(api.url(&format!("/v1/payments/{payment_id}/callback")))
-        .json(&json!({"status": "succeeded"}));
-    let (paid, _) = api.call(Step::Callback, req, &api.payments_token).await;
-    if paid.class == Class::Ok {
-        pool.push(packet_id);
+    if let Some(ledger) = &api.ledger {
+        ledger.acknowledged(Acked::Send {
+            key,
+            sender: uid,
+            kind: "c2c".into(),
+            total,
+            count,
+            subsidy_id: None,
+            packet_id: packet_id.clone(),
+            payment_id: Some(payment_id.clone()),
+        });
     }
-    vec![sent, paid]
+    let (paid, _) = api
+        .call(Step::Callback, &[&payment_id], || {
+            api.client.callback(&api.payments_token, &payment_id, true)
+        })
+        .await;
+    let ok = last_ok(&paid);
+    steps.extend(paid);
+    if ok {
+        if let Some(ledger) = &api.ledger {
+            ledger.acknowledged(Acked::Paid {
+                payment_id,
+                packet_id: packet_id.clone(),
+            });
+        }
+        pool.push(packet_id);
+    } else {
+        note_unknown(api, &steps);
+    }
+    steps
 }
 
 async fn claim(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
     let Some(packet_id) = pool.pick(plan.pick) else {
         return Vec::new();
     };
-    let req = api
-        .http
-        .post(api.url(&format!("/v1/packets/{packet_id}/claims")));
-    let (claimed, _) = api.call(Step::Claim, req, api.user_token(plan.user)).await;
-    if claimed.answer == Answer::Status(410) {
-        pool.retire(&packet_id);
+    let token = api.user_token(plan.user);
+    let (steps, reply) = api
+        .call(Step::Claim, &[&packet_id], || {
+            api.client.claim(token, &packet_id)
+        })
+        .await;
+    match &reply.answer {
+        Answer::Status(410) => pool.retire(&packet_id),
+        Answer::Status(200 | 201) => {
+            if let (Some(ledger), Some(claim)) = (&api.ledger, reply.parse::<ApiClaim>()) {
+                ledger.acknowledged(Acked::Claim {
+                    packet_id: packet_id.clone(),
+                    uid: api.uid(plan.user),
+                    amount: claim.amount,
+                    claim_id: claim.claim_id,
+                });
+            }
+        }
+        _ => note_unknown(api, &steps),
     }
-    vec![claimed]
+    steps
 }
 
 async fn read(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
-    let (step, path) = match plan.read {
-        1 => (
-            Step::ReadWallet,
-            format!("/v1/users/{}/wallet", Api::uid(plan.user)),
-        ),
+    let token = api.user_token(plan.user);
+    let (step, key, path) = match plan.read {
+        1 => {
+            let uid = api.uid(plan.user);
+            (
+                Step::ReadWallet,
+                uid.clone(),
+                format!("/v1/users/{uid}/wallet"),
+            )
+        }
         r => {
             let Some(packet_id) = pool.pick(plan.pick) else {
                 return Vec::new();
             };
             if r == 0 {
-                (Step::ReadPacket, format!("/v1/packets/{packet_id}"))
+                (
+                    Step::ReadPacket,
+                    packet_id.clone(),
+                    format!("/v1/packets/{packet_id}"),
+                )
             } else {
-                (Step::ReadClaims, format!("/v1/packets/{packet_id}/claims"))
+                (
+                    Step::ReadClaims,
+                    packet_id.clone(),
+                    format!("/v1/packets/{packet_id}/claims"),
+                )
             }
         }
     };
-    let req = api.http.get(api.url(&path));
-    let (result, _) = api.call(step, req, api.user_token(plan.user)).await;
-    vec![result]
+    let (steps, _) = api
+        .call(step, &[&key], || api.client.get(&path, token))
+        .await;
+    steps
+}
+
+/// A write flow that ended without an answer to its last request (no answer, or a 5xx):
+/// it may have taken effect, so the ledger counts it as unknown, never as lost.
+fn note_unknown(api: &Api, steps: &[StepResult]) {
+    if let (Some(ledger), Some(last)) = (&api.ledger, steps.last()) {
+        if last.answer.is_unknown() && last.step.is_write() {
+            ledger.unknown(last.step);
+        }
+    }
 }
 
 /// RFC 3339 UTC, `after` from now.
@@ -461,35 +573,41 @@ mod tests {
     #[test]
     fn contention_outcomes_are_expected_and_the_rest_errors() {
         let s = Answer::Status;
-        assert_eq!(classify(Step::Claim, &s(201), None), Class::Ok);
-        assert_eq!(classify(Step::Claim, &s(200), None), Class::Expected);
+        assert_eq!(classify(Step::Claim, &s(201), None, 0), Class::Ok);
+        assert_eq!(classify(Step::Claim, &s(200), None, 0), Class::Expected);
         for code in ["packet_exhausted", "packet_expired"] {
-            assert_eq!(classify(Step::Claim, &s(410), Some(code)), Class::Expected);
+            assert_eq!(
+                classify(Step::Claim, &s(410), Some(code), 0),
+                Class::Expected
+            );
         }
         assert_eq!(
-            classify(Step::Claim, &s(429), Some("claim_busy")),
+            classify(Step::Claim, &s(429), Some("claim_busy"), 0),
             Class::Expected
         );
         assert_eq!(
-            classify(Step::Claim, &s(429), Some("rate_limited")),
+            classify(Step::Claim, &s(429), Some("rate_limited"), 0),
             Class::Error
         );
         assert_eq!(
-            classify(Step::Claim, &s(409), Some("packet_not_active")),
+            classify(Step::Claim, &s(409), Some("packet_not_active"), 0),
             Class::Error
         );
         assert_eq!(
-            classify(Step::ReadPacket, &s(503), Some("degraded")),
+            classify(Step::ReadPacket, &s(503), Some("degraded"), 0),
             Class::Error
         );
         assert_eq!(
-            classify(Step::SendC2c, &s(401), Some("unauthorized")),
+            classify(Step::SendC2c, &s(401), Some("unauthorized"), 0),
             Class::Error
         );
-        assert_eq!(classify(Step::Grant, &Answer::Timeout, None), Class::Error);
-        assert_eq!(classify(Step::Callback, &s(200), None), Class::Ok);
-        assert_eq!(classify(Step::Callback, &s(201), None), Class::Error);
-        assert_eq!(classify(Step::SendB2c, &s(200), None), Class::Error);
+        assert_eq!(
+            classify(Step::Grant, &Answer::Timeout, None, 0),
+            Class::Error
+        );
+        assert_eq!(classify(Step::Callback, &s(200), None, 0), Class::Ok);
+        assert_eq!(classify(Step::Callback, &s(201), None, 0), Class::Error);
+        assert_eq!(classify(Step::SendB2c, &s(200), None, 0), Class::Error);
     }
 
     #[test]

@@ -1,16 +1,18 @@
-//! Harness for the end-to-end tests: builds the binaries, runs `cellctl up` on a temporary
-//! data dir (loopback, free ports) and talks to the deployment only as its users do — HTTP
-//! through the router, and `cellctl`. It never opens a cell's database.
+//! A whole deployment started by `cellctl up` on a temporary data dir (loopback, free
+//! ports), for the end-to-end tests and the drill's tests: it is talked to only as its users
+//! do — HTTP through the router, and `cellctl`. It never opens a cell's database.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use topology::{CellMap, Slot};
+
+use crate::procs::{built, terminate};
 
 pub const SECRET: &str = "e2e-secret-0123456789abcdef";
 
@@ -19,48 +21,6 @@ pub const SECRET: &str = "e2e-secret-0123456789abcdef";
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| built(&["cellctl", "cell", "router", "raft-meta"]))
-}
-
-/// Builds the binaries of `packages` into the calling test's target dir and profile, once
-/// per test process, and returns that directory. Cargo builds only the tested package's own
-/// binaries for its tests; tests that spawn other packages' binaries ask here.
-pub fn built(packages: &[&str]) -> PathBuf {
-    static DONE: Mutex<Vec<Vec<String>>> = Mutex::new(Vec::new());
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/PROFILE/deps/TEST-HASH -> target/PROFILE
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable lives in target/PROFILE/deps")
-        .to_path_buf();
-    let key: Vec<String> = packages.iter().map(|p| (*p).to_owned()).collect();
-    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
-    if done.contains(&key) {
-        return dir;
-    }
-    let target = dir.parent().expect("target dir").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-q", "--bins"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    // cargo's variables for this test would make build scripts rebuild half the tree.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("CARGO_") && key != "CARGO_HOME" {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("CARGO_TARGET_DIR", &target);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("cargo build");
-    assert!(status.success(), "building {packages:?} failed");
-    done.push(key);
-    dir
 }
 
 pub fn token(sub: &str, scope: Option<&str>) -> String {
@@ -174,8 +134,9 @@ impl Up {
         (out.status.code().unwrap_or(-1), stdout)
     }
 
-    /// The map as raft-meta has it now.
-    pub async fn map(&self) -> CellMap {
+    /// raft-meta's whole view (`GET /v1/map` of the first node): the map, switches,
+    /// policies, liveness, grants and the failover records.
+    pub async fn view(&self) -> Value {
         let meta = self.record()["meta"][0]["url"]
             .as_str()
             .expect("meta url")
@@ -188,7 +149,12 @@ impl Up {
                 None,
             )
             .await;
-        serde_json::from_value(body["map"].clone()).expect("a map")
+        body
+    }
+
+    /// The map as raft-meta has it now.
+    pub async fn map(&self) -> CellMap {
+        serde_json::from_value(self.view().await["map"].clone()).expect("a map")
     }
 
     /// One HTTP call; `path` is a path on the router or a whole URL.
@@ -270,21 +236,6 @@ impl Drop for Up {
     }
 }
 
-/// SIGTERM, then up to `within` for the exit; SIGKILL past it. `Ok` with the exit status when
-/// the process stopped in time, `Err` with its status after the SIGKILL.
-pub fn terminate(child: &mut Child, within: Duration) -> Result<ExitStatus, ExitStatus> {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Ok(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    Err(child.wait().expect("wait for a killed child"))
-}
-
 /// The first uid `u0, u1, …` whose slot `cell` owns, skipping `avoid`.
 pub fn uid_on(map: &CellMap, cell: &str, avoid: &[&str]) -> String {
     (0..100_000)
@@ -293,22 +244,6 @@ pub fn uid_on(map: &CellMap, cell: &str, avoid: &[&str]) -> String {
             map.serving(Slot::of(u.as_bytes())).as_str() == cell && !avoid.contains(&u.as_str())
         })
         .expect("some uid lands on every cell")
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, or panics after `within`.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(started.elapsed() < within, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The servers the deployment runs on: SQLite and in-process gates by default; Postgres and

@@ -1,4 +1,5 @@
-//! `cellctl load`: open-loop traffic through the router.
+//! The open-loop load engine: `cellctl load`, the drill's traffic, and the benches' due
+//! times (`crate::schedule`).
 //!
 //! Operations are due at fixed intervals from the start (`--rate`), and each is launched on
 //! its own task when due, whether or not earlier ones have been answered; only
@@ -8,9 +9,14 @@
 //! gaps between requests (coordinated omission).
 //!
 //! - `parse.rs`: durations and the operation mix, as typed on the command line.
-//! - `schedule.rs`: the due times, warm-up and measured window (pure arithmetic).
-//! - `flows.rs`: the operations as API.md requests, how answers are judged, the packet pool.
+//! - `crate::schedule`: the due times, warm-up and measured window (pure arithmetic).
+//! - `flows.rs`: the operations as API.md requests (through `crate::api`), how answers are
+//!   judged, retries with the same key, the packet pool, what goes into the ledger.
 //! - `report.rs`: histograms, outcome counts, the printed and JSON report.
+//!
+//! [`run`] is `cellctl load`; [`run_with`] adds what a drill needs: its own users, client
+//! retries, a [`Ledger`](crate::ledger::Ledger), a tap of every finished operation (for
+//! per-second timelines) and an early stop.
 //!
 //! Before the clock starts, `--initial-packets` paid packets seed the pool so the first
 //! claims have targets; seeding that fails (wrong URL, wrong secret) fails the run at once.
@@ -18,7 +24,6 @@
 mod flows;
 mod parse;
 mod report;
-mod schedule;
 
 #[cfg(test)]
 mod tests;
@@ -31,15 +36,18 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-pub use flows::{Answer, Step};
-use flows::{Api, Class, Plan, Pool};
+pub use crate::api::Answer;
+use crate::ledger::Ledger;
+use crate::schedule::Schedule;
+pub use flows::{classify, Class, Retry, Step, StepResult};
+use flows::{Api, Plan, Pool};
 pub use parse::{parse_duration, Mix, OpKind};
 pub use report::{LatencyRow, OutcomeRow, Report, RunInfo};
 use report::{Recorder, Sample};
-use schedule::Schedule;
 
 /// Activated packets kept for claims and reads to target (the most recent ones).
 const POOL_CAPACITY: usize = 1024;
@@ -104,6 +112,33 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
+/// What a drill adds to a run (all off by default: `cellctl load`).
+#[derive(Default)]
+pub struct Options {
+    /// Uids `{prefix}0 …` (default `load-u`): a drill uses fresh users, whose wallets start
+    /// empty, so the ledger can account for every cent credited to them.
+    pub user_prefix: Option<String>,
+    /// How requests that got no answer or a 5xx are retried (default: never).
+    pub retry: Option<Retry>,
+    /// Where acknowledged writes are recorded.
+    pub ledger: Option<Arc<Ledger>>,
+    /// Every finished operation, as it finishes.
+    pub tap: Option<mpsc::UnboundedSender<Finished>>,
+    /// Stops scheduling when cancelled; what was launched still finishes.
+    pub stop: Option<CancellationToken>,
+    /// Told when the clock starts (after seeding), with the instant of operation 0's due time.
+    pub started: Option<oneshot::Sender<Instant>>,
+}
+
+/// One finished operation, for a tap.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub kind: OpKind,
+    pub scheduled: Instant,
+    pub measured: bool,
+    pub steps: Vec<StepResult>,
+}
+
 /// Where the load goes and how it signs its tokens.
 pub struct Target {
     /// The router's base URL, e.g. `http://127.0.0.1:7000`.
@@ -142,6 +177,15 @@ struct Live {
 /// Runs the load and returns what it measured. Errors only when the run cannot start (bad
 /// arguments, seeding the pool failed); errors of the load itself are in the report.
 pub async fn run(args: &LoadArgs, target: &Target) -> anyhow::Result<Report> {
+    run_with(args, target, Options::default()).await
+}
+
+/// [`run`] with a drill's [`Options`].
+pub async fn run_with(
+    args: &LoadArgs,
+    target: &Target,
+    mut opts: Options,
+) -> anyhow::Result<Report> {
     let schedule =
         Schedule::new(args.rate, args.warmup, args.duration).map_err(anyhow::Error::msg)?;
     let needs_pool = args.mix.weight(OpKind::Claim) > 0 || args.mix.weight(OpKind::Read) > 0;
@@ -152,14 +196,24 @@ pub async fn run(args: &LoadArgs, target: &Target) -> anyhow::Result<Report> {
     let users = args.users as usize;
     let max_in_flight = args.max_in_flight as usize;
     let run_s = (args.warmup + args.duration + args.timeout * 4).as_secs();
-    let api = Arc::new(Api::new(
+    let mut api = Api::new(
         &target.router_url,
         target.secret.as_bytes(),
         users,
         args.timeout,
         run_s + 3600,
         max_in_flight,
-    )?);
+    )?;
+    if let Some(prefix) = &opts.user_prefix {
+        api = api.with_user_prefix(prefix);
+    }
+    if let Some(retry) = opts.retry {
+        api = api.with_retry(retry);
+    }
+    if let Some(ledger) = &opts.ledger {
+        api = api.with_ledger(ledger.clone());
+    }
+    let api = Arc::new(api);
     let pool = Arc::new(Pool::new(POOL_CAPACITY));
     seed_pool(&api, &pool, args.initial_packets, schedule.total())
         .await
@@ -188,6 +242,10 @@ pub async fn run(args: &LoadArgs, target: &Target) -> anyhow::Result<Report> {
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let bar = progress_bar(args, schedule.total());
     let start = Instant::now();
+    if let Some(tell) = opts.started.take() {
+        let _ = tell.send(start);
+    }
+    let stop = opts.stop.clone().unwrap_or_default();
     let ticker = tokio::spawn(tick(
         bar.clone(),
         live.clone(),
@@ -197,10 +255,18 @@ pub async fn run(args: &LoadArgs, target: &Target) -> anyhow::Result<Report> {
     ));
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut stopped_at = None;
     for i in 0..schedule.total() {
         let due = start + schedule.due(i);
         if due > Instant::now() {
-            tokio::time::sleep_until(due).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+        if stop.is_cancelled() {
+            stopped_at = Some(i);
+            break;
         }
         // Draw before looking at the bound, so the sequence of choices does not depend on
         // how fast the deployment answers.
@@ -213,12 +279,21 @@ pub async fn run(args: &LoadArgs, target: &Target) -> anyhow::Result<Report> {
             continue;
         };
         let (api, pool, live, tx) = (api.clone(), pool.clone(), live.clone(), tx.clone());
+        let tap = opts.tap.clone();
         tokio::spawn(async move {
             let launched = Instant::now();
             let steps = flows::run_op(&api, &pool, &plan).await;
             live.done.fetch_add(1, Ordering::Relaxed);
             if steps.iter().any(|s| s.class == Class::Error) {
                 live.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(tap) = tap {
+                let _ = tap.send(Finished {
+                    kind,
+                    scheduled: due,
+                    measured,
+                    steps: steps.clone(),
+                });
             }
             let _ = tx.send(Sample::Done {
                 kind,
@@ -241,7 +316,9 @@ pub async fn run(args: &LoadArgs, target: &Target) -> anyhow::Result<Report> {
     ticker.abort();
     bar.finish_and_clear();
     let mut report = recorder.finish(info, start + schedule.warmup());
-    report.set_scheduled(schedule.measured_ops());
+    // An early stop schedules no more: what was due before it is what counts.
+    let due = stopped_at.map_or(schedule.total(), |i| i);
+    report.set_scheduled(due.saturating_sub(schedule.warmup_ops()));
     Ok(report)
 }
 
