@@ -132,7 +132,7 @@ impl App {
         let me =
             CellId::parse(&settings.cell_id).map_err(|e| StartError::Settings(e.to_string()))?;
 
-        let listener = TcpListener::bind(settings.listen)
+        let listener = serve::listen::bind(settings.listen)
             .await
             .map_err(|e| StartError::Bind(settings.listen, e))?;
         let addr = listener

@@ -15,6 +15,7 @@ pub mod drill;
 pub mod failover;
 pub mod hold;
 pub mod policy;
+mod ports;
 pub mod rebuild;
 pub mod status;
 pub mod up;

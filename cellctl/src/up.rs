@@ -23,6 +23,7 @@ use topology::{CellId, Region, ShardId};
 
 use crate::deployment::{self, place_cells, Layout, Plan, PlannedCell, PlannedMeta, Record};
 use crate::policy::BackupPolicy;
+use crate::ports::Held;
 
 /// How long a stopping child has between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(10);
@@ -100,7 +101,8 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
     let _lock = Lock::take(layout)?;
     stop_leftovers(layout).await;
 
-    let plan = load_or_make_plan(layout, args).await?;
+    let held = Held::default();
+    let plan = load_or_make_plan(layout, args, &held).await?;
     let secret = deployment::secret(layout, true)?;
     let bins = Binaries::find(args.bin_dir.as_deref())?;
 
@@ -109,6 +111,7 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
         layout: layout.clone(),
         record: record.clone(),
         secret: secret.clone(),
+        held,
     };
     shared.save();
     let http = reqwest::Client::builder()
@@ -127,7 +130,9 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
                 // Initializes the cluster on the first start; a no-op on later ones.
                 cmd.arg("--init");
             }
-            running.meta.push(shared.supervise(Kind::Meta(m.id), cmd));
+            running
+                .meta
+                .push(shared.supervise(Kind::Meta(m.id), &m.listen, cmd));
         }
         for m in &plan.meta {
             wait_ready(
@@ -155,7 +160,7 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
             cmd.args(&args.cell_args);
             running
                 .cells
-                .push(shared.supervise(Kind::Cell(c.id.clone()), cmd));
+                .push(shared.supervise(Kind::Cell(c.id.clone()), &c.listen, cmd));
         }
         for c in &plan.cells {
             wait_ready(
@@ -175,7 +180,7 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
             cmd.env("REDCELL_ROUTER_REDIS_URL", redis);
         }
         cmd.args(&args.router_args);
-        running.router = Some(shared.supervise(Kind::Router, cmd));
+        running.router = Some(shared.supervise(Kind::Router, &plan.router_listen, cmd));
         wait_ready(
             &http,
             &format!("http://{}", plan.router_listen),
@@ -365,7 +370,7 @@ pub fn admin_client(nodes: Vec<String>, secret: &str) -> MetaClient {
     MetaClient::new(nodes, token)
 }
 
-async fn load_or_make_plan(layout: &Layout, args: &UpArgs) -> anyhow::Result<Plan> {
+async fn load_or_make_plan(layout: &Layout, args: &UpArgs, held: &Held) -> anyhow::Result<Plan> {
     let path = layout.plan();
     if path.exists() {
         let plan: Plan = deployment::read_json(&path)?;
@@ -422,7 +427,7 @@ async fn load_or_make_plan(layout: &Layout, args: &UpArgs) -> anyhow::Result<Pla
     }
     let port = |offset: u16| -> anyhow::Result<String> {
         if args.base_port == 0 {
-            free_port()
+            held.pick("127.0.0.1")
         } else {
             let p = args
                 .base_port
@@ -435,8 +440,7 @@ async fn load_or_make_plan(layout: &Layout, args: &UpArgs) -> anyhow::Result<Pla
         None => "127.0.0.1:7000".to_owned(),
         Some(a) if a.ends_with(":0") => {
             let host = a.trim_end_matches(":0");
-            let free = free_port()?;
-            format!("{host}:{}", free.rsplit(':').next().unwrap_or_default())
+            held.pick(host)?
         }
         Some(a) => a.to_owned(),
     };
@@ -483,12 +487,6 @@ async fn load_or_make_plan(layout: &Layout, args: &UpArgs) -> anyhow::Result<Pla
     };
     deployment::write_json(&path, &plan)?;
     Ok(plan)
-}
-
-/// A port nobody listens on now (the kernel's pick).
-fn free_port() -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.to_string())
 }
 
 fn flag_state(v: &Option<String>) -> String {
@@ -728,6 +726,7 @@ struct Shared {
     layout: Layout,
     record: Arc<Mutex<Record>>,
     secret: String,
+    held: Held,
 }
 
 impl Shared {
@@ -762,15 +761,13 @@ impl Shared {
         self.save();
     }
 
-    /// Runs `cmd` until stopped, restarting it whenever it exits on its own.
-    fn supervise(&self, kind: Kind, mut cmd: Command) -> Supervised {
+    /// Runs `cmd` until stopped, restarting it whenever it exits on its own. Each start is
+    /// a fresh command from `cmd`, handed the listening socket of `listen` (ports.rs).
+    fn supervise(&self, kind: Kind, listen: &str, cmd: Command) -> Supervised {
         let stop = CancellationToken::new();
         let shared = self.clone();
         let token = stop.clone();
-        cmd.env("REDCELL_AUTH_SECRET", &self.secret)
-            .stdin(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true);
+        let listen = listen.to_owned();
         let task = tokio::spawn(async move {
             let name = kind.name();
             let log = shared.layout.log(&name);
@@ -789,7 +786,7 @@ impl Shared {
                     tracing::info!(process = %name, "hold lifted: starting");
                     backoff = Duration::from_millis(250);
                 }
-                let mut child = match spawn_logged(&mut cmd, &log) {
+                let mut child = match shared.start(&cmd, &listen, &log) {
                     Ok(child) => child,
                     Err(e) => {
                         tracing::error!(process = %name, "cannot start: {e:#}");
@@ -848,14 +845,34 @@ impl Shared {
     }
 }
 
-fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<Child> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("opening {}", log.display()))?;
-    cmd.stdout(file.try_clone()?).stderr(file);
-    cmd.spawn().context("spawning")
+impl Shared {
+    /// Starts a copy of `template` with the deployment's secret, logging to `log`, on the
+    /// listening socket of `listen`. A fresh command each time: a command owns the socket it
+    /// passes, so one command is good for one start.
+    fn start(&self, template: &Command, listen: &str, log: &Path) -> anyhow::Result<Child> {
+        let template = template.as_std();
+        let mut cmd = Command::new(template.get_program());
+        cmd.args(template.get_args());
+        for (k, v) in template.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        cmd.env("REDCELL_AUTH_SECRET", &self.secret)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .process_group(0)
+            .kill_on_drop(true);
+        self.held.pass(&mut cmd, listen)?;
+        cmd.spawn().context("spawning")
+    }
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {

@@ -55,14 +55,35 @@ pub fn built(packages: &[&str]) -> PathBuf {
     dir
 }
 
-/// A free loopback port (bound and released; for processes that must know each other's
-/// address before they start).
+/// A free loopback port, for processes that must know each other's address before they
+/// start: found free here, released, bound by the process later.
+///
+/// Not the kernel's pick (`bind(":0")`): that comes from the ephemeral range, where every
+/// outgoing connection (of the load, of the cells to Postgres) and every other test's
+/// `bind(":0")` can take the port between "free" and "bound", and a test would then talk to
+/// the wrong process. These ports come from below the ephemeral range (Linux's default
+/// starts at 32768), handed out by a counter so no two calls of one test process (its tests
+/// run in parallel; cargo runs test processes one after another) get the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Each test process starts at its own place in the range (by pid), so one that follows
+    // another quickly does not retry the ports its predecessor's children just left.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(2_654_435_761) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 /// One spawned process; SIGKILLed when dropped (SIGCONT first if it was frozen), the tail of

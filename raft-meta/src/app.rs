@@ -358,13 +358,12 @@ pub struct App {
 impl App {
     pub async fn build(settings: Settings) -> Result<App, AppError> {
         settings.validate()?;
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| AppError::Bind {
-                    addr: settings.listen,
-                    source,
-                })?;
+        let listener = serve::listen::bind(settings.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: settings.listen,
+                source,
+            })?;
         let addr = listener.local_addr().map_err(AppError::Serve)?;
         store::claim(&settings.data_dir, settings.id)?;
         let (log, sm) = store::open(&settings.data_dir)?;

@@ -180,7 +180,7 @@ impl App {
             body_timeout: Duration::from_millis(settings.body_timeout_ms),
             retry_unavailable: Duration::from_millis(settings.retry_unavailable_ms),
         });
-        let listener = TcpListener::bind(settings.listen)
+        let listener = serve::listen::bind(settings.listen)
             .await
             .map_err(|e| StartError::Bind(settings.listen, e))?;
         let follower = Some(tokio::spawn(maps.follow(cancel.clone())));

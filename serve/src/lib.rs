@@ -15,11 +15,13 @@
 //!
 //! - [`Limits`]: the knobs, as clap flags each binary flattens into its settings.
 //! - [`serve`]: the accept loop.
+//! - [`listen::bind`]: the listening socket (one a supervisor passed down, or a bind).
 //! - [`problem`]: problem+json responses in the shape of `wire::problem::Problem`.
 
 #![forbid(unsafe_code)]
 
 mod limits;
+pub mod listen;
 pub mod problem;
 mod serving;
 
