@@ -276,6 +276,51 @@ async fn a_deployment_acknowledging_alone_fails_the_kill_cell_drill() {
     );
     assert!(!trial["lost_items"].as_array().unwrap().is_empty());
     eprintln!("broken deployment: {lost} acknowledged operations lost, as the drill reports");
+    console_lists_the_drill(&up).await;
+}
+
+/// The console of `up` lists the drill as an event, failed, with a link to its report, and
+/// serves that page to an admin only.
+async fn console_lists_the_drill(up: &Up) {
+    let console = up.record()["console"]["url"]
+        .as_str()
+        .expect("up serves a console")
+        .to_owned();
+    let admin = token("svc:ops", Some("admin"));
+    let event = eventually(
+        "the drill among the console's events",
+        Duration::from_secs(15),
+        || async {
+            let (_, state) = up
+                .call("GET", &format!("{console}/api/state"), &admin, None)
+                .await;
+            state["events"]
+                .as_array()?
+                .iter()
+                .find(|e| e["kind"] == "drill")
+                .cloned()
+        },
+    )
+    .await;
+    let text = event["text"].as_str().unwrap();
+    assert!(text.starts_with("drill kill-cell: FAIL"), "{event}");
+    let link = event["report"].as_str().expect("a report link");
+    let (status, _) = up
+        .call("GET", &format!("{console}{link}"), &token("u1", None), None)
+        .await;
+    assert_eq!(status, 403, "a user's token reads no drill report");
+    let page = reqwest::Client::new()
+        .get(format!("{console}{link}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("kill-cell") && html.contains("<svg"),
+        "{html:.300}"
+    );
 }
 
 /// Opens the report in headless Chromium: the verdict banner and table are there, three

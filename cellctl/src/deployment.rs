@@ -55,6 +55,11 @@ impl Layout {
     pub fn router_state(&self) -> PathBuf {
         self.root.join("router")
     }
+    /// Every drill's report, one directory each (`drill::report::kept_name`); the console
+    /// lists them as events and serves their pages.
+    pub fn drills(&self) -> PathBuf {
+        self.root.join("drills")
+    }
 }
 
 /// What the first `up` decided; later runs on the same data dir follow it, so the same cells

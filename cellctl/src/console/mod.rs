@@ -1,9 +1,12 @@
 //! `cellctl console`: the whole deployment on one live web page (DESIGN.md §8), red / amber /
 //! green with the reasons in words.
 //!
-//! One gatherer feeds every viewer: each second it runs `cellctl status`'s gathering
-//! ([`crate::status::gather_with`]: raft-meta's map, every process's `/readyz`, every cell's
-//! replication status) and derives the picture ([`model`]); every five seconds it samples
+//! One gatherer feeds every viewer: each second, and at once whenever raft-meta's map
+//! changes (the console follows its watch, so a failover or a switch shows without waiting
+//! for the tick), it runs `cellctl status`'s gathering ([`crate::status::gather_with`]:
+//! raft-meta's map, every process's `/readyz`, every cell's replication status) and derives
+//! the picture ([`model`]), with the drills kept in `DIR/drills/` as events whose report
+//! pages it serves ([`drills`]); every five seconds it samples
 //! each cell's `/metrics` into a 15-minute ring ([`series`]). The page (embedded in the
 //! binary: HTML, CSS and a small script, no library, no CDN) polls `GET /api/state` every
 //! second and `GET /api/series` every five.
@@ -13,6 +16,7 @@
 //! without one, 403 with a token that is not admin. A switch is turned through raft-meta's
 //! API as `cellctl switch` does. The deployment's secret never leaves the process.
 
+pub mod drills;
 pub mod model;
 pub mod series;
 
@@ -31,6 +35,7 @@ use serde_json::json;
 
 use crate::deployment::{self, Layout, Record};
 use crate::status::{self, Status};
+use drills::Drills;
 use model::{Event, Events, Node, SwitchRow};
 use series::{Rings, Totals};
 
@@ -71,6 +76,9 @@ struct Shared {
     error: RwLock<Option<String>>,
     rings: Mutex<Rings>,
     events: Mutex<Events>,
+    drills: Mutex<Drills>,
+    /// Raised by the map watch: gather now.
+    map_changed: tokio::sync::Notify,
 }
 
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
@@ -105,12 +113,15 @@ pub async fn start(layout: &Layout, secret: &str, listen: &str) -> anyhow::Resul
         error: RwLock::new(None),
         rings: Mutex::new(Rings::default()),
         events: Mutex::new(Events::default()),
+        drills: Mutex::new(Drills::default()),
+        map_changed: tokio::sync::Notify::new(),
     });
     let app = router(shared.clone());
     let task = tokio::spawn(async move {
         // The gatherer stops with the server, including when this task is aborted.
         let _loops = AbortOnDrop(vec![
             tokio::spawn(gather_loop(shared.clone())),
+            tokio::spawn(watch_loop(shared.clone())),
             tokio::spawn(sample_loop(shared)),
         ]);
         if let Err(e) = axum::serve(listener, app).await {
@@ -157,6 +168,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/state", get(api_state))
         .route("/api/series", get(api_series))
         .route("/api/switches/{name}", post(api_switch))
+        .route("/api/drills/{id}/report.html", get(api_drill_report))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "not_found", "no such page") })
         .with_state(shared)
 }
@@ -373,7 +385,10 @@ async fn gather_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(STATE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.map_changed.notified() => {}
+        }
         match status::gather_with(&shared.layout, PROBE_TIMEOUT).await {
             Ok((status, view)) => {
                 let now = wall_ms();
@@ -394,6 +409,14 @@ async fn gather_loop(shared: Arc<Shared>) {
                 let events = {
                     let mut ev = shared.events.lock().expect("events lock");
                     ev.observe(&status, &nodes, &switches, now);
+                    let fresh = shared
+                        .drills
+                        .lock()
+                        .expect("drills lock")
+                        .fresh(&shared.layout.drills());
+                    for e in fresh {
+                        ev.push(e);
+                    }
                     ev.list.iter().cloned().collect()
                 };
                 let picture = Picture {
@@ -412,6 +435,57 @@ async fn gather_loop(shared: Arc<Shared>) {
                 *shared.error.write().expect("error lock") = Some(format!("{e:#}"));
             }
         }
+    }
+}
+
+/// Follows raft-meta's map watch and wakes the gatherer on every new version. The watch
+/// retries across raft-meta's nodes by itself; the deployment record is read again only when
+/// there is none yet (the console may start before `up` has written it).
+async fn watch_loop(shared: Arc<Shared>) {
+    let record = loop {
+        match deployment::read_json::<Record>(&shared.layout.deployment()) {
+            Ok(r) => break r,
+            Err(_) => tokio::time::sleep(STATE_EVERY).await,
+        }
+    };
+    let client = crate::up::admin_client(record.meta_nodes(), &shared.secret);
+    let mut watch = client.watch(0);
+    loop {
+        let view = watch.next().await;
+        tracing::debug!(version = view.version, "console: map changed");
+        shared.map_changed.notify_one();
+    }
+}
+
+/// `GET /api/drills/{id}/report.html`: a kept drill's report page (the page opens it in a
+/// new tab; the report is self-contained: inline SVG, no script, nothing fetched).
+async fn api_drill_report(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = admin(&shared, &headers) {
+        return refused;
+    }
+    match drills::page(&shared.layout.drills(), &id) {
+        Some(html) => no_store(
+            (
+                [
+                    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                    (
+                        header::CONTENT_SECURITY_POLICY,
+                        "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+                    ),
+                ],
+                html,
+            )
+                .into_response(),
+        ),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            "drill_not_found",
+            "no such drill report (drills are kept in DIR/drills/)",
+        ),
     }
 }
 

@@ -259,14 +259,18 @@ pub fn switches(view: Option<&wire::MapView>) -> Vec<SwitchRow> {
 pub struct Event {
     /// Milliseconds since the Unix epoch (raft-meta's decision time for a failover).
     pub at_ms: u64,
-    /// `failover`, `liveness`, `health`, `reprotection`, `switch`.
+    /// `failover`, `liveness`, `health`, `reprotection`, `switch`, `drill`.
     pub kind: &'static str,
     /// The shard or process it is about.
     pub subject: String,
     pub text: String,
-    /// A failover's recovery time (decision to the new primary's promotion), when known.
+    /// A failover's recovery time (decision to the new primary's promotion), when known;
+    /// a drill's longest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rto_ms: Option<i64>,
+    /// A drill's report page, served by the console (admin token, as every `/api/` route).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
 }
 
 /// What the last gathering showed, to compare the next with.
@@ -288,7 +292,7 @@ pub struct Events {
 }
 
 impl Events {
-    fn push(&mut self, e: Event) {
+    pub fn push(&mut self, e: Event) {
         self.list.push_front(e);
         // Newest first; a failover carries raft-meta's decision time, older than the tick.
         self.list
@@ -333,6 +337,7 @@ impl Events {
                         subject: s.shard.clone(),
                         text,
                         rto_ms: f.took_ms,
+                        report: None,
                     }),
                     // The promotion became known: the event gets its RTO.
                     Some(false) if f.took_ms.is_some() => {
@@ -365,6 +370,7 @@ impl Events {
                         subject: s.shard.clone(),
                         text,
                         rto_ms: None,
+                        report: None,
                     });
                 }
             }
@@ -381,6 +387,7 @@ impl Events {
                         subject: name.clone(),
                         text: format!("cell {name}: raft-meta liveness {before} → {}", c.liveness),
                         rto_ms: None,
+                        report: None,
                     });
                 }
             }
@@ -401,6 +408,7 @@ impl Events {
                         subject: n.id.clone(),
                         text: format!("{} {} → {}{why}", n.id, word(*before), word(n.health)),
                         rto_ms: None,
+                        report: None,
                     });
                 }
             }
@@ -420,6 +428,7 @@ impl Events {
                             format!("switch {} turned off: {}", s.name, s.message)
                         },
                         rto_ms: None,
+                        report: None,
                     });
                 }
             }

@@ -16,7 +16,7 @@
 //! - `trial.rs`: one trial, from the steady-state check to the restore;
 //! - `timeline.rs`: the per-request records and everything computed from them (pure);
 //! - `report.rs`: the terminal summary, `report.json` and the self-contained `report.html`
-//!   with its charts rendered here to inline SVG.
+//!   with its charts rendered here to inline SVG, kept in `DIR/drills/` for the console.
 
 pub mod inject;
 pub mod report;
@@ -99,7 +99,8 @@ pub struct DrillArgs {
     /// kill-backup), a region (kill-region). Chosen by the seed when omitted.
     #[arg(long, value_name = "NAME")]
     pub target: Option<String>,
-    /// Write report.json and report.html into this directory (created if missing).
+    /// Also write report.json and report.html into this directory (created if missing).
+    /// Every drill's report is kept in DIR/drills/ anyway, where the console lists it.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
     /// Print the JSON summary on stdout instead of the terminal summary.
@@ -318,6 +319,11 @@ pub async fn run(layout: &Layout, args: &DrillArgs) -> anyhow::Result<Summary> {
         }
     }
     let summary = Summary::of(args, seed, started_at, trials);
+    let kept = layout.drills().join(report::kept_name(&summary));
+    report::write(&kept, &summary)?;
+    if !args.json {
+        eprintln!("report: {}", kept.join("report.html").display());
+    }
     if let Some(dir) = &args.report {
         report::write(dir, &summary)?;
     }

@@ -143,6 +143,21 @@ impl fmt::Display for Summary {
 }
 
 /// Writes `dir/report.json` and `dir/report.html`.
+/// The directory name a drill's report is kept under in `DIR/drills/`: its start time (UTC,
+/// digits only) and scenario, e.g. `20261207T180512Z-kill-cell`; only `[0-9A-Za-z-]`.
+pub fn kept_name(summary: &Summary) -> String {
+    let when: String = summary
+        .started_at
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('Z')
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    format!("{when}Z-{}", summary.scenario.name())
+}
+
 pub fn write(dir: &Path, summary: &Summary) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join("report.json");

@@ -306,12 +306,33 @@
     (turningOff ? $("confirm-message") : $("confirm-ok")).focus();
   }
 
+  // A drill's report is behind the admin token like every /api/ route: fetched with it, then
+  // shown in the tab opened on the click (opened first, so no pop-up blocker objects).
+  async function openReport(path) {
+    const tab = window.open("", "_blank");
+    try {
+      const r = await api(path);
+      if (!r.ok) throw new Error(String(r.status));
+      const url = URL.createObjectURL(new Blob([await r.text()], { type: "text/html" }));
+      if (tab) tab.location = url; else location.assign(url);
+    } catch (e) {
+      if (tab) tab.close();
+      if (e.message !== "auth") stale(`drill report: ${e.message}`);
+    }
+  }
+
   function renderEvents() {
-    const items = state.events.map((e) =>
-      el("li", { "data-kind": e.kind },
+    const items = state.events.map((e) => {
+      let link = null;
+      if (e.report) {
+        link = el("a", { href: e.report, class: "report", text: "report" });
+        link.onclick = (ev) => { ev.preventDefault(); openReport(e.report); };
+      }
+      return el("li", { "data-kind": e.kind },
         el("time", { datetime: new Date(e.at_ms).toISOString(), text: fmtTime(e.at_ms) }),
         el("span", { class: "tag", text: e.kind }),
-        e.text));
+        e.text, link ? " " : null, link);
+    });
     if (!items.length) items.push(el("li", { class: "muted", text: "nothing has happened since the console started" }));
     $("events").replaceChildren(...items);
   }
