@@ -32,11 +32,21 @@ fn bad_request(e: &ApiError) {
 
 /// Parses like the handlers do; a failure must be a 400.
 fn parse<T: serde::de::DeserializeOwned>(json: &[u8]) -> Option<T> {
+    parse_as::<T>(json, true)
+}
+
+/// `fixed_point`: whether the canonical text (what an Idempotency-Key's body hash is of) of
+/// an accepted body must parse to itself. True of every typed body: their numbers are all
+/// integers. Not of any JSON object: serde_json's default float parsing is not correctly
+/// rounded, so `55555555555558555111` and the float printed from it can differ in the last
+/// digit (found by this target; see RELIABILITY.md).
+fn parse_as<T: serde::de::DeserializeOwned>(json: &[u8], fixed_point: bool) -> Option<T> {
     match parse_json::<T>(json) {
         Ok(parsed) => {
-            // The canonical text parses to itself (the idempotency hash is stable).
             let again = parse_json::<Map<String, Value>>(parsed.canonical.as_bytes()).unwrap();
-            assert_eq!(again.canonical, parsed.canonical);
+            if fixed_point {
+                assert_eq!(again.canonical, parsed.canonical);
+            }
             Some(parsed.value)
         }
         Err(e) => {
@@ -91,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
         }
         // POST /v1/packets/{packet_id}/claims (an optional body) and the admin routes' same.
         3 => {
-            let _ = parse::<Map<String, Value>>(json);
+            let _ = parse_as::<Map<String, Value>>(json, false);
         }
         // POST /v1/internal/transfers
         4 => {
