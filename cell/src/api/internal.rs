@@ -35,34 +35,53 @@ struct TransferItem {
     packet_id: String,
 }
 
+impl TransfersBody {
+    /// Every transfer checked (1..=256 of them; minted ids of their kinds, a uid, a positive
+    /// amount), with its claimer's uid; the first bad one names its field.
+    pub fn checked(self) -> Result<Vec<(Uid, DueTransfer)>, ApiError> {
+        let items = self.transfers;
+        if items.is_empty() || items.len() > MAX_PER_REQUEST {
+            return Err(ApiError::invalid(
+                "transfers",
+                format!("must hold 1..={MAX_PER_REQUEST} transfers"),
+            ));
+        }
+        let mut checked = Vec::with_capacity(items.len());
+        for (i, t) in items.into_iter().enumerate() {
+            let field = |name: &str| format!("transfers[{i}].{name}");
+            MintedId::parse(IdKind::Transfer, &t.transfer_id)
+                .map_err(|e| ApiError::invalid(&field("transfer_id"), e))?;
+            MintedId::parse(IdKind::Packet, &t.packet_id)
+                .map_err(|e| ApiError::invalid(&field("packet_id"), e))?;
+            let uid = Uid::parse(&t.uid).map_err(|e| ApiError::invalid(&field("uid"), e))?;
+            if !(1..=MAX_AMOUNT).contains(&t.amount) {
+                return Err(ApiError::invalid(
+                    &field("amount"),
+                    "must be a positive number of cents",
+                ));
+            }
+            let due = DueTransfer {
+                transfer_id: t.transfer_id,
+                slot: i64::from(uid.slot().get()),
+                to_uid: uid.to_string(),
+                amount: t.amount,
+                packet_id: t.packet_id,
+            };
+            checked.push((uid, due));
+        }
+        Ok(checked)
+    }
+}
+
 pub async fn handle_receive_transfers(
     State(ctx): State<Ctx>,
     _caller: Authorized<rule::Internal>,
     body: Json<TransfersBody>,
 ) -> Result<Response, ApiError> {
-    let items = body.value.transfers;
-    if items.is_empty() || items.len() > MAX_PER_REQUEST {
-        return Err(ApiError::invalid(
-            "transfers",
-            format!("must hold 1..={MAX_PER_REQUEST} transfers"),
-        ));
-    }
     // Grouped by the shard each claimer is homed in: a cell serving several shards (after a
     // failover) credits each group in its own shard.
     let mut groups: Vec<(Arc<Served>, Vec<DueTransfer>)> = Vec::new();
-    for (i, t) in items.into_iter().enumerate() {
-        let field = |name: &str| format!("transfers[{i}].{name}");
-        MintedId::parse(IdKind::Transfer, &t.transfer_id)
-            .map_err(|e| ApiError::invalid(&field("transfer_id"), e))?;
-        MintedId::parse(IdKind::Packet, &t.packet_id)
-            .map_err(|e| ApiError::invalid(&field("packet_id"), e))?;
-        let uid = Uid::parse(&t.uid).map_err(|e| ApiError::invalid(&field("uid"), e))?;
-        if !(1..=MAX_AMOUNT).contains(&t.amount) {
-            return Err(ApiError::invalid(
-                &field("amount"),
-                "must be a positive number of cents",
-            ));
-        }
+    for (uid, due) in body.value.checked()? {
         // Credit only users homed here: a wrong sender learns the owner and retries there.
         let shard = ctx.shards.serve(uid.slot())?;
         let group = match groups.iter().position(|(s, _)| Arc::ptr_eq(s, &shard)) {
@@ -72,13 +91,7 @@ pub async fn handle_receive_transfers(
                 groups.len() - 1
             }
         };
-        groups[group].1.push(DueTransfer {
-            transfer_id: t.transfer_id,
-            slot: i64::from(uid.slot().get()),
-            to_uid: uid.to_string(),
-            amount: t.amount,
-            packet_id: t.packet_id,
-        });
+        groups[group].1.push(due);
     }
     let mut credited = 0;
     for (shard, due) in &groups {
@@ -101,14 +114,16 @@ pub struct GrantStep {
 }
 
 impl GrantStep {
-    fn check(&self) -> Result<(), ApiError> {
+    /// The grant id and the subsidy id (a minted `sb_` id).
+    pub fn check(&self) -> Result<(), ApiError> {
         crate::domain::validate::check_grant_id(&self.grant_id)?;
         MintedId::parse(IdKind::Subsidy, &self.subsidy_id)
             .map_err(|e| ApiError::invalid("subsidy_id", e))?;
         Ok(())
     }
 
-    fn uid(&self) -> Result<Uid, ApiError> {
+    /// The uid, required by the steps that name the user.
+    pub fn uid(&self) -> Result<Uid, ApiError> {
         let uid = self
             .uid
             .as_deref()
