@@ -18,7 +18,7 @@ use tempfile::TempDir;
 
 /// Seconds `rotate-secret` keeps the old secret accepted once everyone signs with the new
 /// one: the window in which the test checks that an old token still works.
-const GRACE_S: &str = "3";
+const GRACE_S: &str = "4";
 
 /// Every place a token is checked: raft-meta (its map), each cell (an internal read) and
 /// the router (a user's wallet, verified by the router and then by the cell).

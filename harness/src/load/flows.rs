@@ -399,11 +399,12 @@ async fn grant(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
     let grant_id = api.key(plan.n);
     let amount = i64::from(plan.amount);
     let expires_at = rfc3339_in(Duration::from_secs(86_400));
-    let token = api.activity_token.token();
+    let (g, u, e) = (&grant_id, &uid, &expires_at);
     let (mut steps, reply) = api
         .call(Step::Grant, &[&uid, &grant_id], || {
-            api.client
-                .grant(&token, &grant_id, &uid, amount, &expires_at)
+            // Minted per attempt: a retry after a key rotation signs with the new key.
+            let token = api.activity_token.token();
+            async move { api.client.grant(&token, g, u, amount, e).await }
         })
         .await;
     let Some(subsidy_id) = require(&mut steps, &reply, "/subsidy_id") else {
@@ -419,10 +420,11 @@ async fn grant(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
     }
     let key = api.key(plan.n);
     let count = i64::from(plan.count);
-    let token = api.user_token(plan.user);
+    let (k, sub) = (&key, &subsidy_id);
     let (mut sent, reply) = api
         .call(Step::SendB2c, &[&uid], || {
-            api.client.send_b2c(&token, &key, &subsidy_id, count)
+            let token = api.user_token(plan.user);
+            async move { api.client.send_b2c(&token, k, sub, count).await }
         })
         .await;
     let packet_id = require(&mut sent, &reply, "/packet_id");
@@ -454,10 +456,11 @@ pub async fn send(api: &Api, pool: &Pool, plan: &Plan, count: u32, total: u32) -
     let uid = api.uid(plan.user);
     let key = api.key(plan.n);
     let (total, count) = (i64::from(total), i64::from(count));
-    let token = api.user_token(plan.user);
+    let k = &key;
     let (mut steps, reply) = api
         .call(Step::SendC2c, &[&uid], || {
-            api.client.send_c2c(&token, &key, total, count, "load")
+            let token = api.user_token(plan.user);
+            async move { api.client.send_c2c(&token, k, total, count, "load").await }
         })
         .await;
     let (Some(packet_id), Some(payment_id)) = (
@@ -479,10 +482,11 @@ pub async fn send(api: &Api, pool: &Pool, plan: &Plan, count: u32, total: u32) -
             payment_id: Some(payment_id.clone()),
         });
     }
-    let token = api.payments_token.token();
+    let pid = &payment_id;
     let (paid, _) = api
         .call(Step::Callback, &[&payment_id], || {
-            api.client.callback(&token, &payment_id, true)
+            let token = api.payments_token.token();
+            async move { api.client.callback(&token, pid, true).await }
         })
         .await;
     let ok = last_ok(&paid);
@@ -505,10 +509,11 @@ async fn claim(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
     let Some(packet_id) = pool.pick(plan.pick) else {
         return Vec::new();
     };
-    let token = api.user_token(plan.user);
+    let id = &packet_id;
     let (steps, reply) = api
         .call(Step::Claim, &[&packet_id], || {
-            api.client.claim(&token, &packet_id)
+            let token = api.user_token(plan.user);
+            async move { api.client.claim(&token, id).await }
         })
         .await;
     match &reply.answer {
@@ -529,7 +534,6 @@ async fn claim(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
 }
 
 async fn read(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
-    let token = api.user_token(plan.user);
     let (step, key, path) = match plan.read {
         1 => {
             let uid = api.uid(plan.user);
@@ -559,7 +563,11 @@ async fn read(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
         }
     };
     let (steps, _) = api
-        .call(step, &[&key], || api.client.get(&path, &token))
+        .call(step, &[&key], || {
+            let token = api.user_token(plan.user);
+            let path = &path;
+            async move { api.client.get(path, &token).await }
+        })
         .await;
     steps
 }
