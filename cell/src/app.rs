@@ -129,6 +129,8 @@ impl App {
             .map_err(|e| StartError::DataDir(dir.clone(), e))?;
         let secret = config::auth_secret(settings.auth_secret.as_deref(), &settings.data_dir)
             .map_err(|e| StartError::DataDir(dir, e))?;
+        let keys = raft_meta::keys::ring(Some(&secret), settings.auth_keys_file.as_deref())
+            .map_err(|e| StartError::Settings(e.to_string()))?;
         let me =
             CellId::parse(&settings.cell_id).map_err(|e| StartError::Settings(e.to_string()))?;
 
@@ -146,8 +148,8 @@ impl App {
                     .iter()
                     .map(|n| n.trim_start_matches("http://").to_owned())
                     .collect(),
-                topology::auth::Credential::minted(
-                    secret.as_bytes(),
+                topology::auth::Credential::minted_with(
+                    &keys,
                     &format!("svc:cell-{me}"),
                     Some("internal"),
                     topology::auth::SERVICE_TOKEN_TTL_S,
@@ -230,8 +232,8 @@ impl App {
             .map_err(|e| StartError::Settings(format!("http client: {e}")))?;
         let peers = Peers {
             http: http.clone(),
-            credential: Arc::new(topology::auth::Credential::minted(
-                secret.as_bytes(),
+            credential: Arc::new(topology::auth::Credential::minted_with(
+                &keys,
                 &format!("svc:cell-{me}"),
                 Some("internal"),
                 300,
@@ -287,7 +289,7 @@ impl App {
             shards: shards.clone(),
             payment_recheck_ms: settings.payment_recheck_ms.max(10) as i64,
             payment_deadline_ms: (settings.payment_deadline_s.max(1) as i64).saturating_mul(1000),
-            verifier: Verifier::new(secret.as_bytes()),
+            verifier: Verifier::with_ring(keys.clone()),
             clock: clock.clone(),
             limits: Limits {
                 max_total: settings.max_total,

@@ -69,6 +69,11 @@ pub struct Settings {
     #[arg(long, env = "REDCELL_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
+    /// A keys file (one secret per line, the minting one first) that replaces the secret once
+    /// it exists and is re-read while the cell runs: how a key rotation reaches it.
+    #[arg(long, env = "REDCELL_AUTH_KEYS_FILE")]
+    pub auth_keys_file: Option<PathBuf>,
+
     /// Per-packet claim queue with group commit. `off` leaves only the database row lock
     /// (kept for the side-by-side benchmark).
     #[arg(long, env = "REDCELL_CLAIM_QUEUE", value_enum, default_value = "on")]

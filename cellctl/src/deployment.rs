@@ -31,6 +31,11 @@ impl Layout {
     pub fn secret(&self) -> PathBuf {
         self.root.join("secret")
     }
+    /// The key set every process follows (`REDCELL_AUTH_KEYS_FILE`), written by
+    /// `cellctl rotate-secret`; once it exists it replaces the secret (its first key mints).
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("auth-keys")
+    }
     /// When `up` took the secret from `REDCELL_AUTH_SECRET`: its fingerprint (never the
     /// secret), so later commands can say which value to set.
     pub fn secret_from_env(&self) -> PathBuf {
@@ -311,10 +316,31 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The deployment secret: `REDCELL_AUTH_SECRET` when set, else the one generated into the
-/// data dir on the first `up` (created with `create`, mode 0600).
+/// The deployment secret tokens are minted with: the first key of the keys file once
+/// `cellctl rotate-secret` wrote one, else `REDCELL_AUTH_SECRET` when set, else the one
+/// generated into the data dir on the first `up` (created with `create`, mode 0600).
 pub fn secret(layout: &Layout, create: bool) -> anyhow::Result<String> {
+    if let Some(current) = rotated(layout)? {
+        return Ok(current);
+    }
     secret_given(layout, create, std::env::var("REDCELL_AUTH_SECRET").ok())
+}
+
+/// The current (first) secret of the keys file, when there is one.
+pub fn rotated(layout: &Layout) -> anyhow::Result<Option<String>> {
+    let path = layout.keys();
+    let Some(bytes) = raft_meta::files::read_optional(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+    else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    topology::keys::KeySet::parse(&text).with_context(|| format!("{}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned))
 }
 
 /// [`secret`] with the environment's value passed in.

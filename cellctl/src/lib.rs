@@ -3,7 +3,7 @@
 //! It owns the local launcher (`up`: raft-meta ×3, the cells, the router as supervised child
 //! processes on loopback, recorded in `DIR/deployment.json`), the operator's views and actions
 //! (`status`, the web `console`, `token`, `switch`, `policy`, `reconcile`, `stop`/`start` of one
-//! process), the open-loop load generator (`load`, the engine of the `harness` crate) and disaster
+//! process, `rotate-secret`), the open-loop load generator (`load`, the engine of the `harness` crate) and disaster
 //! drills (`drill`: a fault injected under a ledger-keeping load, verdicts, a report).
 //! It talks to the processes only over their HTTP APIs and through their command lines: it
 //! never opens a cell's database, never decides ownership itself (raft-meta does), and never
@@ -17,6 +17,7 @@ pub mod hold;
 pub mod policy;
 mod ports;
 pub mod rebuild;
+pub mod rotate;
 pub mod status;
 pub mod up;
 pub mod verify;

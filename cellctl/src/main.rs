@@ -78,6 +78,17 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         ttl_s: u64,
     },
+    /// Replace the deployment's signing secret while it serves, with no failed request.
+    ///
+    /// Every process re-reads DATA_DIR/auth-keys (one secret per line; the first signs new
+    /// tokens, every one is accepted). The command writes it three times, each only once
+    /// every process (raft-meta, cells, router) has taken the previous version, checked over
+    /// HTTP: (1) the new secret is accepted everywhere; (2) everyone signs with the new one,
+    /// the old one still accepted; (3) the old one is dropped. Tokens signed with the old
+    /// secret (from `cellctl token`, or held by clients) stop working at (3): `--grace-s`
+    /// keeps them working longer. Prints the old and new key ids (`kid`, public). On
+    /// Kubernetes the same three steps are edits of the Secret (k8s/README.md).
+    RotateSecret(cellctl::rotate::RotateArgs),
     /// Turn a degradation switch on or off, e.g. `cellctl switch c2c_send off --message
     /// "sending is paused"`. The routers apply it within a second.
     Switch {
@@ -176,6 +187,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Down => down(&layout).await,
+        Cmd::RotateSecret(args) => {
+            let done = cellctl::rotate::run(&layout, &args).await?;
+            println!(
+                "secret rotated: kid {} -> {} (steps: accept {} ms, sign {} ms, drop {} ms)",
+                done.old_kid, done.new_kid, done.steps_ms[0], done.steps_ms[1], done.steps_ms[2]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Console(args) => {
             cellctl::console::run(&layout, &args).await?;
             Ok(ExitCode::SUCCESS)

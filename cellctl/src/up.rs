@@ -865,6 +865,9 @@ impl Shared {
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
         cmd.env("REDCELL_AUTH_SECRET", &self.secret)
+            // Every process follows this file: `cellctl rotate-secret` writes it (until then
+            // it does not exist and the secret above is the only key).
+            .env("REDCELL_AUTH_KEYS_FILE", self.layout.keys())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

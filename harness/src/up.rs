@@ -101,6 +101,30 @@ impl Up {
         serde_json::from_str(&text).ok()
     }
 
+    /// The deployment's keys file (`cellctl rotate-secret` writes it; absent before).
+    pub fn keys_file(&self) -> PathBuf {
+        self.dir.join("auth-keys")
+    }
+
+    /// The secret tokens are minted with now: the keys file's first once a rotation wrote
+    /// one, else [`SECRET`].
+    pub fn current_secret(&self) -> String {
+        std::fs::read_to_string(self.keys_file())
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| SECRET.to_owned())
+    }
+
+    /// [`token`], minted with the [`Up::current_secret`].
+    pub fn token(&self, sub: &str, scope: Option<&str>) -> String {
+        topology::auth::mint(self.current_secret().as_bytes(), sub, scope, 3600)
+    }
+
     /// `deployment.json` as written now.
     pub fn record(&self) -> Value {
         self.try_record().expect("deployment.json")

@@ -139,6 +139,8 @@ pub enum AppError {
     Raft(String),
     #[error("serve: {0}")]
     Serve(std::io::Error),
+    #[error("auth keys: {0}")]
+    Keys(#[from] crate::keys::KeysError),
 }
 
 fn raft_error<E>(e: RaftError<NodeId, E>, what: &str) -> ApiError
@@ -381,9 +383,12 @@ impl App {
         .validate()
         .map_err(|e| AppError::Raft(e.to_string()))?;
 
-        let secret = settings.auth_secret.as_bytes();
-        let internal_token = Arc::new(Credential::minted(
-            secret,
+        let keys = crate::keys::ring(
+            Some(&settings.auth_secret),
+            settings.auth_keys_file.as_deref(),
+        )?;
+        let internal_token = Arc::new(Credential::minted_with(
+            &keys,
             &format!("svc:raft-meta-{}", settings.id),
             Some("internal"),
             SERVICE_TOKEN_TTL_S,
@@ -421,7 +426,7 @@ impl App {
             id: settings.id,
             raft,
             map,
-            verifier: Verifier::new(secret),
+            verifier: Verifier::with_ring(keys),
             http,
             partitioned,
             fault_hooks: settings.fault_hooks,

@@ -20,6 +20,7 @@
 //! - [`client`]: the client library for routers and cells (leader discovery, retries, watch).
 //! - [`follow`]: the map follower cells and routers share (watch, `map.json`, their hooks).
 //! - [`files`]: crash-safe file writes (write, fsync, rename, fsync the directory).
+//! - [`keys`]: every process's signing keys, and the keys file it follows during a rotation.
 //! - [`settings`]: the binary's `Settings` (defaults, env, flags).
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod client;
 pub mod detector;
 pub mod files;
 pub mod follow;
+pub mod keys;
 pub mod network;
 pub mod reprotect;
 pub mod settings;

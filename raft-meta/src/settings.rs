@@ -61,8 +61,17 @@ pub struct Settings {
     #[arg(long, env = "REDCELL_META_REPROTECT_AFTER_MS", default_value_t = 2000)]
     pub reprotect_after_ms: u64,
     /// The deployment secret for HS256 tokens. Never printed.
-    #[arg(long, env = "REDCELL_AUTH_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REDCELL_AUTH_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub auth_secret: String,
+    /// A keys file (one secret per line, the minting one first) that replaces the secret once
+    /// it exists and is re-read while the node runs: how a key rotation reaches it.
+    #[arg(long, env = "REDCELL_AUTH_KEYS_FILE")]
+    pub auth_keys_file: Option<std::path::PathBuf>,
     /// Test only: enables `POST /internal/fault` to cut this node off from its peers.
     #[arg(long, hide = true)]
     pub fault_hooks: bool,
@@ -101,7 +110,7 @@ pub enum SettingsError {
     ZeroId,
     #[error("--init needs --peers listing this node ({0})")]
     InitWithoutSelf(NodeId),
-    #[error("REDCELL_AUTH_SECRET must not be empty")]
+    #[error("REDCELL_AUTH_SECRET must not be empty (or give REDCELL_AUTH_KEYS_FILE)")]
     WeakSecret,
     #[error("--heartbeat-ms must be below --election-ms")]
     Timing,
@@ -117,7 +126,7 @@ impl Settings {
         if self.init && !self.peers.0.contains_key(&self.id) {
             return Err(SettingsError::InitWithoutSelf(self.id));
         }
-        if self.auth_secret.is_empty() {
+        if self.auth_secret.is_empty() && self.auth_keys_file.is_none() {
             return Err(SettingsError::WeakSecret);
         }
         if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.election_ms {

@@ -143,12 +143,16 @@ fn metrics_handle() -> PrometheusHandle {
 impl App {
     pub async fn build(settings: Settings) -> Result<App, StartError> {
         settings.validate().map_err(StartError::Settings)?;
-        let secret = settings.auth_secret.as_bytes();
+        let keys = raft_meta::keys::ring(
+            Some(&settings.auth_secret),
+            settings.auth_keys_file.as_deref(),
+        )
+        .map_err(|e| StartError::Settings(e.to_string()))?;
         let nodes = settings.meta_nodes();
         let meta = (!nodes.is_empty()).then(|| {
             // The router's own credential towards raft-meta: reads only (scope internal).
-            let token = Credential::minted(
-                secret,
+            let token = Credential::minted_with(
+                &keys,
                 "svc:router",
                 Some("internal"),
                 topology::auth::SERVICE_TOKEN_TTL_S,
@@ -169,7 +173,7 @@ impl App {
         }
         let ctx = Arc::new(Ctx {
             maps: maps.clone(),
-            tokens: Tokens::new(secret, settings.token_cache),
+            tokens: Tokens::with_ring(keys.clone(), settings.token_cache),
             forwarder: Forwarder::new(
                 Duration::from_millis(settings.timeout_ms),
                 Duration::from_millis(settings.connect_timeout_ms),

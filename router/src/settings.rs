@@ -33,8 +33,18 @@ pub struct Settings {
     pub state_dir: PathBuf,
 
     /// HS256 secret that signs every token (at least 16 characters; never printed).
-    #[arg(long, env = "REDCELL_AUTH_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REDCELL_AUTH_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub auth_secret: String,
+
+    /// A keys file (one secret per line, the minting one first) that replaces the secret once
+    /// it exists and is re-read while the router runs: how a key rotation reaches it.
+    #[arg(long, env = "REDCELL_AUTH_KEYS_FILE")]
+    pub auth_keys_file: Option<PathBuf>,
 
     /// Time a cell has to answer with its response headers, per attempt, in milliseconds.
     #[arg(long, env = "REDCELL_ROUTER_TIMEOUT_MS", default_value_t = 5_000)]
@@ -97,7 +107,7 @@ impl Settings {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
         self.http.validate()?;
-        if self.auth_secret.len() < 16 {
+        if self.auth_keys_file.is_none() && self.auth_secret.len() < 16 {
             return Err("REDCELL_AUTH_SECRET must be at least 16 characters".into());
         }
         if self.meta.is_empty() && self.map.is_none() {

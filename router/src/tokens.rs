@@ -8,9 +8,13 @@
 //! verified in full. An entry is used only up to the token's own `exp` plus the verifier's
 //! leeway, the moment [`Verifier::verify`] would start refusing the same bytes, so the memory
 //! never accepts what a fresh verification would refuse. Failures are never remembered.
+//! An entry is also used only while the key ring holds the key set it was verified under: once
+//! a rotation changes the set (and may have dropped the token's key), every token is verified
+//! in full again.
 
 use quick_cache::sync::Cache;
 use topology::auth::{unix_now, AuthError, Principal, Verifier};
+use topology::keys::KeyRing;
 
 /// Tokens longer than this are verified every time, never remembered (ours are about 150
 /// bytes; the limit bounds the memory one entry can take).
@@ -18,16 +22,22 @@ const MAX_REMEMBERED_LEN: usize = 1024;
 
 pub struct Tokens {
     verifier: Verifier,
-    /// token → (principal, last acceptable Unix second); `None` when remembering is off.
-    seen: Option<Cache<String, (Principal, u64)>>,
+    /// token → (principal, last acceptable Unix second, the ring's generation it was
+    /// verified in); `None` when remembering is off.
+    seen: Option<Cache<String, (Principal, u64, u64)>>,
 }
 
 impl Tokens {
     /// `capacity`: tokens remembered at most (the least useful are dropped first); 0 turns
     /// the memory off.
     pub fn new(secret: &[u8], capacity: usize) -> Tokens {
+        Tokens::with_ring(KeyRing::single(secret), capacity)
+    }
+
+    /// Tokens verified against whatever `ring` holds.
+    pub fn with_ring(ring: KeyRing, capacity: usize) -> Tokens {
         Tokens {
-            verifier: Verifier::new(secret),
+            verifier: Verifier::with_ring(ring),
             seen: (capacity > 0).then(|| Cache::new(capacity)),
         }
     }
@@ -41,15 +51,18 @@ impl Tokens {
         let Some(seen) = &self.seen else {
             return self.verifier.verify(token);
         };
-        if let Some((who, until)) = seen.get(token) {
-            if unix_now() <= until {
+        // Read before verifying: an entry stored under a generation a concurrent rotation
+        // just left behind is refused at its next use.
+        let generation = self.verifier.ring().generation();
+        if let Some((who, until, verified_in)) = seen.get(token) {
+            if unix_now() <= until && verified_in == generation {
                 return Ok(who);
             }
             seen.remove(token);
         }
         let (who, until) = self.verifier.verify_until(token)?;
         if token.len() <= MAX_REMEMBERED_LEN {
-            seen.insert(token.to_owned(), (who.clone(), until));
+            seen.insert(token.to_owned(), (who.clone(), until, generation));
         }
         Ok(who)
     }
@@ -95,8 +108,8 @@ mod tests {
         tokens.verify(&t).unwrap();
         // Make the remembered entry stale, as time passing would.
         let seen = tokens.seen.as_ref().unwrap();
-        let (who, _) = seen.get(t.as_str()).unwrap();
-        seen.insert(t.clone(), (who, unix_now() - 1));
+        let (who, _, generation) = seen.get(t.as_str()).unwrap();
+        seen.insert(t.clone(), (who, unix_now() - 1, generation));
         // A fresh verification of the (still valid) token replaces it.
         assert!(tokens.verify(&t).is_ok());
         assert!(seen.get(t.as_str()).unwrap().1 > unix_now());
@@ -117,6 +130,18 @@ mod tests {
         };
         assert!(refused.verify(&old).is_err());
         assert!(refused.seen.as_ref().unwrap().get(old.as_str()).is_none());
+    }
+
+    #[test]
+    fn a_remembered_token_of_a_dropped_key_is_refused() {
+        let ring = KeyRing::single(SECRET);
+        let tokens = Tokens::with_ring(ring.clone(), 16);
+        let t = mint(SECRET, "u5", None, 60);
+        tokens.verify(&t).unwrap();
+        let new = b"fedcba9876543210-new";
+        ring.set(topology::keys::KeySet::single(new));
+        assert!(tokens.verify(&t).is_err(), "remembered past its key");
+        assert!(tokens.verify(&mint(new, "u5", None, 60)).is_ok());
     }
 
     #[test]

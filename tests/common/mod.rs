@@ -11,7 +11,7 @@ use harness::api::Client;
 use harness::ledger::{Ledger, Verification};
 use harness::load::{self, LoadArgs, Options, Report, Retry, Target};
 use harness::procs::eventually;
-use harness::up::{token, Up, SECRET};
+use harness::up::{Up, SECRET};
 use serde_json::Value;
 use topology::Slot;
 
@@ -35,6 +35,19 @@ impl Load {
     /// client would in an emergency failover), or shows it (a planned failover must not
     /// need it: the router retries the pause's 503s itself).
     pub fn start(up: &Up, rate: f64, duration: Duration, retry: bool, prefix: &str) -> Load {
+        Load::start_with_keys(up, rate, duration, retry, prefix, None)
+    }
+
+    /// [`Load::start`] minting its tokens with `keys`' current key (a load across a key
+    /// rotation) instead of the deployment's first secret.
+    pub fn start_with_keys(
+        up: &Up,
+        rate: f64,
+        duration: Duration,
+        retry: bool,
+        prefix: &str,
+        keys: Option<topology::keys::KeyRing>,
+    ) -> Load {
         let ledger = Arc::new(Ledger::new());
         let args = LoadArgs {
             rate,
@@ -63,6 +76,7 @@ impl Load {
                 Retry::NEVER
             }),
             ledger: Some(ledger.clone()),
+            keys,
             ..Options::default()
         };
         let handle = tokio::spawn(async move {
@@ -110,7 +124,7 @@ pub async fn books_hold(up: &Up, ledger: &Ledger) -> Verification {
     let v = ledger
         .verify(
             &client,
-            &token("svc:e2e", Some("admin")),
+            &up.token("svc:e2e", Some("admin")),
             8,
             Duration::from_secs(20),
         )

@@ -2,12 +2,19 @@
 //!
 //! Every process verifies every token itself; nothing here trusts a header someone added.
 //! Pure: the caller supplies the secret and the current time comes from the token library.
+//!
+//! Key rotation: a token names the key that signed it in its header (`kid`, see
+//! [`crate::keys::kid`]); a [`Verifier`] checks it against that key of its [`KeyRing`] and
+//! refuses a kid the ring does not hold; a token without a kid (minted before kids) is tried
+//! against every key of the ring, in order. A [`Credential`] mints with the ring's current
+//! key and mints again as soon as the ring changes.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::keys::{Key, KeyRing};
 use crate::Uid;
 
 /// The claims redcell reads from a token.
@@ -57,29 +64,37 @@ pub enum AuthError {
 /// Seconds a token is still accepted past its `exp` (clock skew between processes).
 pub const LEEWAY_S: u64 = 5;
 
-/// Verifies tokens against one deployment secret.
+/// Verifies tokens against the keys of a [`KeyRing`] (one deployment secret, or, during a
+/// rotation, the current and the previous ones).
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    ring: KeyRing,
     validation: Validation,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Verifier { key: <secret> }")
+        write!(f, "Verifier {{ {:?} }}", self.ring)
     }
 }
 
 impl Verifier {
+    /// A verifier of one secret, for good.
     pub fn new(secret: &[u8]) -> Verifier {
+        Verifier::with_ring(KeyRing::single(secret))
+    }
+
+    /// A verifier of whatever keys `ring` holds at each verification.
+    pub fn with_ring(ring: KeyRing) -> Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_S;
         validation.validate_exp = true;
         validation.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
-        Verifier {
-            key: DecodingKey::from_secret(secret),
-            validation,
-        }
+        Verifier { ring, validation }
+    }
+
+    pub fn ring(&self) -> &KeyRing {
+        &self.ring
     }
 
     /// Verifies an `Authorization` header value (`Bearer <jwt>`).
@@ -95,8 +110,42 @@ impl Verifier {
     /// time) at which [`Verifier::verify`] would still accept these exact bytes, `exp` plus
     /// the leeway. For callers that remember verified tokens.
     pub fn verify_until(&self, token: &str) -> Result<(Principal, u64), AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let invalid = |e: jsonwebtoken::errors::Error| AuthError::Invalid(e.to_string());
+        let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+        let set = self.ring.load();
+        let decode =
+            |key: &Key| jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation);
+        let data = match header.kid {
+            Some(kid) => {
+                let key = set
+                    .get(&kid)
+                    .ok_or_else(|| AuthError::Invalid(format!("unknown key id {kid:?}")))?;
+                decode(key).map_err(invalid)?
+            }
+            // Minted before tokens named their key: the first key whose signature matches
+            // decides (its answer, an expiry say, is the answer).
+            None => {
+                let mut last = None;
+                let mut found = None;
+                for key in set.iter() {
+                    match decode(key) {
+                        Err(e)
+                            if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature =>
+                        {
+                            last = Some(e)
+                        }
+                        other => {
+                            found = Some(other);
+                            break;
+                        }
+                    }
+                }
+                match found {
+                    Some(r) => r.map_err(invalid)?,
+                    None => return Err(invalid(last.expect("a key set is never empty"))),
+                }
+            }
+        };
         let claims = data.claims;
         let until = claims.exp.saturating_add(LEEWAY_S);
         Self::principal(claims).map(|who| (who, until))
@@ -145,12 +194,14 @@ enum CredentialKind {
     /// A token given as is (an operator's, a test's); never renewed.
     Fixed(std::sync::Arc<str>),
     Minted {
-        secret: Vec<u8>,
+        ring: KeyRing,
         sub: String,
         scope: Option<String>,
         ttl_s: u64,
-        /// The current token and the Unix second after which it is renewed.
-        current: std::sync::RwLock<(std::sync::Arc<str>, u64)>,
+        /// The current token, the Unix second after which it is renewed, and the ring's
+        /// generation it was minted in (a token of an older generation is minted again: its
+        /// key may be on its way out).
+        current: std::sync::RwLock<(std::sync::Arc<str>, u64, u64)>,
     },
 }
 
@@ -178,15 +229,22 @@ impl Credential {
     /// Tokens for `sub` with `scope`, each valid `ttl_s` seconds (at least 2), renewed at half
     /// of that.
     pub fn minted(secret: &[u8], sub: &str, scope: Option<&str>, ttl_s: u64) -> Credential {
+        Credential::minted_with(&KeyRing::single(secret), sub, scope, ttl_s)
+    }
+
+    /// [`Credential::minted`] with the current key of `ring`, minted again whenever the ring
+    /// takes another key set.
+    pub fn minted_with(ring: &KeyRing, sub: &str, scope: Option<&str>, ttl_s: u64) -> Credential {
         let ttl_s = ttl_s.max(2);
-        let token = mint(secret, sub, scope, ttl_s);
+        let generation = ring.generation();
+        let token = mint_with(ring.load().current(), sub, scope, ttl_s);
         Credential {
             kind: CredentialKind::Minted {
-                secret: secret.to_vec(),
+                ring: ring.clone(),
                 sub: sub.to_owned(),
                 scope: scope.map(str::to_owned),
                 ttl_s,
-                current: std::sync::RwLock::new((token.into(), unix_now() + ttl_s / 2)),
+                current: std::sync::RwLock::new((token.into(), unix_now() + ttl_s / 2, generation)),
             },
         }
     }
@@ -200,24 +258,25 @@ impl Credential {
         match &self.kind {
             CredentialKind::Fixed(t) => t.clone(),
             CredentialKind::Minted {
-                secret,
+                ring,
                 sub,
                 scope,
                 ttl_s,
                 current,
             } => {
+                let generation = ring.generation();
                 {
                     let cur = current.read().unwrap_or_else(|p| p.into_inner());
-                    if now < cur.1 {
+                    if now < cur.1 && cur.2 == generation {
                         return cur.0.clone();
                     }
                 }
                 let mut cur = current.write().unwrap_or_else(|p| p.into_inner());
-                if now >= cur.1 {
-                    *cur = (
-                        mint(secret, sub, scope.as_deref(), *ttl_s).into(),
-                        now + ttl_s / 2,
-                    );
+                if now >= cur.1 || cur.2 != generation {
+                    // The generation is read before the set: a set swapped in between is
+                    // newer than `generation` and is minted with again on the next call.
+                    let token = mint_with(ring.load().current(), sub, scope.as_deref(), *ttl_s);
+                    *cur = (token.into(), now + ttl_s / 2, generation);
                 }
                 cur.0.clone()
             }
@@ -239,25 +298,104 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Mints a token for `sub` valid for `ttl_s` seconds (cellctl token, tests, internal calls).
+/// Mints a token for `sub` valid for `ttl_s` seconds (cellctl token, tests, internal calls),
+/// naming the secret's [`kid`](crate::keys::kid) in its header.
 pub fn mint(secret: &[u8], sub: &str, scope: Option<&str>, ttl_s: u64) -> String {
+    mint_with(
+        crate::keys::KeySet::single(secret).current(),
+        sub,
+        scope,
+        ttl_s,
+    )
+}
+
+/// [`mint`] with a prepared key.
+pub fn mint_with(key: &Key, sub: &str, scope: Option<&str>, ttl_s: u64) -> String {
     let now = unix_now();
     let claims = Claims {
         sub: sub.to_owned(),
         exp: now + ttl_s,
         scope: scope.map(str::to_owned),
     };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .expect("HS256 encoding of plain claims cannot fail")
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, &claims, &key.encoding)
+        .expect("HS256 encoding of plain claims cannot fail")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::KeySet;
+    use jsonwebtoken::EncodingKey;
+
+    const OLD: &[u8] = b"old-secret-0123456789";
+    const NEW: &[u8] = b"new-secret-0123456789";
+
+    /// A token as minted before tokens named their key.
+    fn without_kid(secret: &[u8], sub: &str) -> String {
+        let claims = Claims {
+            sub: sub.into(),
+            exp: unix_now() + 60,
+            scope: None,
+        };
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn during_a_rotation_both_keys_verify_and_after_it_only_the_new_one() {
+        let ring = KeyRing::single(OLD);
+        let v = Verifier::with_ring(ring.clone());
+        let old = mint(OLD, "u1", None, 60);
+        let old_bare = without_kid(OLD, "u1");
+        let new = mint(NEW, "u1", None, 60);
+        let new_bare = without_kid(NEW, "u1");
+        assert!(v.verify(&old).is_ok() && v.verify(&old_bare).is_ok());
+        assert!(v.verify(&new).is_err() && v.verify(&new_bare).is_err());
+        // The new key is accepted (the old still mints), then current, then alone.
+        let both = |first: &[u8], second: &[u8]| {
+            KeySet::parse(&format!(
+                "{}\n{}\n",
+                std::str::from_utf8(first).unwrap(),
+                std::str::from_utf8(second).unwrap()
+            ))
+            .unwrap()
+        };
+        for set in [both(OLD, NEW), both(NEW, OLD)] {
+            ring.set(set);
+            for t in [&old, &old_bare, &new, &new_bare] {
+                assert_eq!(v.verify(t).unwrap().uid().unwrap().as_str(), "u1");
+            }
+        }
+        ring.set(KeySet::single(NEW));
+        assert!(v.verify(&new).is_ok() && v.verify(&new_bare).is_ok());
+        let err = v.verify(&old).unwrap_err().to_string();
+        assert!(err.contains("unknown key id"), "{err}");
+        assert!(v.verify(&old_bare).is_err());
+        // A kid that names a held key does not make another key's signature good.
+        let mut forged: Vec<&str> = old.split('.').collect();
+        let new_parts: Vec<&str> = new.split('.').collect();
+        forged[0] = new_parts[0];
+        assert!(v.verify(&forged.join(".")).is_err());
+    }
+
+    #[test]
+    fn a_credential_mints_with_the_current_key_as_soon_as_it_changes() {
+        let ring = KeyRing::single(OLD);
+        let c = Credential::minted_with(&ring, "svc:cell-c1", Some("internal"), 3600);
+        let first = c.token();
+        assert!(Verifier::new(OLD).verify(&first).is_ok());
+        assert_eq!(c.token(), first, "kept while the ring is unchanged");
+        ring.set(KeySet::parse("new-secret-0123456789\nold-secret-0123456789").unwrap());
+        let second = c.token();
+        assert!(Verifier::new(NEW).verify(&second).is_ok());
+        assert!(Verifier::new(OLD).verify(&second).is_err());
+    }
 
     #[test]
     fn users_and_services_verify() {

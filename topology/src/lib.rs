@@ -1,5 +1,5 @@
 //! The shared vocabulary of redcell: slots, the ids the system mints (each carries its slot),
-//! user ids, credentials (JWT claims and their verification), cells the `CellMap` (slots → shards → cells) with its JSON form, and the placement of slots onto cells.
+//! user ids, credentials (JWT claims and their verification, the key ring a rotation swaps), cells the `CellMap` (slots → shards → cells) with its JSON form, and the placement of slots onto cells.
 //!
 //! Everything here is pure: no I/O, no clocks, no global state. Every other crate depends on
 //! these types (and, for the JSON that crosses processes, on `wire`, built on them) and on
@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod ids;
+pub mod keys;
 mod map;
 pub mod placement;
 mod slot;

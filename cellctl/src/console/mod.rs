@@ -70,7 +70,9 @@ pub struct Picture {
 struct Shared {
     verifier: topology::auth::Verifier,
     layout: Layout,
-    secret: String,
+    /// The deployment's keys, following the keys file as the services do (a rotation
+    /// reaches the console without a restart).
+    keys: topology::keys::KeyRing,
     picture: RwLock<Option<Arc<Picture>>>,
     /// Why the last gathering failed (no deployment.json yet, …).
     error: RwLock<Option<String>>,
@@ -100,15 +102,15 @@ pub struct Console {
 /// Binds `listen` and serves the console of the deployment under `layout` in the
 /// background, with its gatherer.
 pub async fn start(layout: &Layout, secret: &str, listen: &str) -> anyhow::Result<Console> {
-    let secret = secret.to_owned();
+    let keys = raft_meta::keys::ring(Some(secret), Some(&layout.keys()))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the console to {listen}"))?;
     let addr: SocketAddr = listener.local_addr()?;
     let shared = Arc::new(Shared {
-        verifier: topology::auth::Verifier::new(secret.as_bytes()),
+        verifier: topology::auth::Verifier::with_ring(keys.clone()),
         layout: layout.clone(),
-        secret,
+        keys,
         picture: RwLock::new(None),
         error: RwLock::new(None),
         rings: Mutex::new(Rings::default()),
@@ -356,7 +358,9 @@ async fn api_switch(
             )
         }
     };
-    let client = crate::up::admin_client(record.meta_nodes(), &shared.secret)
+    let credential =
+        topology::auth::Credential::minted_with(&shared.keys, "svc:cellctl", Some("admin"), 3600);
+    let client = raft_meta::client::MetaClient::new(record.meta_nodes(), credential)
         .with_deadline(Duration::from_secs(5));
     match client.set_switch(&name, body.on, &body.message).await {
         Ok(version) => {

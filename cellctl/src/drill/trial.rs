@@ -468,6 +468,7 @@ pub async fn run(ctx: &Ctx, k: u32, seed: u64) -> anyhow::Result<Trial> {
         tap: Some(tap),
         stop: Some(stop.clone()),
         started: Some(started_tx),
+        keys: None,
     };
     let mut load = tokio::spawn(async move { load::run_with(&load_args, &target, opts).await });
     let origin: Instant = match started_rx.await {

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
+use topology::auth::Credential;
+use topology::keys::KeyRing;
 
 use super::parse::OpKind;
 use crate::api::{Answer, Claim as ApiClaim, Client, Reply};
@@ -136,18 +138,20 @@ impl Retry {
 /// retry policy and the ledger.
 pub struct Api {
     client: Client,
-    secret: Vec<u8>,
+    /// The keys tokens are minted with: the target's secret, or a ring that follows a key
+    /// rotation ([`Api::with_keys`]); every credential below mints again when it changes.
+    keys: KeyRing,
     /// Lifetime of minted tokens: the whole run plus margin, so none expires mid-run.
     token_ttl_s: u64,
     /// Distinguishes this run's grant ids and idempotency keys from every other run's.
     run_id: String,
     /// Uids are `{prefix}{i}`.
     user_prefix: String,
-    /// One token per user, minted on first use (`OnceLock`: lock-free once set, and two
-    /// tasks racing to mint the same token only waste a signature).
-    user_tokens: Vec<OnceLock<String>>,
-    activity_token: String,
-    payments_token: String,
+    /// One credential per user, made on first use (`OnceLock`: lock-free once set, and two
+    /// tasks racing to make the same one only waste a signature).
+    user_tokens: Vec<OnceLock<Credential>>,
+    activity_token: Credential,
+    payments_token: Credential,
     retry: Retry,
     ledger: Option<Arc<Ledger>>,
 }
@@ -169,28 +173,35 @@ impl Api {
                 .unwrap_or(0)
                 ^ u128::from(rand::random::<u32>())
         );
+        let keys = KeyRing::single(secret);
         Ok(Api {
             client: Client::new(base, timeout, max_in_flight)?,
-            secret: secret.to_vec(),
             token_ttl_s,
             run_id,
             user_prefix: "load-u".into(),
             user_tokens: (0..users).map(|_| OnceLock::new()).collect(),
-            activity_token: topology::auth::mint(
-                secret,
-                "svc:activity",
-                Some("subsidy:grant"),
-                token_ttl_s,
-            ),
-            payments_token: topology::auth::mint(
-                secret,
-                "svc:payments",
-                Some("payment:callback"),
-                token_ttl_s,
-            ),
+            activity_token: Self::service(&keys, "svc:activity", "subsidy:grant", token_ttl_s),
+            payments_token: Self::service(&keys, "svc:payments", "payment:callback", token_ttl_s),
+            keys,
             retry: Retry::NEVER,
             ledger: None,
         })
+    }
+
+    fn service(keys: &KeyRing, sub: &str, scope: &str, ttl_s: u64) -> Credential {
+        Credential::minted_with(keys, sub, Some(scope), ttl_s)
+    }
+
+    /// Mints with `keys`' current key, as it changes (a load across a key rotation).
+    pub fn with_keys(mut self, keys: KeyRing) -> Api {
+        let ttl_s = self.token_ttl_s;
+        self.activity_token = Self::service(&keys, "svc:activity", "subsidy:grant", ttl_s);
+        self.payments_token = Self::service(&keys, "svc:payments", "payment:callback", ttl_s);
+        self.user_tokens = (0..self.user_tokens.len())
+            .map(|_| OnceLock::new())
+            .collect();
+        self.keys = keys;
+        self
     }
 
     /// Uids `{prefix}0 …` instead of `load-u0 …`.
@@ -220,10 +231,12 @@ impl Api {
         format!("{}{i}", self.user_prefix)
     }
 
-    fn user_token(&self, i: usize) -> &str {
-        self.user_tokens[i].get_or_init(|| {
-            topology::auth::mint(&self.secret, &self.uid(i), None, self.token_ttl_s)
-        })
+    fn user_token(&self, i: usize) -> Arc<str> {
+        self.user_tokens[i]
+            .get_or_init(|| {
+                Credential::minted_with(&self.keys, &self.uid(i), None, self.token_ttl_s)
+            })
+            .token()
     }
 
     fn key(&self, n: u64) -> String {
@@ -386,10 +399,12 @@ async fn grant(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
     let grant_id = api.key(plan.n);
     let amount = i64::from(plan.amount);
     let expires_at = rfc3339_in(Duration::from_secs(86_400));
+    let (g, u, e) = (&grant_id, &uid, &expires_at);
     let (mut steps, reply) = api
         .call(Step::Grant, &[&uid, &grant_id], || {
-            api.client
-                .grant(&api.activity_token, &grant_id, &uid, amount, &expires_at)
+            // Minted per attempt: a retry after a key rotation signs with the new key.
+            let token = api.activity_token.token();
+            async move { api.client.grant(&token, g, u, amount, e).await }
         })
         .await;
     let Some(subsidy_id) = require(&mut steps, &reply, "/subsidy_id") else {
@@ -405,10 +420,11 @@ async fn grant(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
     }
     let key = api.key(plan.n);
     let count = i64::from(plan.count);
-    let token = api.user_token(plan.user);
+    let (k, sub) = (&key, &subsidy_id);
     let (mut sent, reply) = api
         .call(Step::SendB2c, &[&uid], || {
-            api.client.send_b2c(token, &key, &subsidy_id, count)
+            let token = api.user_token(plan.user);
+            async move { api.client.send_b2c(&token, k, sub, count).await }
         })
         .await;
     let packet_id = require(&mut sent, &reply, "/packet_id");
@@ -440,10 +456,11 @@ pub async fn send(api: &Api, pool: &Pool, plan: &Plan, count: u32, total: u32) -
     let uid = api.uid(plan.user);
     let key = api.key(plan.n);
     let (total, count) = (i64::from(total), i64::from(count));
-    let token = api.user_token(plan.user);
+    let k = &key;
     let (mut steps, reply) = api
         .call(Step::SendC2c, &[&uid], || {
-            api.client.send_c2c(token, &key, total, count, "load")
+            let token = api.user_token(plan.user);
+            async move { api.client.send_c2c(&token, k, total, count, "load").await }
         })
         .await;
     let (Some(packet_id), Some(payment_id)) = (
@@ -465,9 +482,11 @@ pub async fn send(api: &Api, pool: &Pool, plan: &Plan, count: u32, total: u32) -
             payment_id: Some(payment_id.clone()),
         });
     }
+    let pid = &payment_id;
     let (paid, _) = api
         .call(Step::Callback, &[&payment_id], || {
-            api.client.callback(&api.payments_token, &payment_id, true)
+            let token = api.payments_token.token();
+            async move { api.client.callback(&token, pid, true).await }
         })
         .await;
     let ok = last_ok(&paid);
@@ -490,10 +509,11 @@ async fn claim(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
     let Some(packet_id) = pool.pick(plan.pick) else {
         return Vec::new();
     };
-    let token = api.user_token(plan.user);
+    let id = &packet_id;
     let (steps, reply) = api
         .call(Step::Claim, &[&packet_id], || {
-            api.client.claim(token, &packet_id)
+            let token = api.user_token(plan.user);
+            async move { api.client.claim(&token, id).await }
         })
         .await;
     match &reply.answer {
@@ -514,7 +534,6 @@ async fn claim(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
 }
 
 async fn read(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
-    let token = api.user_token(plan.user);
     let (step, key, path) = match plan.read {
         1 => {
             let uid = api.uid(plan.user);
@@ -544,7 +563,11 @@ async fn read(api: &Api, pool: &Pool, plan: &Plan) -> Vec<StepResult> {
         }
     };
     let (steps, _) = api
-        .call(step, &[&key], || api.client.get(&path, token))
+        .call(step, &[&key], || {
+            let token = api.user_token(plan.user);
+            let path = &path;
+            async move { api.client.get(path, &token).await }
+        })
         .await;
     steps
 }

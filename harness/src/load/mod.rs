@@ -128,6 +128,9 @@ pub struct Options {
     pub stop: Option<CancellationToken>,
     /// Told when the clock starts (after seeding), with the instant of operation 0's due time.
     pub started: Option<oneshot::Sender<Instant>>,
+    /// Mint with this ring's current key instead of the target's secret (a load across a
+    /// key rotation: the ring follows the deployment's keys file).
+    pub keys: Option<topology::keys::KeyRing>,
 }
 
 /// One finished operation, for a tap.
@@ -206,6 +209,9 @@ pub async fn run_with(
     )?;
     if let Some(prefix) = &opts.user_prefix {
         api = api.with_user_prefix(prefix);
+    }
+    if let Some(keys) = &opts.keys {
+        api = api.with_keys(keys.clone());
     }
     if let Some(retry) = opts.retry {
         api = api.with_retry(retry);
