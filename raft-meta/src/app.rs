@@ -68,6 +68,7 @@ impl LeaderOp {
                 | Command::MoveSlots { .. }
                 | Command::SetSwitch { .. }
                 | Command::SetPolicy { .. }
+                | Command::SetBreaker { .. }
                 // Only the leader's own detector writes liveness, in process; no route asks
                 // for it, so from outside it is an operator's override at most.
                 | Command::SetLiveness { .. }
