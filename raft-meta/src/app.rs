@@ -94,7 +94,7 @@ impl LeaderOp {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LeaderReply {
     Written { version: u64 },
-    Map(MapView),
+    Map(Box<MapView>),
     Done,
     Liveness(BTreeMap<CellId, LivenessReport>),
 }
@@ -316,7 +316,7 @@ impl Node {
                     .map_err(|_| {
                         ApiError::CommitTimeout("leadership not confirmed in time".into())
                     })??;
-                Ok(LeaderReply::Map(self.map.current().view()))
+                Ok(LeaderReply::Map(Box::new(self.map.current().view())))
             }
             LeaderOp::AddLearner { id, addr } => {
                 self.raft

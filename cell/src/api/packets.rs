@@ -14,6 +14,7 @@ use super::extract::{rule, Authorized, Caller, Json, PathText};
 use crate::app::Ctx;
 use crate::domain::model::Packet;
 use crate::domain::validate::{self, CallbackBody, SendBody};
+use crate::domain::PacketKind;
 use crate::shards::Served;
 use crate::store::{CallbackOutcome, NewPacket, SendOutcome};
 
@@ -31,6 +32,7 @@ fn raw_json(status: StatusCode, body: String) -> Response {
         (status = 404, description = "subsidy_not_found", content_type = "application/problem+json", body = super::openapi::Problem),
         (status = 409, description = "subsidy_unavailable: the subsidy is used or expired", content_type = "application/problem+json", body = super::openapi::Problem),
         (status = 422, description = "idempotency_key_reused: the same key with another body", content_type = "application/problem+json", body = super::openapi::Problem),
+        (status = 503, description = "degraded: C2C sends are paused while the payment provider is failing (Retry-After); nothing was written", content_type = "application/problem+json", body = super::openapi::Problem),
     ))]
 pub async fn handle_send(
     State(ctx): State<Ctx>,
@@ -46,6 +48,20 @@ pub async fn handle_send(
     let cmd = validate::send_packet(body.value, ctx.limits)?;
     let slot = sender.slot();
     let shard = ctx.shards.serve(slot)?;
+    // **Invariant:** a degraded refusal happens before anything is written: no packet, no
+    // payment, no idempotency record (a retry with the same key after recovery is a first
+    // send), and no money moves. B2C sends (funded by a subsidy, no provider call) and claims
+    // never look at the breaker.
+    if cmd.kind() == PacketKind::C2c {
+        if let Some(retry_after) = ctx.breaker.refusing(std::time::Instant::now()) {
+            metrics::counter!("redcell_sends_degraded_total").increment(1);
+            return Err(ApiError::degraded(
+                "C2C sends are paused: the payment provider is failing or slow; \
+                 claims and subsidy (B2C) packets still work; retry later",
+            )
+            .retry_after(retry_after));
+        }
+    }
     let fence = shard.fence();
     let hash = format!("{:x}", Sha256::digest(body.canonical.as_bytes()));
     let packet_id = MintedId::mint(IdKind::Packet, slot);
