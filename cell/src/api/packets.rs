@@ -32,7 +32,6 @@ fn raw_json(status: StatusCode, body: String) -> Response {
         (status = 404, description = "subsidy_not_found", content_type = "application/problem+json", body = super::openapi::Problem),
         (status = 409, description = "subsidy_unavailable: the subsidy is used or expired", content_type = "application/problem+json", body = super::openapi::Problem),
         (status = 422, description = "idempotency_key_reused: the same key with another body", content_type = "application/problem+json", body = super::openapi::Problem),
-        (status = 503, description = "degraded: C2C sends are paused while the payment provider is failing (Retry-After); nothing was written", content_type = "application/problem+json", body = super::openapi::Problem),
     ))]
 pub async fn handle_send(
     State(ctx): State<Ctx>,
