@@ -120,6 +120,7 @@ async fn c2c_sends_degrade_while_the_cashier_fails_and_recover_by_themselves() {
     // Act 1: the cashier fails. Sends are taken (and their payments fail to register) until
     // the breaker has seen enough failed calls; then they are refused.
     cashier.set_faults(true, 0).await;
+    let failed_at = Instant::now();
     let mut taken = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let refused = loop {
@@ -139,6 +140,11 @@ async fn c2c_sends_degrade_while_the_cashier_fails_and_recover_by_themselves() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let refused_key = format!("while-failing-{}", taken.len());
+    eprintln!(
+        "degraded after {} sends taken, {} ms after the cashier failed",
+        taken.len(),
+        failed_at.elapsed().as_millis()
+    );
 
     // Assert 1: 503 degraded, problem+json, Retry-After, a human message.
     assert_eq!(
@@ -196,12 +202,17 @@ async fn c2c_sends_degrade_while_the_cashier_fails_and_recover_by_themselves() {
 
     // Act 2: the cashier heals; nothing else is done.
     cashier.set_faults(false, 0).await;
+    let healed_at = Instant::now();
 
     // Assert 2: sends come back by themselves (cool-down, then two good probes).
     wait_until("C2C sends are taken again", || async {
         breaker(&cell).await["state"] == "closed"
     })
     .await;
+    eprintln!(
+        "closed again {} ms after the cashier healed",
+        healed_at.elapsed().as_millis()
+    );
     assert_eq!(
         metric(&cell, "redcell_provider_breaker_state").await,
         Some(0.0)
