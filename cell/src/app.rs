@@ -20,7 +20,8 @@ use crate::config::{self, Settings, Switch};
 use crate::domain::validate::Limits;
 use crate::meta::Follower;
 use crate::ownership::Ownership;
-use crate::payments::HttpProvider;
+use crate::payments::breaker::Breaker;
+use crate::payments::{Guarded, HttpProvider};
 use crate::peer::Peers;
 use crate::replication::Replicas;
 use crate::roles::{Home, Roles};
@@ -51,6 +52,9 @@ pub struct CtxInner {
     pub shutting_down: CancellationToken,
     /// The replicas this cell hosts.
     pub replicas: Replicas,
+    /// The payment provider's circuit breaker (closed for good without a provider): C2C
+    /// sends are refused with 503 `degraded` while it is not closed.
+    pub breaker: Arc<Breaker>,
 }
 
 impl std::ops::Deref for Ctx {
@@ -87,6 +91,8 @@ pub struct App {
     journal_prune_every: Duration,
     /// The serving loop's connection limits.
     http: serve::Limits,
+    /// The guarded provider, whose prober closes the breaker when the provider heals.
+    prober: Option<Arc<Guarded>>,
     /// Stops every task of the cell.
     cancel: CancellationToken,
 }
@@ -219,6 +225,12 @@ impl App {
             None => Gate::local(),
         };
         let clock = Arc::new(Clock::default());
+        // The recorder first: the breaker publishes its state from the start.
+        let metrics = metrics_handle();
+        let breaker = Breaker::new(
+            loaded.as_ref().map(|v| v.breaker).unwrap_or_default(),
+            std::time::Instant::now(),
+        );
         let queue = (settings.claim_queue == Switch::On).then_some(settings.claim_batch_max);
         let wake = Arc::new(Notify::new());
         let cancel = CancellationToken::new();
@@ -230,6 +242,13 @@ impl App {
             .connect_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| StartError::Settings(format!("http client: {e}")))?;
+        // Every call to the cashier goes through the breaker.
+        let provider = settings.payment_provider.as_deref().map(|base| {
+            Arc::new(Guarded {
+                inner: Arc::new(HttpProvider::new(base, http.clone())),
+                breaker: breaker.clone(),
+            })
+        });
         let peers = Peers {
             http: http.clone(),
             credential: Arc::new(topology::auth::Credential::minted_with(
@@ -256,10 +275,9 @@ impl App {
             local_ack: settings.acknowledge == config::Acknowledge::Local,
             worker_interval: Duration::from_millis(settings.worker_interval_ms.max(10)),
             wake: wake.clone(),
-            provider: settings.payment_provider.as_deref().map(|base| {
-                Arc::new(HttpProvider::new(base, http.clone()))
-                    as Arc<dyn crate::payments::PaymentProvider>
-            }),
+            provider: provider
+                .clone()
+                .map(|p| p as Arc<dyn crate::payments::PaymentProvider>),
             payment_recheck: Duration::from_millis(settings.payment_recheck_ms.max(10)),
             journal_retention: Duration::from_secs(settings.journal_retention_s),
             journal_prune_every: Duration::from_millis(settings.journal_prune_every_ms.max(100)),
@@ -296,11 +314,12 @@ impl App {
                 max_count: settings.max_count,
             },
             body_timeout: Duration::from_millis(settings.body_timeout_ms),
-            metrics: metrics_handle(),
+            metrics,
             test_clock: settings.test_clock,
             wake: wake.clone(),
             shutting_down: cancel.clone(),
             replicas,
+            breaker: breaker.clone(),
         }));
         let follower = meta_client.map(|client| Follower {
             client,
@@ -310,6 +329,7 @@ impl App {
             heartbeat: Duration::from_millis(settings.heartbeat_ms.max(50)),
             cancel: cancel.clone(),
             roles: roles.wake.clone(),
+            breaker: breaker.clone(),
         });
         tracing::info!(
             cell = %me,
@@ -328,6 +348,7 @@ impl App {
             journal_retention: Duration::from_secs(settings.journal_retention_s),
             journal_prune_every: Duration::from_millis(settings.journal_prune_every_ms.max(100)),
             http: settings.http.clone(),
+            prober: provider,
             cancel,
         })
     }
@@ -349,6 +370,7 @@ impl App {
             journal_retention,
             journal_prune_every,
             http,
+            prober,
             cancel,
         } = self;
         let drained = CancellationToken::new();
@@ -360,6 +382,11 @@ impl App {
         );
         if let Some(f) = follower {
             handles.extend(f.spawn());
+        }
+        if let Some(p) = prober {
+            handles.push(tokio::spawn(
+                p.run_prober(Duration::from_millis(250), cancel.clone()),
+            ));
         }
         let router = crate::api::router(ctx.clone());
         let stop = cancel.clone();

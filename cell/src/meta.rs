@@ -32,6 +32,8 @@ pub struct Follower {
     pub cancel: CancellationToken,
     /// Woken when a new map is installed (`roles.rs`).
     pub roles: Arc<tokio::sync::Notify>,
+    /// Follows the map's breaker thresholds.
+    pub breaker: Arc<crate::payments::breaker::Breaker>,
 }
 
 impl Follower {
@@ -39,6 +41,8 @@ impl Follower {
         let hook = CellHook {
             shards: self.shards.clone(),
             roles: self.roles.clone(),
+            breaker: self.breaker.clone(),
+            breaker_version: Default::default(),
         };
         let follower = Arc::new(MapFollower::new(
             self.client.clone(),
@@ -63,12 +67,22 @@ impl Follower {
 pub struct CellHook {
     shards: Arc<Shards>,
     roles: Arc<tokio::sync::Notify>,
+    breaker: Arc<crate::payments::breaker::Breaker>,
+    breaker_version: std::sync::atomic::AtomicU64,
 }
 
 impl MapHook for CellHook {
-    /// The durability control (policy, run-alone grant) comes from every view raft-meta
-    /// answers, newer or not.
+    /// The durability control (policy, run-alone grant) and the payment breaker's
+    /// thresholds come from every view raft-meta answers, newer or not.
     fn see(&self, view: &MapView) {
+        // The thresholds of the newest view seen, never an older one's.
+        let seen = self
+            .breaker_version
+            .fetch_max(view.version, std::sync::atomic::Ordering::Relaxed);
+        if view.version >= seen {
+            self.breaker
+                .set_policy(view.breaker, std::time::Instant::now());
+        }
         self.shards.set_controls(
             view.policies
                 .iter()

@@ -4,55 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cashier::Cashier;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
-
-/// The fake cashier, as a real process on loopback.
-struct Cashier {
-    url: String,
-    child: Child,
-}
-
-impl Cashier {
-    fn start(outcome: &str, drop_callbacks: f64) -> Cashier {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fake-cashier"))
-            .args([
-                "--outcome",
-                outcome,
-                "--delay-ms",
-                "100",
-                "--drop-callbacks",
-                &drop_callbacks.to_string(),
-            ])
-            .env("REDCELL_AUTH_SECRET", SECRET)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn fake-cashier");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("fake-cashier address")
-            .to_owned();
-        Cashier { url, child }
-    }
-}
-
-impl Drop for Cashier {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn cell_with(cashier: Option<&Cashier>) -> TestCell {
     let mut args: Vec<String> = vec![

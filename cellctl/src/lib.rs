@@ -9,6 +9,7 @@
 //! never opens a cell's database, never decides ownership itself (raft-meta does), and never
 //! sends traffic anywhere but the deployment it was pointed at.
 
+pub mod breaker;
 pub mod console;
 pub mod deployment;
 pub mod drill;

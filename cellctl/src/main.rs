@@ -98,6 +98,10 @@ enum Cmd {
         #[arg(long, default_value = "")]
         message: String,
     },
+    /// Show or change the payment-provider breaker's thresholds (every cell): e.g.
+    /// `cellctl breaker --max-error-pct 30 --open-s 10`. C2C sends answer 503 degraded while
+    /// a cell's breaker is open; `status` shows it.
+    Breaker(cellctl::breaker::Change),
     /// What a shard's primary does when its backup is unreachable: `refuse` money writes
     /// (503 until a backup acknowledges again), or `async`: run alone under a grant from
     /// raft-meta, which then names another backup. Keeps the shard's auto-failover setting.
@@ -259,6 +263,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "switch {name} {} (map version {version})",
                 if on { "on" } else { "off" }
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Breaker(change) => {
+            println!("{}", cellctl::breaker::run(&layout, &change).await?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Policy { shard, policy } => {

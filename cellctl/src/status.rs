@@ -87,6 +87,8 @@ pub struct CellStatus {
     /// Set when the cell lost a shard at a failover and is neither its primary nor its
     /// backup: it serves nothing of it until `cellctl rebuild` makes it the backup again.
     pub fenced: Option<String>,
+    /// Its payment-provider breaker: `closed`, `open`, `half_open` (`-`: no answer).
+    pub payments: String,
 }
 
 /// A shard's last failover, as raft-meta recorded it, and how long it took.
@@ -154,6 +156,36 @@ pub struct Replication {
     /// Divergent tails this cell found and set aside.
     #[serde(default)]
     pub divergent: Vec<serde_json::Value>,
+    /// The cell's payment-provider breaker (absent from cells before it).
+    #[serde(default)]
+    pub payment_breaker: Option<BreakerSide>,
+}
+
+/// A cell's payment-provider breaker, from its replication answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BreakerSide {
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub retry_after_s: u32,
+}
+
+/// What the status says of a cell's payments: `None` while its breaker is closed; else why
+/// C2C sends are degraded (amber: the cell serves, minus C2C sends).
+pub fn payments_note(b: &BreakerSide) -> Option<String> {
+    match b.state.as_str() {
+        "closed" => None,
+        "open" => Some(format!(
+            "C2C sends degraded (payment provider: {}; probes in {} s)",
+            b.reason, b.retry_after_s
+        )),
+        other => Some(format!(
+            "C2C sends degraded (payment provider {other}: probing; last: {})",
+            b.reason
+        )),
+    }
 }
 
 /// The top-level fields: the cell's own shard, when it serves it.
@@ -589,6 +621,7 @@ pub async fn gather_with(
             liveness,
             serving: Vec::new(),
             fenced,
+            payments: "-".into(),
         });
     }
 
@@ -598,6 +631,16 @@ pub async fn gather_with(
         .filter_map(|(id, r)| r.map(|r| (id, r)))
         .collect();
     for c in &mut cells {
+        if let Some(b) = answers
+            .get(&c.process.name)
+            .and_then(|r| r.payment_breaker.as_ref())
+        {
+            c.payments = b.state.clone();
+            if let Some(note) = payments_note(b) {
+                c.process.detail = format!("{}, {note}", c.process.detail);
+                c.process.health = c.process.health.worst(Health::Amber);
+            }
+        }
         c.serving = match answers.get(&c.process.name) {
             Some(r) => r.served().into_iter().map(|s| s.shard).collect(),
             None => view
@@ -757,18 +800,19 @@ impl std::fmt::Display for Status {
         writeln!(f)?;
         writeln!(
             f,
-            "{:<6} {:<8} {:>6}  {:<9} {:<9} serving",
-            "cell", "region", "slots", "backup", "liveness"
+            "{:<6} {:<8} {:>6}  {:<9} {:<9} {:<9} serving",
+            "cell", "region", "slots", "backup", "liveness", "payments"
         )?;
         for c in &self.cells {
             writeln!(
                 f,
-                "{:<6} {:<8} {:>6}  {:<9} {:<9} {}",
+                "{:<6} {:<8} {:>6}  {:<9} {:<9} {:<9} {}",
                 c.process.name,
                 c.process.region,
                 c.slots,
                 c.backup.as_deref().unwrap_or("-"),
                 c.liveness,
+                c.payments,
                 if c.serving.is_empty() {
                     "-".to_owned()
                 } else {
@@ -857,6 +901,29 @@ mod tests {
             paused: false,
             unprotected: false,
         }
+    }
+
+    #[test]
+    fn a_degraded_cells_payments_are_named() {
+        let side = |state: &str| BreakerSide {
+            state: state.into(),
+            reason: "6 of the last 8 calls to the payment provider failed".into(),
+            retry_after_s: 3,
+        };
+        assert_eq!(payments_note(&side("closed")), None);
+        let open = payments_note(&side("open")).unwrap();
+        assert!(open.starts_with("C2C sends degraded"), "{open}");
+        assert!(
+            open.contains("6 of the last 8") && open.contains("3 s"),
+            "{open}"
+        );
+        assert!(payments_note(&side("half_open"))
+            .unwrap()
+            .contains("probing"));
+        // A cell's answer from before the breaker still parses.
+        let r: Replication =
+            serde_json::from_str(r#"{"shard":"c1","head":3,"backup":null}"#).unwrap();
+        assert!(r.payment_breaker.is_none());
     }
 
     #[test]

@@ -68,6 +68,7 @@ impl LeaderOp {
                 | Command::MoveSlots { .. }
                 | Command::SetSwitch { .. }
                 | Command::SetPolicy { .. }
+                | Command::SetBreaker { .. }
                 // Only the leader's own detector writes liveness, in process; no route asks
                 // for it, so from outside it is an operator's override at most.
                 | Command::SetLiveness { .. }
@@ -93,7 +94,7 @@ impl LeaderOp {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LeaderReply {
     Written { version: u64 },
-    Map(MapView),
+    Map(Box<MapView>),
     Done,
     Liveness(BTreeMap<CellId, LivenessReport>),
 }
@@ -317,7 +318,7 @@ impl Node {
                     .map_err(|_| {
                         ApiError::CommitTimeout("leadership not confirmed in time".into())
                     })??;
-                Ok(LeaderReply::Map(self.map.current().view()))
+                Ok(LeaderReply::Map(Box::new(self.map.current().view())))
             }
             LeaderOp::AddLearner { id, addr } => {
                 self.raft

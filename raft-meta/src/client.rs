@@ -375,6 +375,14 @@ impl MetaClient {
         version(&v)
     }
 
+    /// Sets the payment-provider breaker's thresholds for every cell (admin token).
+    pub async fn set_breaker(&self, policy: &wire::BreakerPolicy) -> Result<u64, ClientError> {
+        let v: serde_json::Value = self
+            .write(Method::PUT, "/v1/breaker", json!(policy))
+            .await?;
+        version(&v)
+    }
+
     /// Asks raft-meta to let `shard` acknowledge money writes without its backup, at shard
     /// epoch `epoch` (needs an `internal` or `admin` token). `Ok(version)` means the grant is
     /// committed at that map version (a repeat at the same epoch answers the current version).

@@ -257,6 +257,7 @@ impl Persisted {
             liveness: BTreeMap::new(),
             alone: BTreeMap::new(),
             failovers: BTreeMap::new(),
+            breaker: Default::default(),
         }
     }
 }
@@ -301,6 +302,7 @@ mod tests {
             liveness: BTreeMap::new(),
             alone: BTreeMap::new(),
             failovers: BTreeMap::new(),
+            breaker: Default::default(),
         };
         let text = serde_json::to_string(&view).unwrap();
         assert_eq!(file_with(&dir, &text).load(), Some(view.clone()));
@@ -342,6 +344,7 @@ mod tests {
             liveness: BTreeMap::new(),
             alone: BTreeMap::new(),
             failovers: BTreeMap::new(),
+            breaker: Default::default(),
         };
         write_atomic(file.path(), &serde_json::to_vec(&view).unwrap()).unwrap();
         assert_eq!(file.load(), Some(view));

@@ -19,8 +19,8 @@ use topology::{
 
 /// The wire forms the state is made of and published as, re-exported under their old path.
 pub use wire::{
-    AloneGrant, BackupUnreachable, FailoverKind, FailoverPolicy, FailoverRecord, Liveness, MapView,
-    Switch,
+    AloneGrant, BackupUnreachable, BreakerPolicy, FailoverKind, FailoverPolicy, FailoverRecord,
+    Liveness, MapView, Switch,
 };
 
 mod alone;
@@ -114,6 +114,9 @@ pub enum Command {
         shard: ShardId,
         policy: FailoverPolicy,
     },
+    /// Sets the payment-provider breaker's thresholds, for every cell (an operator's;
+    /// validated by `check_shape`, code `invalid_request`).
+    SetBreaker { policy: BreakerPolicy },
     /// Written by the failure detector on the leader when a cell's liveness changes.
     SetLiveness { cell: CellId, liveness: Liveness },
     /// A shard's primary, its backup unreachable, asks to run the shard alone at its current
@@ -198,6 +201,8 @@ pub struct MetaState {
     pub alone: Arc<BTreeMap<ShardId, AloneGrant>>,
     /// The last failover of each shard that has had one.
     pub failovers: Arc<BTreeMap<ShardId, FailoverRecord>>,
+    /// The payment-provider breaker's thresholds (the defaults until an operator sets them).
+    pub breaker: BreakerPolicy,
 }
 
 /// The state as snapshots hold it. Snapshots written before shards have no `shards` (each
@@ -217,6 +222,8 @@ struct StoredState {
     alone: BTreeMap<ShardId, AloneGrant>,
     #[serde(default)]
     failovers: BTreeMap<ShardId, FailoverRecord>,
+    #[serde(default)]
+    breaker: BreakerPolicy,
 }
 
 impl From<StoredState> for MetaState {
@@ -234,6 +241,7 @@ impl From<StoredState> for MetaState {
             liveness: Arc::new(s.liveness),
             alone: Arc::new(s.alone),
             failovers: Arc::new(s.failovers),
+            breaker: s.breaker,
         }
     }
 }
@@ -296,6 +304,9 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::SetBreaker { policy } => policy
+                .validate()
+                .map_err(|e| Rejected::new("invalid_request", e)),
             _ => Ok(()),
         }
     }
@@ -324,6 +335,7 @@ impl MetaState {
             liveness: (*self.liveness).clone(),
             alone: (*self.alone).clone(),
             failovers: (*self.failovers).clone(),
+            breaker: self.breaker,
         }
     }
 
@@ -420,6 +432,13 @@ impl MetaState {
                     return Ok(false);
                 }
                 Arc::make_mut(&mut self.policies).insert(shard.clone(), *policy);
+                Ok(true)
+            }
+            Command::SetBreaker { policy } => {
+                if self.breaker == *policy {
+                    return Ok(false);
+                }
+                self.breaker = *policy;
                 Ok(true)
             }
             Command::GrantAlone { shard, epoch } => self.grant_alone(shard, *epoch),
@@ -619,7 +638,7 @@ pub(crate) fn unknown_cell(cell: &CellId) -> Rejected {
 mod tests {
     use super::*;
 
-    use super::testkit::{applied, id, sh as shard};
+    use super::testkit::{applied, id, rejected, sh as shard};
 
     fn register(id_: &str, region: &str) -> Command {
         super::testkit::register(id_, region, None)
@@ -815,6 +834,33 @@ mod tests {
             backup: Some(id("c2")),
         });
         assert!(matches!(same_region, Outcome::Rejected(r) if r.code == "backup_same_region"));
+    }
+
+    #[test]
+    fn breaker_thresholds_are_validated_and_versioned() {
+        let mut s = MetaState::default();
+        assert_eq!(s.view().breaker, BreakerPolicy::default());
+        let tight = BreakerPolicy {
+            min_calls: 4,
+            open_s: 1,
+            ..Default::default()
+        };
+        let v = applied(s.apply(&Command::SetBreaker { policy: tight }));
+        assert_eq!(s.view().breaker, tight);
+        // The same again is a no-op; a bad bound never reaches the state.
+        assert_eq!(applied(s.apply(&Command::SetBreaker { policy: tight })), v);
+        let bad = BreakerPolicy {
+            max_error_pct: 0,
+            ..tight
+        };
+        assert_eq!(
+            rejected(s.apply(&Command::SetBreaker { policy: bad })),
+            "invalid_request"
+        );
+        assert_eq!(s.breaker, tight);
+        // Through a snapshot (and from one written before the breaker: the defaults).
+        let back: MetaState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.breaker, tight);
     }
 
     #[test]

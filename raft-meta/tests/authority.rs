@@ -98,6 +98,16 @@ fn leader_ops(scope: &str, member: u64, member_addr: &str) -> Vec<(&'static str,
             true,
         ),
         (
+            "set_breaker",
+            write(Command::SetBreaker {
+                policy: wire::BreakerPolicy {
+                    min_calls: 7,
+                    ..Default::default()
+                },
+            }),
+            true,
+        ),
+        (
             "set_liveness",
             write(Command::SetLiveness {
                 cell: cell("c1"),
@@ -284,6 +294,13 @@ async fn a_follower_forwards_with_the_callers_own_authority() {
                 true,
             ),
             (
+                "set_breaker",
+                Method::PUT,
+                "/v1/breaker".into(),
+                Some(json!({"min_calls": 7})),
+                true,
+            ),
+            (
                 "move_slots",
                 Method::POST,
                 "/v1/slots/move".into(),
@@ -369,5 +386,42 @@ async fn a_follower_forwards_with_the_callers_own_authority() {
         switches(&c).await,
         vec!["probe-admin".to_owned()],
         "only the admin's switch write took effect"
+    );
+}
+
+/// `PUT /v1/breaker`: the scope is checked before the body; a misspelt member or a bound
+/// out of range is 400 naming it and changes nothing; a good one reaches the map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_thresholds_are_admin_only_and_validated() {
+    let _serial = serial().await;
+    let (c, leader, _) = arrange().await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/breaker", c.addr(leader));
+    let put = |token: String, body: Value| {
+        let (http, url) = (http.clone(), url.clone());
+        async move { send(&http, Method::PUT, &url, &token, Some(body)).await }
+    };
+
+    let (s, body) = put(internal_token(), json!({"min_calls": "many"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (s, body) = put(admin_token(), json!({"max_error_percent": 20})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("max_error_percent"), "{body}");
+    let (s, body) = put(admin_token(), json!({"max_error_pct": 0})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("max_error_pct"), "{body}");
+    let before = c.client().map(true).await.unwrap().breaker;
+    assert_eq!(before, wire::BreakerPolicy::default());
+
+    let (s, body) = put(admin_token(), json!({"max_error_pct": 20, "open_s": 9})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let after = c.client().map(true).await.unwrap().breaker;
+    assert_eq!(
+        after,
+        wire::BreakerPolicy {
+            max_error_pct: 20,
+            open_s: 9,
+            ..Default::default()
+        }
     );
 }

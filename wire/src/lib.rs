@@ -2,6 +2,7 @@
 //!
 //! It owns the JSON forms that raft-meta, cells, routers and `cellctl` exchange or persist:
 //! the map view with its switches, policies, liveness and run-alone grants ([`map`]), the
+//! payment-provider breaker's thresholds ([`breaker`]), the
 //! problem+json bodies one process parses from another ([`problem`]), and the names of the
 //! headers a router and a cell agree on ([`headers`]), and the public API's OpenAPI document
 //! ([`openapi`]). Every form here is a contract: changing
@@ -13,11 +14,13 @@
 //! state stay in raft-meta; how a process follows the map lives in `raft_meta::follow`.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod headers;
 pub mod map;
 pub mod openapi;
 pub mod problem;
 
+pub use breaker::BreakerPolicy;
 pub use map::{
     AloneGrant, BackupUnreachable, FailoverKind, FailoverPolicy, FailoverRecord, Liveness, MapView,
     Switch,

@@ -121,6 +121,10 @@ pub struct MapView {
     /// The last failover of each shard that has had one (absent from older nodes' answers).
     #[serde(default)]
     pub failovers: BTreeMap<ShardId, FailoverRecord>,
+    /// The payment-provider breaker's thresholds, for every cell (absent from older nodes'
+    /// answers: the defaults).
+    #[serde(default)]
+    pub breaker: crate::BreakerPolicy,
 }
 
 #[cfg(test)]
@@ -207,7 +211,8 @@ mod tests {
                 r#""policies":{{"c1":{{"auto_failover":false,"on_backup_unreachable":"go_async"}}}},"#,
                 r#""liveness":{{"c1":"alive","c2":"suspect"}},"#,
                 r#""alone":{{"c1":{{"epoch":1,"since_version":9,"backup_at_grant":"c2","reprotected_to":null}}}},"#,
-                r#""failovers":{{"c2":{{"kind":"planned","from":"c2","to":"c1","epoch":4,"version":8,"at_ms":1700000000000}}}}}}"#,
+                r#""failovers":{{"c2":{{"kind":"planned","from":"c2","to":"c1","epoch":4,"version":8,"at_ms":1700000000000}}}},"#,
+                r#""breaker":{{"enabled":true,"window_s":30,"min_calls":10,"max_error_pct":50,"max_p90_ms":2000,"open_s":5,"probes":3}}}}"#,
             ),
             slots
         );
@@ -231,7 +236,7 @@ mod tests {
     #[test]
     fn map_view_before_the_first_cell_and_from_older_nodes() {
         round_trip(
-            r#"{"version":0,"map":null,"switches":{},"policies":{},"liveness":{},"alone":{},"failovers":{}}"#,
+            r#"{"version":0,"map":null,"switches":{},"policies":{},"liveness":{},"alone":{},"failovers":{},"breaker":{"enabled":false,"window_s":30,"min_calls":10,"max_error_pct":50,"max_p90_ms":2000,"open_s":5,"probes":3}}"#,
             &MapView {
                 version: 0,
                 map: None,
@@ -240,6 +245,10 @@ mod tests {
                 liveness: BTreeMap::new(),
                 alone: BTreeMap::new(),
                 failovers: BTreeMap::new(),
+                breaker: crate::BreakerPolicy {
+                    enabled: false,
+                    ..Default::default()
+                },
             },
         );
         // Nodes from before run-alone grants answer without `alone`.
@@ -248,5 +257,7 @@ mod tests {
         )
         .unwrap();
         assert!(old.alone.is_empty());
+        // ... and without `breaker`: every cell follows the default thresholds.
+        assert_eq!(old.breaker, crate::BreakerPolicy::default());
     }
 }

@@ -55,6 +55,12 @@ impl ApiError {
         self
     }
 
+    /// 503 `degraded`: a feature is paused by the cell itself (the payment breaker) while
+    /// the rest serves; the same code as the router's switches.
+    pub fn degraded(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "degraded", detail).retry_after(1)
+    }
+
     pub fn unavailable(detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cell_unavailable", detail).retry_after(1)
     }

@@ -432,7 +432,7 @@ impl Modify for Common {
                     ("429", "rate_limited (router)", true),
                     (
                         "503",
-                        "degraded (a switch is off), cell_unavailable, overloaded, timeout",
+                        "degraded (a switch is off; on a C2C send also: the cell's payment breaker is open, nothing written), cell_unavailable, overloaded, timeout",
                         true,
                     ),
                 ];

@@ -14,6 +14,7 @@ use super::extract::{rule, Authorized, Caller, Json, PathText};
 use crate::app::Ctx;
 use crate::domain::model::Packet;
 use crate::domain::validate::{self, CallbackBody, SendBody};
+use crate::domain::PacketKind;
 use crate::shards::Served;
 use crate::store::{CallbackOutcome, NewPacket, SendOutcome};
 
@@ -46,6 +47,20 @@ pub async fn handle_send(
     let cmd = validate::send_packet(body.value, ctx.limits)?;
     let slot = sender.slot();
     let shard = ctx.shards.serve(slot)?;
+    // **Invariant:** a degraded refusal happens before anything is written: no packet, no
+    // payment, no idempotency record (a retry with the same key after recovery is a first
+    // send), and no money moves. B2C sends (funded by a subsidy, no provider call) and claims
+    // never look at the breaker.
+    if cmd.kind() == PacketKind::C2c {
+        if let Some(retry_after) = ctx.breaker.refusing(std::time::Instant::now()) {
+            metrics::counter!("redcell_sends_degraded_total").increment(1);
+            return Err(ApiError::degraded(
+                "C2C sends are paused: the payment provider is failing or slow; \
+                 claims and subsidy (B2C) packets still work; retry later",
+            )
+            .retry_after(retry_after));
+        }
+    }
     let fence = shard.fence();
     let hash = format!("{:x}", Sha256::digest(body.canonical.as_bytes()));
     let packet_id = MintedId::mint(IdKind::Packet, slot);

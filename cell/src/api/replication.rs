@@ -14,7 +14,7 @@
 //! | `GET /v1/internal/history?shard=S` | primary: the shard's promotions and head (a rejoining copy checks its log against them) |
 //! | `POST /v1/internal/shards/{shard}/pause` `{"lease_ms": N}` (admin) | primary: a planned failover's pause: writes end, the head stands still; answers it |
 //! | `DELETE /v1/internal/shards/{shard}/pause` (admin) | primary: lifts the pause |
-//! | `GET /v1/internal/replication` | both: per served shard its journal head, backup's acknowledged position, pause; hosted replicas |
+//! | `GET /v1/internal/replication` | both: per served shard its journal head, backup's acknowledged position, pause; hosted replicas; the payment breaker |
 //! | `POST /v1/internal/replicas/{shard}/hold` `{"at": P or null}` | backup: stop applying past P (30 s lease) |
 //! | `DELETE /v1/internal/replicas/{shard}/hold` | backup: resume |
 //! | `GET /v1/internal/replicas/{shard}/digest?at=P` | backup: digests once exactly at P |
@@ -240,6 +240,7 @@ pub async fn handle_status(
     body["shards"] = json!(shards);
     body["replicas"] = json!(ctx.replicas.statuses());
     body["divergent"] = json!(divergent);
+    body["payment_breaker"] = json!(ctx.breaker.snapshot(std::time::Instant::now()));
     Ok(axum::Json(body).into_response())
 }
 

@@ -2,8 +2,14 @@
 //! local runs. Each payment is decided after a delay (succeeded, failed, or never), and its
 //! callback to the cell can be dropped with a given probability, so the cell's re-check,
 //! sweep and deadline paths can be exercised.
+//!
+//! It can also be made unwell and well again at run time (`PUT /control`
+//! `{"failing": true, "latency_ms": 0}`, unauthenticated: a test tool): while `failing`, its
+//! payment routes answer 503; `latency_ms` delays every payment answer. This is how the cell's
+//! breaker is tested (`cell/tests/degrade.rs`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +47,22 @@ struct Shared {
     /// payment id → status (`pending`, `succeeded`, `failed`).
     payments: Arc<Mutex<HashMap<String, &'static str>>>,
     http: reqwest::Client,
+    faults: Arc<Faults>,
+}
+
+/// What `PUT /control` sets.
+#[derive(Default)]
+struct Faults {
+    failing: AtomicBool,
+    latency_ms: AtomicU64,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct Control {
+    failing: bool,
+    #[serde(default)]
+    latency_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -56,16 +78,53 @@ impl FakeCashier {
             cfg: Arc::new(self),
             payments: Arc::default(),
             http: reqwest::Client::new(),
+            faults: Arc::default(),
         };
         Router::new()
             .route("/v1/payments", post(create))
             .route("/v1/payments/{id}", get(status))
+            .route("/control", get(get_control).put(put_control))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(shared)
     }
 }
 
+async fn put_control(State(s): State<Shared>, Json(c): Json<Control>) -> Response {
+    s.faults.failing.store(c.failing, Ordering::Relaxed);
+    s.faults.latency_ms.store(c.latency_ms, Ordering::Relaxed);
+    tracing::warn!(
+        failing = c.failing,
+        latency_ms = c.latency_ms,
+        "fake cashier: faults set"
+    );
+    Json(c).into_response()
+}
+
+async fn get_control(State(s): State<Shared>) -> Response {
+    Json(Control {
+        failing: s.faults.failing.load(Ordering::Relaxed),
+        latency_ms: s.faults.latency_ms.load(Ordering::Relaxed),
+    })
+    .into_response()
+}
+
+/// The faults `PUT /control` set, before a payment route answers: the delay, then 503 if
+/// failing.
+async fn unwell(s: &Shared) -> Option<Response> {
+    let latency = s.faults.latency_ms.load(Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    s.faults
+        .failing
+        .load(Ordering::Relaxed)
+        .then(|| (StatusCode::SERVICE_UNAVAILABLE, "cashier unavailable").into_response())
+}
+
 async fn create(State(s): State<Shared>, Json(c): Json<Create>) -> Response {
+    if let Some(refusal) = unwell(&s).await {
+        return refusal;
+    }
     if c.amount <= 0 || c.payment_id.is_empty() || !c.callback_url.starts_with("http") {
         return (StatusCode::BAD_REQUEST, "bad payment").into_response();
     }
@@ -114,6 +173,9 @@ async fn decide(s: Shared, payment_id: String, callback_url: String) {
 }
 
 async fn status(State(s): State<Shared>, Path(id): Path<String>) -> Response {
+    if let Some(refusal) = unwell(&s).await {
+        return refusal;
+    }
     match s.payments.lock().expect("payments lock").get(&id) {
         Some(status) => Json(json!({"payment_id": id, "status": status})).into_response(),
         None => (StatusCode::NOT_FOUND, "unknown payment").into_response(),

@@ -3,6 +3,8 @@
 //! `REDCELL_TEST_REDIS_URL` is set. Logs are printed when a test fails.
 #![allow(dead_code)]
 
+pub mod cashier;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

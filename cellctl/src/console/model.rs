@@ -492,6 +492,7 @@ mod tests {
             liveness: "alive".into(),
             serving: vec![id.into()],
             fenced: None,
+            payments: "closed".into(),
         };
         Status {
             health: Health::Green,

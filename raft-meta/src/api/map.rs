@@ -429,6 +429,31 @@ pub async fn put_switch(
     .await
 }
 
+/// `PUT /v1/breaker` with a whole [`wire::BreakerPolicy`] (members left out take their
+/// defaults): the payment-provider breaker's thresholds for every cell (admin).
+pub async fn put_breaker(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&node, &headers)?;
+    // Credentials before the body: a non-admin learns nothing about its shape.
+    caller.require(Need::Admin)?;
+    let bytes = body_bytes(body)?;
+    // The stored form takes defaults for what is missing; a misspelt member must not be
+    // silently dropped (and the default kept) though.
+    let given: serde_json::Map<String, serde_json::Value> = parse_json(&bytes)?;
+    let known = serde_json::to_value(wire::BreakerPolicy::default())
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if let Some(bad) = given.keys().find(|k| known.get(k.as_str()).is_none()) {
+        return Err(ApiError::BadRequest(format!(
+            "body: unknown member `{bad}`"
+        )));
+    }
+    let policy: wire::BreakerPolicy = parse_json(&bytes)?;
+    write(&node, &caller, Command::SetBreaker { policy }).await
+}
+
 /// `GET /v1/switches`: the switches as applied here.
 pub async fn get_switches(
     State(node): State<Arc<Node>>,

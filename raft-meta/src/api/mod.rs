@@ -58,6 +58,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/liveness", get(map::get_liveness))
         .route("/v1/slots/move", post(map::move_slots))
         .route("/v1/switches", get(map::get_switches))
+        .route("/v1/breaker", put(map::put_breaker))
         .route("/v1/switches/{name}", put(map::put_switch))
         .route("/v1/cluster", get(cluster::get_cluster))
         .route("/v1/cluster/learners", post(cluster::add_learner))
