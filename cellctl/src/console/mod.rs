@@ -452,7 +452,10 @@ async fn watch_loop(shared: Arc<Shared>) {
             Err(_) => tokio::time::sleep(STATE_EVERY).await,
         }
     };
-    let client = crate::up::admin_client(record.meta_nodes(), &shared.secret);
+    // A credential that re-mints with the keys file: the watch outlives key rotations.
+    let credential =
+        topology::auth::Credential::minted_with(&shared.keys, "svc:cellctl", Some("admin"), 3600);
+    let client = raft_meta::client::MetaClient::new(record.meta_nodes(), credential);
     let mut watch = client.watch(0);
     loop {
         let view = watch.next().await;
