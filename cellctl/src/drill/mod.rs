@@ -376,6 +376,8 @@ mod tests {
         assert!(parse(&["--scenario", "kill-cell", "--trials", "0"]).is_err());
         assert!(parse(&["--scenario", "kill-cell", "--min-healthy-success", "1.5"]).is_err());
         assert!(parse(&["--scenario", "kill-meta-leader", "--target", "meta1"]).is_err());
+        assert!(parse(&["--scenario", "isolate-cell", "--isolate-for", "0s"]).is_err());
+        assert!(parse(&["--scenario", "isolate-cell", "--target", "c1"]).is_ok());
         let a = parse(&[
             "--scenario",
             "freeze-cell",
