@@ -12,7 +12,8 @@
 //!
 //! A cut is a file, `DIR/isolate/CELL`, listing the cells CELL is cut off from (one per line;
 //! `cellctl drill` writes it and removes it when done, like `cellctl stop`'s hold markers);
-//! the proxies read the directory every [`POLL`]. While CELL is cut: its meta proxies forward
+//! the proxies read the directory every [`POLL`] and confirm a cut they apply by writing
+//! `DIR/isolate/CELL.applied` (removed when the cut ends). While CELL is cut: its meta proxies forward
 //! nothing; its front proxy forwards nothing that comes from a listed cell, and every listed
 //! cell's front proxy forwards nothing that comes from CELL. "Nothing" is a partition, not a
 //! refusal: connections open when the cut starts are closed, new ones are accepted and held
@@ -65,6 +66,11 @@ pub fn heal(layout: &Layout, cell: &str) {
     let _ = std::fs::remove_file(marker(layout, cell));
 }
 
+/// The file the proxies write once they apply the cut of `cell` (and remove when it ends).
+pub fn applied(layout: &Layout, cell: &str) -> PathBuf {
+    dir(layout).join(format!("{cell}.applied"))
+}
+
 /// The cuts now: cell → the cells it is cut off from.
 type Cuts = BTreeMap<String, BTreeSet<String>>;
 
@@ -85,7 +91,8 @@ fn read_cuts(layout: &Layout) -> Cuts {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".tmp") {
+        // `CELL.tmp` (being written), `CELL.applied` (the proxies' confirmation).
+        if name.contains('.') {
             continue;
         }
         let from = std::fs::read_to_string(e.path()).unwrap_or_default();
@@ -195,7 +202,17 @@ pub fn start(
                             .await
                             .unwrap_or_default()
                     };
+                    let before: Vec<String> = tx.borrow().cuts.keys().cloned().collect();
+                    for cell in before.iter().filter(|c| !now.contains_key(*c)) {
+                        let _ = std::fs::remove_file(applied(&layout, cell));
+                    }
+                    let cells: Vec<String> = now.keys().cloned().collect();
                     let _ = tx.send(Arc::new(State { cuts: now, origins }));
+                    // Every open connection has seen the change (closing is its task's next
+                    // step); new ones are checked against it.
+                    for cell in cells {
+                        let _ = std::fs::write(applied(&layout, &cell), b"");
+                    }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(POLL) => {}
@@ -255,7 +272,11 @@ async fn forward(
 ) {
     let now = state.borrow_and_update().clone();
     let origin = match &link {
-        Link::Front { .. } if !now.cuts.is_empty() => {
+        // Looked up only where a cut can apply: the front of a cell cut off, or of a cell
+        // some cut lists.
+        Link::Front { cell }
+            if now.cuts.contains_key(cell) || now.cuts.values().any(|f| f.contains(cell)) =>
+        {
             tokio::task::spawn_blocking(move || origin_cell(&record, peer, local))
                 .await
                 .ok()

@@ -145,7 +145,12 @@ impl Injector {
 
     /// Cuts `cell` off from raft-meta and from the cells `from` until [`Undo::reconnect`]:
     /// the router, cellctl and its database still reach it.
-    pub fn isolate(&self, cell: &str, from: &[String], undo: &mut Undo) -> anyhow::Result<String> {
+    pub async fn isolate(
+        &self,
+        cell: &str,
+        from: &[String],
+        undo: &mut Undo,
+    ) -> anyhow::Result<String> {
         match self {
             Injector::Local(l) => {
                 let record: Record = deployment::read_json(&l.layout.deployment())?;
@@ -153,8 +158,17 @@ impl Injector {
                     record.fault_proxy,
                     "isolate-cell needs the fault proxies: start the deployment with `cellctl up --fault-proxy`"
                 );
+                let applied = faultproxy::applied(&l.layout, cell);
+                let _ = std::fs::remove_file(&applied);
                 undo.cut.push(cell.to_owned());
                 faultproxy::cut(&l.layout, cell, from)?;
+                // The fault begins when the proxies apply it, not when it is asked for.
+                failover::wait_for(
+                    "the fault proxies applying the cut",
+                    std::time::Duration::from_secs(5),
+                    || async { applied.exists().then_some(()) },
+                )
+                .await?;
                 Ok(format!(
                     "cell-{cell} cut off from raft-meta and from {} (fault proxy)",
                     from.join(", ")

@@ -578,6 +578,7 @@ pub async fn run(ctx: &Ctx, k: u32, seed: u64) -> anyhow::Result<Trial> {
     trial.fault_at_ms = Some(ms(origin.elapsed()));
     let mut thaw_at = None;
     let mut reconnect_at = None;
+    let mut rto_from = args.fault_at;
     let injected: anyhow::Result<()> = async {
         if !plan.kill.is_empty() {
             let mut lines = Vec::new();
@@ -592,7 +593,9 @@ pub async fn run(ctx: &Ctx, k: u32, seed: u64) -> anyhow::Result<Trial> {
             thaw_at = Some(origin + fault + args.freeze_for);
         }
         if let Some((cell, from)) = &plan.isolate {
-            let line = ctx.injector.isolate(cell, from, &mut undo)?;
+            let line = ctx.injector.isolate(cell, from, &mut undo).await?;
+            // Recovery is timed from the cut applied (the proxies confirm within their poll).
+            rto_from = origin.elapsed();
             event(&mut trial, line);
             reconnect_at = Some(origin + fault + args.isolate_for);
         }
@@ -839,7 +842,7 @@ pub async fn run(ctx: &Ctx, k: u32, seed: u64) -> anyhow::Result<Trial> {
     // 10. Recovery times and the blast radius.
     let recs = std::mem::take(&mut *recs.lock().expect("records lock"));
     for shard in &plan.affected {
-        let rto = timeline::rto(&recs, shard, fault).map(ms);
+        let rto = timeline::rto(&recs, shard, rto_from).map(ms);
         trial.rto_by_shard.insert(shard.clone(), rto);
     }
     let all_recovered = trial.rto_by_shard.values().all(Option::is_some);
