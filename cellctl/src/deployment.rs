@@ -186,6 +186,9 @@ pub struct Record {
     /// The console `up` serves (`None`: started with `--no-console`, or not yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<ConsoleRecord>,
+    /// Whether `up --fault-proxy` put its fault proxies between the processes.
+    #[serde(default)]
+    pub fault_proxy: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -272,6 +275,7 @@ impl Record {
                 .collect(),
             restarts: BTreeMap::new(),
             console: None,
+            fault_proxy: false,
         }
     }
 

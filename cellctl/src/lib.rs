@@ -1,7 +1,8 @@
 //! `cellctl`: the operator's tool and the newcomer's front door.
 //!
 //! It owns the local launcher (`up`: raft-meta ×3, the cells, the router as supervised child
-//! processes on loopback, recorded in `DIR/deployment.json`), the operator's views and actions
+//! processes on loopback, recorded in `DIR/deployment.json`; with `--fault-proxy`, TCP proxies
+//! between them that a drill can cut), the operator's views and actions
 //! (`status`, the web `console`, `token`, `switch`, `policy`, `reconcile`, `stop`/`start` of one
 //! process, `rotate-secret`), the open-loop load generator (`load`, the engine of the `harness` crate) and disaster
 //! drills (`drill`: a fault injected under a ledger-keeping load, verdicts, a report).
@@ -14,6 +15,7 @@ pub mod console;
 pub mod deployment;
 pub mod drill;
 pub mod failover;
+pub mod faultproxy;
 pub mod hold;
 pub mod policy;
 mod ports;

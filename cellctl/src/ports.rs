@@ -44,6 +44,11 @@ impl Held {
         Ok(socket.into())
     }
 
+    /// The listening socket of `addr`, for `up` itself to serve (the fault proxies).
+    pub fn take(&self, addr: &str) -> anyhow::Result<TcpListener> {
+        Ok(self.socket(addr)?.into())
+    }
+
     /// Gives `cmd` the listening socket of `addr` as its fd 3, announced in `LISTEN_FDS`.
     pub fn pass(&self, cmd: &mut Command, addr: &str) -> anyhow::Result<()> {
         let socket = self.socket(addr)?;

@@ -85,6 +85,12 @@ pub struct UpArgs {
     /// Do not serve the console.
     #[arg(long)]
     pub no_console: bool,
+    /// Put a small fault-injecting TCP proxy in front of every cell and between every cell and
+    /// raft-meta, so `cellctl drill --scenario isolate-cell` can cut one cell off from
+    /// raft-meta and its backup (see `faultproxy.rs`). Off by default: nothing stands
+    /// between the processes.
+    #[arg(long)]
+    pub fault_proxy: bool,
     /// Directory holding the `raft-meta`, `cell` and `router` binaries. Default: next to
     /// `cellctl` (built there first when run through `cargo run`), else PATH.
     #[arg(long, env = "CELLCTL_BIN_DIR")]
@@ -119,6 +125,7 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
         .build()?;
 
     let mut running = Running::default();
+    let mut proxies = None;
     let started = async {
         for m in &plan.meta {
             let mut cmd = Command::new(&bins.meta);
@@ -144,10 +151,32 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
             .await?;
         }
         register(&plan, &secret, args.backup_policy, args.auto_failover).await?;
+        if args.fault_proxy {
+            let cells: Vec<(String, String)> = plan
+                .cells
+                .iter()
+                .map(|c| (c.id.clone(), c.listen.clone()))
+                .collect();
+            let meta: Vec<String> = plan.meta.iter().map(|m| m.listen.clone()).collect();
+            proxies = Some(crate::faultproxy::start(
+                layout,
+                &cells,
+                &meta,
+                record.clone(),
+                &shared.held,
+            )?);
+            record.lock().expect("record lock").fault_proxy = true;
+            shared.save();
+        }
         for c in &plan.cells {
+            // Behind its fault proxies when asked, else on its planned address.
+            let (listen, meta) = match &proxies {
+                Some(p) => (p.behind[&c.id].clone(), p.meta_arg[&c.id].clone()),
+                None => (c.listen.clone(), plan.meta_arg()),
+            };
             let mut cmd = Command::new(&bins.cell);
-            cmd.args(["--listen", &c.listen, "--cell-id", &c.id])
-                .args(["--meta", &plan.meta_arg()])
+            cmd.args(["--listen", &listen, "--cell-id", &c.id])
+                .args(["--meta", &meta])
                 .arg("--data-dir")
                 .arg(layout.cell_data(&c.id))
                 .env("RUST_LOG", "info,sqlx=warn");
@@ -160,7 +189,7 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
             cmd.args(&args.cell_args);
             running
                 .cells
-                .push(shared.supervise(Kind::Cell(c.id.clone()), &c.listen, cmd));
+                .push(shared.supervise(Kind::Cell(c.id.clone()), &listen, cmd));
         }
         for c in &plan.cells {
             wait_ready(
@@ -234,6 +263,8 @@ pub async fn run(layout: &Layout, args: &UpArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: router, then cells, then raft-meta");
     running.stop().await;
+    // The cells are gone: their proxies may go too.
+    drop(proxies);
     shared.save();
     println!(
         "stopped; `cellctl up --data-dir {}` resumes",

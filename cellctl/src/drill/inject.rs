@@ -6,8 +6,8 @@
 //! variant with the same operations (k8s/README.md says what each would do there).
 //!
 //! Everything an injection does is written into an [`Undo`] first, and an `Undo` restores it
-//! when dropped (SIGCONT to what is frozen, hold markers lifted so the supervisor starts
-//! what is held): an early return, an error or a panic between the fault and the restore
+//! when dropped (SIGCONT to what is frozen, cuts lifted, hold markers lifted so the
+//! supervisor starts what is held): an early return, an error or a panic between the fault and the restore
 //! leaves nothing frozen or held down. The normal path calls [`Undo::restore`], which also
 //! waits for each process to run again.
 
@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 
 use crate::deployment::{self, Layout, Record};
 use crate::failover::{self, FailoverArgs};
+use crate::faultproxy;
 use crate::hold;
 
 /// Where the faults are injected.
@@ -37,6 +38,8 @@ pub struct Undo {
     held: Vec<String>,
     /// Processes stopped by SIGSTOP: (name, pid).
     frozen: Vec<(String, u32)>,
+    /// Cells cut off by the fault proxies.
+    cut: Vec<String>,
 }
 
 impl Undo {
@@ -45,11 +48,22 @@ impl Undo {
             layout: layout.clone(),
             held: Vec::new(),
             frozen: Vec::new(),
+            cut: Vec::new(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.frozen.is_empty()
+        self.held.is_empty() && self.frozen.is_empty() && self.cut.is_empty()
+    }
+
+    /// Ends every cut (idempotent).
+    pub fn reconnect(&mut self) -> Vec<String> {
+        let mut done = Vec::new();
+        for cell in self.cut.drain(..) {
+            faultproxy::heal(&self.layout, &cell);
+            done.push(format!("cell-{cell} reconnected"));
+        }
+        done
     }
 
     /// SIGCONT to every frozen process (idempotent).
@@ -66,6 +80,7 @@ impl Undo {
     /// Returns what it did.
     pub async fn restore(&mut self) -> anyhow::Result<Vec<String>> {
         let mut done = self.thaw();
+        done.extend(self.reconnect());
         while let Some(name) = self.held.pop() {
             match hold::start(&self.layout, &name).await {
                 Ok((name, pid)) => done.push(format!("started {name} (pid {pid})")),
@@ -81,7 +96,7 @@ impl Undo {
 
 impl Drop for Undo {
     fn drop(&mut self) {
-        for line in self.thaw() {
+        for line in self.thaw().into_iter().chain(self.reconnect()) {
             tracing::warn!("drill aborted: {line}");
         }
         for name in self.held.drain(..) {
@@ -124,6 +139,40 @@ impl Injector {
                 kill(Pid::from_raw(pid as i32), Signal::SIGSTOP)
                     .with_context(|| format!("SIGSTOP {name}"))?;
                 Ok(format!("SIGSTOP {name} (pid {pid})"))
+            }
+        }
+    }
+
+    /// Cuts `cell` off from raft-meta and from the cells `from` until [`Undo::reconnect`]:
+    /// the router, cellctl and its database still reach it.
+    pub async fn isolate(
+        &self,
+        cell: &str,
+        from: &[String],
+        undo: &mut Undo,
+    ) -> anyhow::Result<String> {
+        match self {
+            Injector::Local(l) => {
+                let record: Record = deployment::read_json(&l.layout.deployment())?;
+                anyhow::ensure!(
+                    record.fault_proxy,
+                    "isolate-cell needs the fault proxies: start the deployment with `cellctl up --fault-proxy`"
+                );
+                let applied = faultproxy::applied(&l.layout, cell);
+                let _ = std::fs::remove_file(&applied);
+                undo.cut.push(cell.to_owned());
+                faultproxy::cut(&l.layout, cell, from)?;
+                // The fault begins when the proxies apply it, not when it is asked for.
+                failover::wait_for(
+                    "the fault proxies applying the cut",
+                    std::time::Duration::from_secs(5),
+                    || async { applied.exists().then_some(()) },
+                )
+                .await?;
+                Ok(format!(
+                    "cell-{cell} cut off from raft-meta and from {} (fault proxy)",
+                    from.join(", ")
+                ))
             }
         }
     }

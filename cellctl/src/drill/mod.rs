@@ -13,12 +13,14 @@
 //! shards, fails them back home, waits for green) so the next trial can run.
 //!
 //! - `inject.rs`: the injectors and the undo that restores on drop;
+//! - `isolate.rs`: isolate-cell's own verdict (the cut-off primary fenced afterwards);
 //! - `trial.rs`: one trial, from the steady-state check to the restore;
 //! - `timeline.rs`: the per-request records and everything computed from them (pure);
 //! - `report.rs`: the terminal summary, `report.json` and the self-contained `report.html`
 //!   with its charts rendered here to inline SVG, kept in `DIR/drills/` for the console.
 
 pub mod inject;
+mod isolate;
 pub mod report;
 pub mod timeline;
 mod trial;
@@ -53,6 +55,11 @@ pub enum Scenario {
     KillBackup,
     /// SIGKILL raft-meta's leader, kept down; the other voters elect another.
     KillMetaLeader,
+    /// Cut a primary cell off from raft-meta and from its backup for `--isolate-for` while
+    /// the router and its database still reach it (the split-brain case): it must stop
+    /// acknowledging, raft-meta fails its shard over, and once the cut ends it is fenced
+    /// (421). Needs `cellctl up --fault-proxy` (the proxies of `faultproxy.rs`).
+    IsolateCell,
 }
 
 impl Scenario {
@@ -64,6 +71,7 @@ impl Scenario {
             Scenario::KillRegion => "kill-region",
             Scenario::KillBackup => "kill-backup",
             Scenario::KillMetaLeader => "kill-meta-leader",
+            Scenario::IsolateCell => "isolate-cell",
         }
     }
 }
@@ -87,6 +95,9 @@ pub struct DrillArgs {
     /// How long freeze-cell keeps the cell stopped.
     #[arg(long, value_name = "DURATION", default_value = "8s", value_parser = parse_duration)]
     pub freeze_for: Duration,
+    /// How long isolate-cell keeps the cell cut off.
+    #[arg(long, value_name = "DURATION", default_value = "8s", value_parser = parse_duration)]
+    pub isolate_for: Duration,
     /// Trials to run, one after the other, each on the restored deployment.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -95,7 +106,7 @@ pub struct DrillArgs {
     /// SEED+k. Random when omitted; the report names it.
     #[arg(long, value_name = "SEED")]
     pub seed: Option<u64>,
-    /// What is hit: a cell (kill-cell, freeze-cell: a primary), a shard (planned-failover,
+    /// What is hit: a cell (kill-cell, freeze-cell, isolate-cell: a primary), a shard (planned-failover,
     /// kill-backup), a region (kill-region). Chosen by the seed when omitted.
     #[arg(long, value_name = "NAME")]
     pub target: Option<String>,
@@ -176,6 +187,10 @@ impl DrillArgs {
         anyhow::ensure!(
             !self.freeze_for.is_zero(),
             "--freeze-for must be longer than zero"
+        );
+        anyhow::ensure!(
+            !self.isolate_for.is_zero(),
+            "--isolate-for must be longer than zero"
         );
         anyhow::ensure!(
             !self.recovery_timeout.is_zero(),
@@ -367,6 +382,8 @@ mod tests {
         assert!(parse(&["--scenario", "kill-cell", "--trials", "0"]).is_err());
         assert!(parse(&["--scenario", "kill-cell", "--min-healthy-success", "1.5"]).is_err());
         assert!(parse(&["--scenario", "kill-meta-leader", "--target", "meta1"]).is_err());
+        assert!(parse(&["--scenario", "isolate-cell", "--isolate-for", "0s"]).is_err());
+        assert!(parse(&["--scenario", "isolate-cell", "--target", "c1"]).is_ok());
         let a = parse(&[
             "--scenario",
             "freeze-cell",

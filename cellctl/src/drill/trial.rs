@@ -185,6 +185,8 @@ struct Plan {
     healthy: BTreeSet<String>,
     /// kill-backup: the shard whose backup is killed, and that backup.
     reprotect: Option<(String, String)>,
+    /// isolate-cell: the cell cut off, and the cells (its backup) it is cut off from.
+    isolate: Option<(String, Vec<String>)>,
 }
 
 /// Why the deployment is not green, in a line.
@@ -267,6 +269,7 @@ fn plan(
         affected: BTreeSet::new(),
         healthy: BTreeSet::new(),
         reprotect: None,
+        isolate: None,
     };
     match scenario {
         Scenario::KillCell | Scenario::FreezeCell => {
@@ -281,6 +284,22 @@ fn plan(
             } else {
                 p.freeze = Some(cell.clone());
             }
+            p.target = cell;
+        }
+        Scenario::IsolateCell => {
+            let cell = pick(
+                protected.iter().map(|(_, p, _)| p.clone()).collect(),
+                "a primary cell of a shard with a backup",
+                &mut rng,
+            )?;
+            // Its backups: of every shard it is primary of.
+            let backups: Vec<String> = shards
+                .iter()
+                .filter(|(_, p, _)| *p == cell)
+                .filter_map(|(_, _, b)| b.clone())
+                .collect();
+            p.affected = touching(std::slice::from_ref(&cell));
+            p.isolate = Some((cell.clone(), backups));
             p.target = cell;
         }
         Scenario::PlannedFailover => {
@@ -369,6 +388,7 @@ fn cooling_down(
         .iter()
         .filter_map(|p| p.strip_prefix("cell-"))
         .chain(plan.freeze.as_deref())
+        .chain(plan.isolate.as_ref().map(|(c, _)| c.as_str()))
         .collect();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -558,6 +578,8 @@ pub async fn run(ctx: &Ctx, k: u32, seed: u64) -> anyhow::Result<Trial> {
     let mut undo = Undo::new(&ctx.layout);
     trial.fault_at_ms = Some(ms(origin.elapsed()));
     let mut thaw_at = None;
+    let mut reconnect_at = None;
+    let mut rto_from = args.fault_at;
     let injected: anyhow::Result<()> = async {
         if !plan.kill.is_empty() {
             let mut lines = Vec::new();
@@ -570,6 +592,13 @@ pub async fn run(ctx: &Ctx, k: u32, seed: u64) -> anyhow::Result<Trial> {
             let line = ctx.injector.freeze(cell, &mut undo)?;
             event(&mut trial, line);
             thaw_at = Some(origin + fault + args.freeze_for);
+        }
+        if let Some((cell, from)) = &plan.isolate {
+            let line = ctx.injector.isolate(cell, from, &mut undo).await?;
+            // Recovery is timed from the cut applied (the proxies confirm within their poll).
+            rto_from = origin.elapsed();
+            event(&mut trial, line);
+            reconnect_at = Some(origin + fault + args.isolate_for);
         }
         if let Some(shard) = &plan.switch {
             event(&mut trial, format!("planned failover of shard {shard}"));
@@ -636,6 +665,11 @@ pub async fn run(ctx: &Ctx, k: u32, seed: u64) -> anyhow::Result<Trial> {
             let done = undo.thaw();
             event(&mut trial, done.join("; "));
         }
+        if reconnect_at.is_some_and(|t| Instant::now() >= t) {
+            reconnect_at = None;
+            let done = undo.reconnect();
+            event(&mut trial, done.join("; "));
+        }
         let now = Instant::now();
         if trial.aborted.is_none() && now >= guard_from {
             let (n, ratio) = timeline::healthy_window(
@@ -660,7 +694,8 @@ pub async fn run(ctx: &Ctx, k: u32, seed: u64) -> anyhow::Result<Trial> {
             }
         }
     };
-    let done = undo.thaw();
+    let mut done = undo.thaw();
+    done.extend(undo.reconnect());
     if !done.is_empty() {
         event(&mut trial, done.join("; "));
     }
@@ -684,6 +719,17 @@ pub async fn run(ctx: &Ctx, k: u32, seed: u64) -> anyhow::Result<Trial> {
 
     // 5. Recovery: transfers settled and the books balanced (bounded).
     let token = topology::auth::mint(ctx.secret.as_bytes(), "svc:cellctl", Some("admin"), 3600);
+    if let Some((cell, _)) = plan.isolate.as_ref().filter(|_| trial.aborted.is_none()) {
+        let url = record
+            .cells
+            .iter()
+            .find(|c| c.id == *cell)
+            .map(|c| c.url.clone())
+            .unwrap_or_default();
+        let v = super::isolate::fenced(&ctl, &map, cell, &url, &token, args.recovery_timeout).await;
+        event(&mut trial, format!("fencing: {}", v.detail));
+        trial.verdicts.push(v);
+    }
     let client = Client::new(&ctx.router_url, Duration::from_secs(10), 16)?;
     let (money, money_detail) = settled(&client, &token, args.recovery_timeout).await;
     trial.money_conserved = money;
@@ -797,7 +843,7 @@ pub async fn run(ctx: &Ctx, k: u32, seed: u64) -> anyhow::Result<Trial> {
     // 10. Recovery times and the blast radius.
     let recs = std::mem::take(&mut *recs.lock().expect("records lock"));
     for shard in &plan.affected {
-        let rto = timeline::rto(&recs, shard, fault).map(ms);
+        let rto = timeline::rto(&recs, shard, rto_from).map(ms);
         trial.rto_by_shard.insert(shard.clone(), rto);
     }
     let all_recovered = trial.rto_by_shard.values().all(Option::is_some);
