@@ -480,6 +480,8 @@ fn target_for(snap: &Snapshot, slot: Slot) -> Result<Target, RouterError> {
 /// request was never sent. Safe to repeat: every money write through the
 /// router is idempotent by its key (Idempotency-Key, packet and uid, grant id, payment id),
 /// and a 503 from a cell means "not done" or "done, not yet confirmed; repeat to learn".
+/// Except a final refusal ([`FINAL_503_CODES`]: the flow is degraded), which goes to the
+/// client at once.
 async fn forward(
     ctx: &Ctx,
     snap: &Snapshot,
@@ -521,7 +523,11 @@ async fn forward(
         // again while the budget lasts; anything else is the answer.
         let (wait, last) = match outcome {
             Ok(resp) => match retry_after(&resp) {
-                Some(wait) => (wait, Ok(resp)),
+                Some(wait) => match refusal(resp).await {
+                    Refusal::Final(resp) => return Ok(resp),
+                    Refusal::Pause(resp) => (wait, Ok(resp)),
+                    Refusal::Unread(e) => (wait, Err(e)),
+                },
                 None => return Ok(resp),
             },
             Err(e @ RouterError::NotSent(_)) => (Duration::from_secs(1), Err(e)),
@@ -558,6 +564,59 @@ fn retry_after(resp: &Response) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(secs))
+}
+
+/// Codes of a cell's `503` (with `Retry-After`) that are an answer, not a pause: the cell
+/// refused the flow by itself and wrote nothing (`degraded`: C2C sends while its payment
+/// breaker is open). Retrying would only hand the client the same refusal a whole retry
+/// budget later.
+const FINAL_503_CODES: &[&str] = &["degraded"];
+
+/// The largest 503 body the router reads to learn its code (problem+json bodies are small).
+const PROBLEM_READ_LIMIT: usize = 8 * 1024;
+
+enum Refusal {
+    /// Give it to the client as it is.
+    Final(Response),
+    /// A pause: retry within the budget (the response, kept whole, is the last word if the
+    /// budget ends).
+    Pause(Response),
+    /// Its body could not be read: retried like a pause; the client gets this error (a
+    /// problem+json 503) if the budget ends.
+    Unread(RouterError),
+}
+
+/// Reads a cell's 503 problem body (small, declared length) to tell a final refusal from a
+/// pause; anything else is a pause, as before.
+async fn refusal(resp: Response) -> Refusal {
+    let headers = resp.headers();
+    let small = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n <= PROBLEM_READ_LIMIT);
+    let problem = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/problem+json"));
+    if !(small && problem) {
+        return Refusal::Pause(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    match axum::body::to_bytes(body, PROBLEM_READ_LIMIT).await {
+        Ok(bytes) => {
+            let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["code"].as_str().map(str::to_owned));
+            let resp = Response::from_parts(parts, Body::from(bytes));
+            match code {
+                Some(c) if FINAL_503_CODES.contains(&c.as_str()) => Refusal::Final(resp),
+                _ => Refusal::Pause(resp),
+            }
+        }
+        Err(e) => Refusal::Unread(RouterError::CellUnavailable(format!(
+            "the cell's 503 could not be read: {e}"
+        ))),
+    }
 }
 
 async fn forward_once(

@@ -481,6 +481,14 @@ async fn without_any_map_the_router_is_not_ready_and_answers_503() {
 /// A fake cell that answers `503` + `Retry-After: 1` (problem+json) to its first `pauses`
 /// requests, then `200`; counts what it got.
 async fn pausing_cell(pauses: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    refusing_cell(pauses, "cell_unavailable").await
+}
+
+/// [`pausing_cell`] whose 503s carry the problem code `code`.
+async fn refusing_cell(
+    pauses: usize,
+    code: &'static str,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let seen = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = seen.clone();
@@ -491,14 +499,19 @@ async fn pausing_cell(pauses: usize) -> (u16, std::sync::Arc<std::sync::atomic::
             if n < pauses {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    [("content-type", "application/problem+json"), ("retry-after", "1")],
-                    r#"{"type":"about:blank","title":"Service Unavailable","status":503,"code":"cell_unavailable","detail":"shard paused"}"#,
+                    [
+                        ("content-type", "application/problem+json"),
+                        ("retry-after", "1"),
+                    ],
+                    serde_json::json!({"type": "about:blank", "title": "Service Unavailable",
+                        "status": 503, "code": code, "detail": "shard paused"})
+                    .to_string(),
                 )
             } else {
                 (
                     StatusCode::OK,
                     [("content-type", "application/json"), ("retry-after", "0")],
-                    r#"{"uid":"u1","balance":0}"#,
+                    r#"{"uid":"u1","balance":0}"#.to_owned(),
                 )
             }
         }
@@ -569,6 +582,28 @@ async fn a_cell_s_503_with_retry_after_is_retried_within_the_budget() {
     let (s, body, _, _) = wallet(router.url.clone()).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+    // A final refusal (the cell degraded the flow: its payment breaker is open) is not a
+    // pause: the client gets it at once, whole, even with a budget left.
+    let (port, seen) = refusing_cell(usize::MAX, "degraded").await;
+    let router = router_on(port, 5_000, "degraded").await;
+    let (s, body, headers, took) = wallet(router.url.clone()).await;
+    assert_eq!(
+        (s, body["code"].as_str(), body["detail"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("degraded"),
+            Some("shard paused")
+        ),
+        "{body}"
+    );
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "a degraded 503 is not retried"
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
 }
 
 /// Hardening finding 4: a cell whose listen queue is full for a moment (a burst) is not a
