@@ -144,15 +144,20 @@ async fn no_commit_is_ever_skipped_by_a_reader() {
             }
         }));
     }
-    // The reader tails concurrently, as a backup does.
+    // The reader tails concurrently, as a backup does, until the writers are done and it has
+    // read to the end (not after a quiet spell: a loaded machine can pause every writer).
+    let writers_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let store = store.clone();
+        let writers_done = writers_done.clone();
         tokio::spawn(async move {
             let mut seen: Vec<String> = Vec::new();
             let mut cursor = 0;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            let mut quiet_rounds = 0;
             loop {
+                // Read before looking: a read that began after the writers finished and found
+                // nothing new means everything was read.
+                let finished = writers_done.load(std::sync::atomic::Ordering::SeqCst);
                 let commits = store.commits_after(cursor, 50).await.unwrap();
                 for c in &commits {
                     assert_eq!(c.pos, cursor + 1, "positions are contiguous");
@@ -164,13 +169,10 @@ async fn no_commit_is_ever_skipped_by_a_reader() {
                     }
                 }
                 if commits.is_empty() {
-                    quiet_rounds += 1;
-                    if quiet_rounds > 50 || tokio::time::Instant::now() > deadline {
+                    if finished || tokio::time::Instant::now() > deadline {
                         return seen;
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
-                } else {
-                    quiet_rounds = 0;
                 }
             }
         })
@@ -178,6 +180,7 @@ async fn no_commit_is_ever_skipped_by_a_reader() {
     for w in writers {
         w.await.unwrap();
     }
+    writers_done.store(true, std::sync::atomic::Ordering::SeqCst);
     let seen = reader.await.unwrap();
     let committed = committed.lock().unwrap().clone();
     let unique: BTreeSet<&String> = seen.iter().collect();
